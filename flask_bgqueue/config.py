@@ -1,0 +1,253 @@
+"""Defaults and validation of the ``BGQUEUE_*`` keys, read once into :class:`Settings`.
+
+Each key is documented in ``docs/configuration.rst`` with its default and unit; this module
+is the single place that knows the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask
+from werkzeug.utils import ImportStringError, import_string
+
+from .exceptions import ConfigurationError
+
+PARAMETERS_FORMATS = ("auto", "json", "pickle")
+
+DEFAULTS: dict[str, Any] = {
+    "BGQUEUE_BIND_KEY": "bgqueue",
+    "BGQUEUE_DATABASE_URI": None,
+    "BGQUEUE_ENGINE_OPTIONS": {},
+    "BGQUEUE_TABLE_NAME": "background_job",
+    "BGQUEUE_QUEUE": "default",
+    "BGQUEUE_PRIORITIES": [1],
+    "BGQUEUE_CALLBACKS": {},
+    "BGQUEUE_PARAMETERS_FORMAT": "auto",
+    "BGQUEUE_SIGNING_KEY": None,
+    "BGQUEUE_BULK_SIZE": 100,
+    "BGQUEUE_PUBLISH_AFTER_APP_COMMIT": False,
+    "BGQUEUE_AUTO_UPDATE_SCHEMA": True,
+    "BGQUEUE_WAITING_JOB_EXPIRATION_MS": 1000,
+    "BGQUEUE_NOTIFY_ON_NUMBER_OF_ATTEMPTS": 5,
+    "BGQUEUE_MAX_ATTEMPTS": None,
+    "BGQUEUE_LOCKS_DIR": None,
+    "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 10,
+    "BGQUEUE_WORKER_LOST_AFTER_SECONDS": 60,
+    "BGQUEUE_CLAIM_BATCH_SIZE": 10,
+    "BGQUEUE_BROKER_URL": None,
+    "BGQUEUE_AMQP_QUEUE_ARGUMENTS": {},
+}
+
+
+@dataclass(frozen=True)
+class CallbackSpec:
+    """A registered callback: the function and where its jobs go."""
+
+    name: str
+    func: Callable[..., Any]
+    queue: str | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated ``BGQUEUE_*`` configuration of one application."""
+
+    bind_key: str
+    database_uri: str | None
+    engine_options: Mapping[str, Any]
+    table_name: str
+    queue: str
+    priorities: tuple[int, ...]
+    callbacks: Mapping[str, CallbackSpec]
+    parameters_format: str
+    signing_keys: tuple[bytes, ...]
+    bulk_size: int
+    publish_after_app_commit: bool
+    auto_update_schema: bool
+    waiting_job_expiration_ms: int
+    notify_on_number_of_attempts: int | None
+    max_attempts: int | None
+    locks_dir: str
+    heartbeat_interval_seconds: float
+    worker_lost_after_seconds: float
+    claim_batch_size: int
+    broker_url: str | None
+    amqp_queue_arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_settings(app: Flask) -> Settings:
+    """Set the defaults on ``app.config`` and return the validated settings."""
+    for key, value in DEFAULTS.items():
+        app.config.setdefault(key, value)
+    c = app.config
+
+    priorities = _priorities(c["BGQUEUE_PRIORITIES"])
+    fmt = c["BGQUEUE_PARAMETERS_FORMAT"]
+    if fmt not in PARAMETERS_FORMATS:
+        raise ConfigurationError(
+            f"BGQUEUE_PARAMETERS_FORMAT is {fmt!r}; use one of {', '.join(PARAMETERS_FORMATS)}.",
+            "BGQUEUE_PARAMETERS_FORMAT",
+        )
+    signing_keys = _signing_keys(app)
+    if fmt == "pickle" and not signing_keys:
+        raise ConfigurationError(
+            "BGQUEUE_PARAMETERS_FORMAT is 'pickle' but no key signs the payloads: set"
+            " SECRET_KEY or BGQUEUE_SIGNING_KEY.",
+            "BGQUEUE_PARAMETERS_FORMAT",
+        )
+    return Settings(
+        bind_key=_text(c, "BGQUEUE_BIND_KEY"),
+        database_uri=_text(c, "BGQUEUE_DATABASE_URI", optional=True),
+        engine_options=_mapping(c, "BGQUEUE_ENGINE_OPTIONS"),
+        table_name=_identifier(c, "BGQUEUE_TABLE_NAME", 40),  # index names stay < 64
+        queue=_identifier(c, "BGQUEUE_QUEUE", 100),
+        priorities=priorities,
+        callbacks=_callbacks(c["BGQUEUE_CALLBACKS"], priorities),
+        parameters_format=fmt,
+        signing_keys=signing_keys,
+        bulk_size=_number(c, "BGQUEUE_BULK_SIZE", minimum=1),
+        publish_after_app_commit=_flag(c, "BGQUEUE_PUBLISH_AFTER_APP_COMMIT"),
+        auto_update_schema=_flag(c, "BGQUEUE_AUTO_UPDATE_SCHEMA"),
+        waiting_job_expiration_ms=_number(c, "BGQUEUE_WAITING_JOB_EXPIRATION_MS", minimum=0),
+        notify_on_number_of_attempts=_number(
+            c, "BGQUEUE_NOTIFY_ON_NUMBER_OF_ATTEMPTS", minimum=1, optional=True
+        ),
+        max_attempts=_number(c, "BGQUEUE_MAX_ATTEMPTS", minimum=1, optional=True),
+        locks_dir=_text(c, "BGQUEUE_LOCKS_DIR", optional=True) or app.instance_path,
+        heartbeat_interval_seconds=_number(
+            c, "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS", minimum=0.01, kind=(int, float)
+        ),
+        worker_lost_after_seconds=_number(
+            c, "BGQUEUE_WORKER_LOST_AFTER_SECONDS", minimum=0.01, kind=(int, float)
+        ),
+        claim_batch_size=_number(c, "BGQUEUE_CLAIM_BATCH_SIZE", minimum=1),
+        broker_url=_text(c, "BGQUEUE_BROKER_URL", optional=True),
+        amqp_queue_arguments=_mapping(c, "BGQUEUE_AMQP_QUEUE_ARGUMENTS"),
+    )
+
+
+def _priorities(value: Any) -> tuple[int, ...]:
+    key = "BGQUEUE_PRIORITIES"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise ConfigurationError(f"{key} must be a non-empty list of integers, not {value!r}.", key)
+    for p in value:
+        if type(p) is not int or not 0 <= p <= 999:
+            raise ConfigurationError(
+                f"{key} holds {p!r}; every priority is an integer from 0 to 999.", key
+            )
+    if len(set(value)) != len(value):
+        dupes = sorted({p for p in value if list(value).count(p) > 1})
+        raise ConfigurationError(f"{key} lists {dupes} more than once; list each once.", key)
+    return tuple(sorted(value))
+
+
+def _callbacks(value: Any, priorities: tuple[int, ...]) -> dict[str, CallbackSpec]:
+    key = "BGQUEUE_CALLBACKS"
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{key} must map callback names to import strings.", key)
+    specs = {}
+    for name, entry in value.items():
+        options = dict(entry) if isinstance(entry, Mapping) else {"callback": entry}
+        target = options.pop("callback", None)
+        queue = options.pop("queue", None)
+        priority = options.pop("priority", None)
+        if options:
+            raise ConfigurationError(
+                f"{key}[{name!r}] has unknown options {sorted(options)}; allowed:"
+                " callback, queue, priority.",
+                key,
+            )
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"{key} holds an empty or non-text name {name!r}.", key)
+        func = target
+        if isinstance(target, str):
+            try:
+                func = import_string(target)
+            except ImportStringError as exc:
+                raise ConfigurationError(
+                    f"{key}[{name!r}] = {target!r} does not import: {exc.exception}. Use"
+                    " 'package.module:function'.",
+                    key,
+                ) from exc
+        if not callable(func):
+            raise ConfigurationError(f"{key}[{name!r}] is not callable: {target!r}.", key)
+        if priority is not None and priority not in priorities:
+            raise ConfigurationError(
+                f"{key}[{name!r}] has priority {priority!r}, which is not in"
+                f" BGQUEUE_PRIORITIES {list(priorities)}.",
+                key,
+            )
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ConfigurationError(f"{key}[{name!r}] has an invalid queue {queue!r}.", key)
+        specs[name] = CallbackSpec(name, func, queue, priority)
+    return specs
+
+
+def _signing_keys(app: Flask) -> tuple[bytes, ...]:
+    """The current signing key first, then Flask's ``SECRET_KEY_FALLBACKS`` (rotation)."""
+    own = app.config["BGQUEUE_SIGNING_KEY"]
+    keys = [own] if own else [app.config.get("SECRET_KEY"), *(app.config.get("SECRET_KEY_FALLBACKS") or [])]
+    result = []
+    for k in keys:
+        if not k:
+            continue
+        if not isinstance(k, (str, bytes)):
+            raise ConfigurationError("BGQUEUE_SIGNING_KEY must be text or bytes.", "BGQUEUE_SIGNING_KEY")
+        result.append(k.encode() if isinstance(k, str) else k)
+    return tuple(result)
+
+
+def _text(c: Mapping[str, Any], key: str, optional: bool = False) -> Any:
+    value = c[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{key} must be a non-empty string, not {value!r}.", key)
+    return value
+
+
+def _identifier(c: Mapping[str, Any], key: str, max_length: int) -> str:
+    value = _text(c, key)
+    if not all(ch.isalnum() or ch in "_-." for ch in value) or len(value) > max_length:
+        raise ConfigurationError(
+            f"{key} is {value!r}; use at most {max_length} letters, digits, '_', '-' or '.'.",
+            key,
+        )
+    return value
+
+
+def _flag(c: Mapping[str, Any], key: str) -> bool:
+    value = c[key]
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be True or False, not {value!r}.", key)
+    return value
+
+
+def _number(
+    c: Mapping[str, Any],
+    key: str,
+    minimum: float,
+    optional: bool = False,
+    kind: tuple[type, ...] = (int,),
+) -> Any:
+    value = c[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        what = "an integer" if kind == (int,) else "a number"
+        raise ConfigurationError(f"{key} must be {what} >= {minimum}, not {value!r}.", key)
+    return value
+
+
+def _mapping(c: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = c[key]
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{key} must be a dict, not {value!r}.", key)
+    return dict(value)

@@ -1,0 +1,90 @@
+"""Exceptions: one root, a shallow tree.
+
+Two families live here. Errors the library raises to a programmer (bad configuration,
+a publish that cannot be stored) derive from :class:`BgQueueError`. Exceptions a callback
+raises to steer its job's outcome (:class:`PermanentError`, :class:`WaitingException` ...)
+derive from :class:`JobOutcome`, itself a :class:`BgQueueError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BgQueueError(Exception):
+    """Root of every exception defined by Flask-BgQueue."""
+
+
+class ConfigurationError(BgQueueError, ValueError):
+    """A ``BGQUEUE_*`` key (or a callback registration) is wrong.
+
+    :attr:`key` names the offending configuration key when there is one.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class PublishError(BgQueueError, ValueError):
+    """A job was refused by :meth:`BackgroundQueue.publish`; nothing was written."""
+
+
+class UnknownCallbackError(PublishError, LookupError):
+    """No callback is registered under :attr:`callback_name`."""
+
+    def __init__(self, message: str, callback_name: str) -> None:
+        super().__init__(message)
+        self.callback_name = callback_name
+
+
+class ParametersError(PublishError):
+    """The parameters cannot be stored in the chosen format.
+
+    :attr:`path` locates the value (``parameters['user'][2]``), :attr:`value` is it.
+    """
+
+    def __init__(self, message: str, path: str = "parameters", value: Any = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.value = value
+
+
+class SignatureError(BgQueueError):
+    """A pickled payload's signature does not verify: it is never unpickled."""
+
+
+class SchemaError(BgQueueError):
+    """The job table is missing or older than this version and may not be upgraded here."""
+
+
+# Outcomes a callback (or a signal receiver) raises to decide what happens to its job.
+
+
+class JobOutcome(BgQueueError):
+    """Base of the exceptions that steer a job's outcome."""
+
+
+class PermanentError(JobOutcome):
+    """The job can never succeed: ``PERMANENTLY_FAILED``, never retried automatically."""
+
+
+class TemporaryError(JobOutcome):
+    """The job failed this time: ``TEMPORARILY_FAILED``, retried with backoff."""
+
+
+class WaitingException(JobOutcome):
+    """Not yet: ``WAITING``, tried again after the waiting expiration; not an attempt."""
+
+
+class SkipException(JobOutcome):
+    """Nothing to do: ``FINISHED`` with the message kept in ``error_message``."""
+
+
+class DieException(JobOutcome):
+    """Handled as its ``__cause__`` (``PermanentError`` without one), then the worker exits.
+
+    Raise it ``from`` the real error to choose the outcome::
+
+        raise DieException("out of disk") from TemporaryError("disk full")
+    """

@@ -1,0 +1,125 @@
+"""The job table, the job states and the read-only :class:`Job` snapshot."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+
+class JobState(enum.IntEnum):
+    """States of a job; the numbers are stored and match the PHP original."""
+
+    BACK_TO_BROKER = -1
+    READY = 1
+    PROCESSING = 2
+    FINISHED = 3
+    TEMPORARILY_FAILED = 4
+    PERMANENTLY_FAILED = 5
+    WAITING = 6
+    REDUNDANT = 7
+    BROKER_FAILED = 8
+
+
+#: States a job never leaves by itself; everything else is "unfinished".
+DONE_STATES = (JobState.FINISHED, JobState.REDUNDANT)
+#: States from which a worker may claim a due job.
+RUNNABLE_STATES = (
+    JobState.READY,
+    JobState.TEMPORARILY_FAILED,
+    JobState.WAITING,
+    JobState.BROKER_FAILED,
+)
+#: States of a job that still has to run before the next one of its serial group.
+PENDING_STATES = (*RUNNABLE_STATES, JobState.BACK_TO_BROKER)
+
+# Portable column types: microsecond times and large payloads on MySQL/MariaDB, and an
+# INTEGER primary key on SQLite (only that type autoincrements there).
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+Blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
+    """The job table as the newest migration leaves it (see ``schema/versions``)."""
+    return sa.Table(
+        name,
+        metadata if metadata is not None else sa.MetaData(),
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("priority", sa.Integer, nullable=False),
+        sa.Column("callback_name", sa.String(255), nullable=False),
+        sa.Column("parameters", Blob),
+        sa.Column("parameters_json", LongText),
+        sa.Column("state", sa.SmallInteger, nullable=False),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Column("updated_at", Timestamp, nullable=False),
+        sa.Column("available_at", Timestamp, nullable=False),
+        sa.Column("last_attempt_at", Timestamp),
+        sa.Column("finished_at", Timestamp),
+        sa.Column("number_of_attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("error_message", LongText),
+        sa.Column("serial_group", sa.String(255)),
+        sa.Column("identifier", sa.String(255)),
+        sa.Column("is_unique", sa.Boolean, nullable=False, default=False),
+        sa.Column("pid", sa.Integer),
+        sa.Column("hostname", sa.String(255)),
+        sa.Column("memory", sa.JSON),
+        sa.Column("metadata", sa.JSON),
+        sa.Column("execution_time", sa.Integer),
+        sa.Column("traceback", LongText),
+        sa.Column("heartbeat_at", Timestamp),
+        sa.Index(f"ix_{name}_due", "state", "available_at", "queue", "priority"),
+        sa.Index(f"ix_{name}_identifier", "identifier", "id"),
+        sa.Index(f"ix_{name}_serial_group", "serial_group", "priority", "id"),
+        sa.Index(f"ix_{name}_finished_at", "finished_at"),
+    )
+
+
+@dataclass(frozen=True)
+class Job:
+    """A read-only snapshot of one row; attributes are the column names.
+
+    ``parameters`` is the stored pickle (or ``None``) and ``parameters_json`` the stored
+    JSON text; :meth:`BackgroundQueue.load_parameters` decodes them.
+    """
+
+    id: int
+    queue: str
+    priority: int
+    callback_name: str
+    parameters: bytes | None
+    parameters_json: str | None
+    state: JobState
+    created_at: datetime
+    updated_at: datetime
+    available_at: datetime
+    last_attempt_at: datetime | None
+    finished_at: datetime | None
+    number_of_attempts: int
+    error_message: str | None
+    serial_group: str | None
+    identifier: str | None
+    is_unique: bool
+    pid: int | None
+    hostname: str | None
+    memory: dict[str, Any] | None
+    metadata: dict[str, Any] | None
+    execution_time: int | None
+    traceback: str | None
+    heartbeat_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        m = row._mapping
+        values = {f.name: m[f.name] for f in fields(cls)}
+        values["state"] = JobState(values["state"])
+        values["is_unique"] = bool(values["is_unique"])
+        if values["parameters"] is not None:
+            values["parameters"] = bytes(values["parameters"])
+        return cls(**values)

@@ -1,0 +1,325 @@
+"""One job's pipeline and the cron sweep.
+
+The sweep claims a few due jobs per transaction (``BGQUEUE_CLAIM_BATCH_SIZE``), runs them
+one by one inside a fresh app context, and saves each outcome with an UPDATE guarded by
+the claim. A heartbeat thread keeps the claimed rows' ``heartbeat_at`` fresh, so a job is
+taken back ("worker lost") only from a worker that really stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+
+from . import serialization, signals
+from .exceptions import (
+    DieException,
+    PermanentError,
+    SignatureError,
+    SkipException,
+    WaitingException,
+)
+from .models import JobState
+from .resources import memory_usage
+from .retry import backoff, utcnow
+from .store import Claim, Store
+
+if TYPE_CHECKING:
+    from .extension import _AppState
+
+HOSTNAME = socket.gethostname()
+
+
+@dataclass
+class SweepResult:
+    """What one :meth:`BackgroundQueue.process` call did."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    reaped: list[int] = field(default_factory=list)
+    died: bool = False
+
+    @property
+    def processed(self) -> int:
+        return sum(self.outcomes.values())
+
+    def count(self, state: JobState) -> None:
+        self.outcomes[state.name] = self.outcomes.get(state.name, 0) + 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The row values an attempt ends with, and whether the worker must stop."""
+
+    state: JobState
+    values: dict[str, Any]
+    die: bool = False
+    exception: BaseException | None = None
+
+
+class Heartbeat(threading.Thread):
+    """Refreshes ``heartbeat_at`` of the jobs this process holds, from a daemon thread."""
+
+    def __init__(self, store: Store, interval: float, logger: Any) -> None:
+        super().__init__(name="bgqueue-heartbeat", daemon=True)
+        self.store, self.interval, self.logger = store, interval, logger
+        self.held: dict[int, Claim] = {}
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+
+    def hold(self, claims: list[Claim]) -> None:
+        with self._lock:
+            self.held.update((c.job.id, c) for c in claims)
+
+    def drop(self, claim: Claim) -> None:
+        with self._lock:
+            self.held.pop(claim.job.id, None)
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            with self._lock:
+                claims = list(self.held.values())
+            try:
+                self.store.heartbeat(claims, utcnow())
+            except Exception:  # a database hiccup: the next beat tries again
+                self.logger.exception("bgqueue heartbeat failed")
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+class Processor:
+    """Runs claimed jobs for one application."""
+
+    def __init__(self, state: _AppState, app: Flask) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.app = app
+        self.store = state.store
+        self.logger = state.logger
+        self.pid = os.getpid()
+
+    # -- the cron sweep -----------------------------------------------------------------
+
+    def sweep(self, priorities: Any = None) -> SweepResult:
+        """Run due jobs until none is due (see :meth:`BackgroundQueue.process`)."""
+        s = self.settings
+        result = SweepResult()
+        now = utcnow()
+        result.reaped = self.store.reap_lost(now, timedelta(seconds=s.worker_lost_after_seconds))
+        for job_id in result.reaped:
+            self.logger.warning("bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id)
+        known = self.state.callback_names()
+        self.store.note_unknown_callbacks(
+            now, known, f"no callback of this name is registered in worker pid {self.pid} on {HOSTNAME}"
+        )
+        waiting = timedelta(milliseconds=s.waiting_job_expiration_ms)
+        heartbeat = Heartbeat(self.store, s.heartbeat_interval_seconds, self.logger)
+        heartbeat.start()
+        progressed = False
+        try:
+            while True:
+                claims = self.claim(priorities, known)
+                if not claims:
+                    # Jobs of a serial group left WAITING by another worker become due
+                    # shortly; wait for them only while jobs keep finishing, so a job that
+                    # keeps asking to wait cannot hold the sweep forever.
+                    soonest = self.store.next_available_at(priorities, known)
+                    delay = (soonest - utcnow()).total_seconds() if soonest else None
+                    if progressed and delay is not None and delay <= waiting.total_seconds() + 0.05:
+                        progressed = False
+                        time.sleep(max(0.0, delay))
+                        continue
+                    return result
+                heartbeat.hold(claims)
+                if self.run_claims(claims, heartbeat, result):
+                    return result
+                progressed = progressed or any(
+                    k in result.outcomes for k in ("FINISHED", "PERMANENTLY_FAILED", "TEMPORARILY_FAILED")
+                )
+        finally:
+            heartbeat.stop()
+
+    def claim(self, priorities: Any, known: list[str]) -> list[Claim]:
+        return self.store.claim(
+            now=utcnow(),
+            limit=self.settings.claim_batch_size,
+            priorities=priorities,
+            callbacks=known,
+            pid=self.pid,
+            hostname=HOSTNAME,
+            waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
+        )
+
+    def run_claims(self, claims: list[Claim], heartbeat: Heartbeat, result: SweepResult) -> bool:
+        """Run claimed jobs in order; on a ``DieException`` give back the rest, return True."""
+        for i, claim in enumerate(claims):
+            try:
+                outcome = self.run(claim)
+            except BaseException:  # KeyboardInterrupt, SystemExit: nothing else is started
+                self.store.release(claims[i + 1 :], utcnow())
+                raise
+            finally:
+                heartbeat.drop(claim)
+            result.count(outcome.state)
+            if outcome.die:
+                self.store.release(claims[i + 1 :], utcnow())
+                result.died = True
+                return True
+        return False
+
+    # -- one job ------------------------------------------------------------------------
+
+    def run(self, claim: Claim) -> Outcome:
+        """Run one claimed job in a fresh app context and save its outcome."""
+        with self.app.app_context():
+            outcome, measured = self._attempt(claim)
+        values = {**outcome.values, **measured, "updated_at": utcnow(), "heartbeat_at": None}
+        if not self.store.update_claimed(claim, state=outcome.state, **values):
+            self.logger.error(
+                "bgqueue: job %s was taken from this worker while it ran (its heartbeat"
+                " stopped?); its outcome %s was not saved",
+                claim.job.id,
+                outcome.state.name,
+            )
+            return outcome
+        self._observe(claim, outcome)
+        return outcome
+
+    def _attempt(self, claim: Claim) -> tuple[Outcome, dict[str, Any]]:
+        job = claim.job
+        measured: dict[str, Any] = {}
+        spec = self.state.callback(job.callback_name)
+        try:
+            parameters = serialization.load(
+                serialization.Stored(job.parameters, job.parameters_json), self.settings.signing_keys
+            )
+        except SignatureError as exc:
+            return self._permanent(exc, f"parameters refused: {exc}"), measured
+        except Exception as exc:
+            return self._permanent(exc, f"parameters cannot be decoded: {exc!r}"), measured
+
+        before = memory_usage()
+        error: BaseException | None = None
+        started = time.perf_counter()
+        try:
+            if self.state.queue._metadata_func is not None:
+                metadata = self.state.queue._metadata_func(parameters)
+                self.store.update_claimed(claim, metadata=metadata)
+            signals.before_process.send(self.app, job=job, parameters=parameters)
+            started = time.perf_counter()
+            try:
+                assert spec is not None  # claims only pick known callbacks
+                _call(spec.func, parameters)
+            finally:
+                measured["execution_time"] = round((time.perf_counter() - started) * 1000)
+            signals.after_process.send(self.app, job=job, parameters=parameters)
+        except Exception as exc:
+            error = exc
+        measured.setdefault("execution_time", round((time.perf_counter() - started) * 1000))
+        after = memory_usage()
+        measured["memory"] = {"before": before.rss, "after": after.rss, "peak": after.peak}
+
+        if error is not None:
+            try:
+                signals.process_error.send(self.app, job=job, parameters=parameters, exception=error)
+            except Exception as replaced:  # the receiver decides the outcome
+                replaced.__context__ = error
+                error = replaced
+        return self.classify(claim, error), measured
+
+    def classify(self, claim: Claim, error: BaseException | None) -> Outcome:
+        """The outcome table of the spec (§6), as row values."""
+        now = utcnow()
+        job = claim.job
+        if error is None:
+            return Outcome(JobState.FINISHED, {"finished_at": now, "error_message": None, "traceback": None})
+        die = isinstance(error, DieException)
+        cause = error
+        if die:
+            cause = error.__cause__ or PermanentError(str(error) or "DieException")
+        failure = {"error_message": _message(cause), "traceback": _traceback(error)}
+        if isinstance(cause, SkipException):
+            values = {"finished_at": now, "error_message": str(cause), "traceback": None}
+            return Outcome(JobState.FINISHED, values, die, cause)
+        if isinstance(cause, WaitingException):
+            values = {
+                **failure,
+                "error_message": str(cause) or "waiting",
+                "available_at": now + timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
+                "number_of_attempts": job.number_of_attempts - 1,  # waiting is not an attempt
+            }
+            return Outcome(JobState.WAITING, values, die, cause)
+        if isinstance(cause, (PermanentError, TypeError)):
+            return Outcome(JobState.PERMANENTLY_FAILED, failure, die, cause)
+        limit = self.settings.max_attempts
+        if limit is not None and job.number_of_attempts >= limit:
+            failure["error_message"] = f"gave up after {job.number_of_attempts} attempts: {failure['error_message']}"
+            return Outcome(JobState.PERMANENTLY_FAILED, failure, die, cause)
+        values = {**failure, "available_at": now + backoff(job.number_of_attempts)}
+        return Outcome(JobState.TEMPORARILY_FAILED, values, die, cause)
+
+    def _permanent(self, exc: BaseException, message: str) -> Outcome:
+        return Outcome(
+            JobState.PERMANENTLY_FAILED,
+            {"error_message": message, "traceback": _traceback(exc)},
+            exception=exc,
+        )
+
+    def _observe(self, claim: Claim, outcome: Outcome) -> None:
+        """Log and send the observation signals; nothing here changes the saved outcome."""
+        job = claim.job
+        try:
+            if outcome.state is JobState.PERMANENTLY_FAILED:
+                self.logger.critical(
+                    "bgqueue: job %s (%s) failed permanently: %s",
+                    job.id, job.callback_name, outcome.values.get("error_message"),
+                )
+            if outcome.state is JobState.TEMPORARILY_FAILED:
+                self.logger.warning(
+                    "bgqueue: job %s (%s) failed, attempt %s, retry at %s: %s",
+                    job.id, job.callback_name, job.number_of_attempts,
+                    outcome.values["available_at"], outcome.values.get("error_message"),
+                )
+                if job.number_of_attempts == self.settings.notify_on_number_of_attempts:
+                    self.logger.critical(
+                        "bgqueue: job %s (%s) has failed %s times: %s",
+                        job.id, job.callback_name, job.number_of_attempts,
+                        outcome.values.get("error_message"),
+                    )
+                    signals.attempts_notification.send(self.app, job=job)
+            if outcome.state is JobState.FINISHED and signals.job_finished.receivers:
+                signals.job_finished.send(self.app, job=job)
+            if outcome.state in (JobState.TEMPORARILY_FAILED, JobState.PERMANENTLY_FAILED):
+                signals.job_failed.send(self.app, job=job, exception=outcome.exception)
+        except Exception:
+            self.logger.exception("bgqueue: an observer of job %s failed (the outcome is saved)", job.id)
+
+
+def _call(func: Any, parameters: Any) -> Any:
+    """dict → keyword arguments, list/tuple → positional, None → none, else one argument."""
+    if parameters is None:
+        return func()
+    if isinstance(parameters, dict):
+        return func(**parameters)
+    if isinstance(parameters, (list, tuple)):
+        return func(*parameters)
+    return func(parameters)
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+

@@ -1,0 +1,108 @@
+"""Versioned migrations of the job table, applied with Alembic under a database lock.
+
+The revisions live in ``versions/`` and read the table name from the migration context
+(``op.get_context().opts["bgqueue_table"]``), so one set of migrations serves any
+``BGQUEUE_TABLE_NAME``. Their version is kept in a table of their own,
+``<table>_alembic_version``, so they never mix with the application's Alembic history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from alembic.script import ScriptDirectory
+
+_SCRIPTS = ScriptDirectory(str(Path(__file__).parent))
+
+
+def head_revision() -> str:
+    """The newest revision this version of Flask-BgQueue knows."""
+    head = _SCRIPTS.get_current_head()
+    assert head is not None
+    return head
+
+
+def version_table(table_name: str) -> str:
+    return f"{table_name}_alembic_version"
+
+
+def current_revision(connection: sa.Connection, table_name: str) -> str | None:
+    """The revision the database is at, ``None`` for a database without the table."""
+    context = MigrationContext.configure(
+        connection, opts={"version_table": version_table(table_name)}
+    )
+    return context.get_current_revision()
+
+
+def upgrade(engine: sa.Engine, table_name: str, revision: str = "head") -> bool:
+    """Bring the table to ``revision``; return whether anything was run.
+
+    Safe when several processes start at once: the first takes a lock, the others wait
+    for it and then find nothing left to do.
+    """
+    with engine.connect() as connection:
+        if revision == "head" and current_revision(connection, table_name) == head_revision():
+            connection.rollback()
+            return False
+        connection.rollback()
+        with _schema_lock(connection, table_name):
+            start = current_revision(connection, table_name)
+            target = head_revision() if revision == "head" else revision
+            if start == target:
+                return False
+
+            def steps(rev, context):  # type: ignore[no-untyped-def]
+                return _SCRIPTS._upgrade_revs(target, rev)
+
+            context = MigrationContext.configure(
+                connection,
+                opts={
+                    "version_table": version_table(table_name),
+                    "fn": steps,
+                    "bgqueue_table": table_name,
+                    "transaction_per_migration": False,
+                },
+            )
+            with Operations.context(context):
+                context.run_migrations()
+        return True
+
+
+@contextmanager
+def _schema_lock(connection: sa.Connection, table_name: str) -> Iterator[None]:
+    """Hold a database-wide lock for the table's migrations, then commit them.
+
+    PostgreSQL: a transaction-level advisory lock, and the DDL commits with it.
+    MySQL/MariaDB: a named lock (``GET_LOCK``); DDL commits by itself there.
+    SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock for the whole upgrade.
+    """
+    dialect = connection.dialect.name
+    name = f"bgqueue-schema-{table_name}"
+    if dialect == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        yield
+        connection.commit()
+    elif dialect in ("mysql", "mariadb"):
+        got = connection.execute(sa.text("SELECT GET_LOCK(:n, 300)"), {"n": name}).scalar()
+        if got != 1:
+            raise TimeoutError(f"waited 300 s for the schema lock {name!r}")
+        try:
+            yield
+            connection.commit()
+        finally:
+            connection.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+            connection.commit()
+    elif dialect == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        yield
+        connection.commit()
+    else:
+        yield
+        connection.commit()

@@ -1,0 +1,350 @@
+"""The only module that speaks SQL.
+
+Every state change is one conditional UPDATE that names the state it expects, so a job is
+claimed by one worker only and a late worker can never overwrite a newer state.
+Dialect-specific SQL (SKIP LOCKED, advisory locks, ``BEGIN IMMEDIATE``) sits in
+:meth:`Store._claim_transaction` and :meth:`Store._try_lock_group`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from .models import DONE_STATES, PENDING_STATES, RUNNABLE_STATES, Job, JobState, job_table
+from .retry import utcnow
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker moved to ``PROCESSING``; its guard for every later update."""
+
+    job: Job
+    previous_state: JobState
+
+
+class Store:
+    """SQL for one application's job table, on the queue's own engine."""
+
+    def __init__(self, engine: sa.Engine, table_name: str, queue: str) -> None:
+        self.dialect = engine.dialect.name
+        if self.dialect in ("mysql", "mariadb", "postgresql"):
+            # Each statement sees what others committed before it: the serial-group check
+            # must see a claim committed while this transaction waited for the group lock.
+            engine = engine.execution_options(isolation_level="READ COMMITTED")
+        self.engine = engine
+        self.table = t = job_table(table_name)
+        self.queue = queue
+        # The instance's queue and its sub-queues ("<queue>_<name>"), matched exactly:
+        # the prefix is escaped so "_" and "%" are not LIKE wildcards.
+        self.in_queue = sa.or_(t.c.queue == queue, t.c.queue.startswith(f"{queue}_", autoescape=True))
+        self._insert = t.insert()
+        self._group_lock_prefix = f"bgq:{table_name}:"
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def insert(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Write rows in one transaction, one multi-row INSERT; return their ids in order."""
+        with self.engine.begin() as conn:
+            if len(rows) == 1:
+                return [conn.execute(self._insert, rows[0]).inserted_primary_key[0]]
+            if self.engine.dialect.insert_executemany_returning_sort_by_parameter_order:
+                stmt = self._insert.returning(self.table.c.id, sort_by_parameter_order=True)
+                return list(conn.execute(stmt, list(rows)).scalars())
+            # No RETURNING for several rows (MySQL 8): one statement per row, same transaction.
+            return [conn.execute(self._insert, row).inserted_primary_key[0] for row in rows]
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        t = self.table
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == job_id, self.in_queue)).first()
+        return Job.from_row(row) if row is not None else None
+
+    def unfinished_identifiers(
+        self, identifiers: Iterable[str] | None, exclude_processing: bool
+    ) -> list[str]:
+        t = self.table
+        excluded = [*DONE_STATES, *([JobState.PROCESSING] if exclude_processing else [])]
+        stmt = (
+            sa.select(t.c.identifier)
+            .distinct()
+            .where(self.in_queue, t.c.state.not_in(excluded), t.c.identifier.is_not(None))
+        )
+        if identifiers is not None:
+            wanted = list(identifiers)
+            if not wanted:
+                return []
+            stmt = stmt.where(t.c.identifier.in_(wanted))
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(stmt).scalars())
+
+    def next_available_at(self, priorities: Sequence[int] | None, callbacks: Iterable[str]) -> datetime | None:
+        """When the soonest runnable job of these priorities and callbacks becomes due."""
+        t = self.table
+        stmt = sa.select(sa.func.min(t.c.available_at)).where(
+            self._runnable(priorities, callbacks)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar()
+
+    # -- claiming -----------------------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        priorities: Sequence[int] | None,
+        callbacks: Sequence[str],
+        pid: int,
+        hostname: str,
+        waiting_expiration: timedelta,
+    ) -> list[Claim]:
+        """Move up to ``limit`` due jobs to ``PROCESSING`` for this worker.
+
+        Unique duplicates become ``REDUNDANT`` and jobs blocked by their serial group
+        ``WAITING`` on the way; a group never has two jobs claimed at once.
+        """
+        t = self.table
+        if not callbacks:
+            return []
+        with self._claim_transaction() as conn:
+            query = (
+                sa.select(t)
+                .where(self._runnable(priorities, callbacks), t.c.available_at <= now)
+                .order_by(t.c.priority, t.c.id)
+                .limit(limit)
+            )
+            if self.dialect != "sqlite":
+                query = query.with_for_update(skip_locked=True)
+            candidates = [Job.from_row(r) for r in conn.execute(query)]
+            chosen: list[Job] = []
+            groups_seen: set[str] = set()
+            for job in candidates:
+                if job.is_unique and self._has_older_twin(conn, job):
+                    self._set_redundant(conn, job, now)
+                    continue
+                if job.serial_group is not None:
+                    if job.serial_group in groups_seen:
+                        continue  # the one before it in this batch runs first
+                    groups_seen.add(job.serial_group)
+                    if not self._try_lock_group(conn, job.serial_group):
+                        continue  # another worker is deciding this group right now
+                    blocker = self._group_blocker(conn, job)
+                    if blocker is not None:
+                        self._set_waiting(conn, job, now + waiting_expiration, f"waiting for job {blocker}")
+                        continue
+                chosen.append(job)
+            if not chosen:
+                return []
+            values = dict(
+                state=JobState.PROCESSING,
+                number_of_attempts=t.c.number_of_attempts + 1,
+                last_attempt_at=now,
+                heartbeat_at=now,
+                updated_at=now,
+                pid=pid,
+                hostname=hostname,
+            )
+            conn.execute(
+                t.update()
+                .where(t.c.id.in_([j.id for j in chosen]), t.c.state.in_(RUNNABLE_STATES))
+                .values(**values)
+            )
+        return [
+            Claim(
+                replace(
+                    job,
+                    state=JobState.PROCESSING,
+                    number_of_attempts=job.number_of_attempts + 1,
+                    last_attempt_at=now,
+                    heartbeat_at=now,
+                    updated_at=now,
+                    pid=pid,
+                    hostname=hostname,
+                ),
+                job.state,
+            )
+            for job in chosen
+        ]
+
+    def _runnable(self, priorities: Sequence[int] | None, callbacks: Iterable[str]) -> Any:
+        t = self.table
+        clause = sa.and_(
+            t.c.state.in_(RUNNABLE_STATES), self.in_queue, t.c.callback_name.in_(list(callbacks))
+        )
+        if priorities is not None:
+            clause = sa.and_(clause, t.c.priority.in_(list(priorities)))
+        return clause
+
+    def _has_older_twin(self, conn: sa.Connection, job: Job) -> bool:
+        t = self.table
+        stmt = sa.select(t.c.id).where(t.c.identifier == job.identifier, t.c.id < job.id, self.in_queue).limit(1)
+        return conn.execute(stmt).first() is not None
+
+    def _group_blocker(self, conn: sa.Connection, job: Job) -> int | None:
+        """The job that must finish before ``job`` may run, if any."""
+        t = self.table
+        earlier = sa.or_(t.c.priority < job.priority, sa.and_(t.c.priority == job.priority, t.c.id < job.id))
+        stmt = (
+            sa.select(t.c.id)
+            .where(
+                t.c.serial_group == job.serial_group,
+                self.in_queue,
+                t.c.id != job.id,
+                sa.or_(
+                    t.c.state == JobState.PROCESSING,
+                    sa.and_(t.c.state.in_(PENDING_STATES), earlier),
+                ),
+            )
+            .order_by(t.c.priority, t.c.id)
+            .limit(1)
+        )
+        return conn.execute(stmt).scalar()
+
+    def _set_redundant(self, conn: sa.Connection, job: Job, now: datetime) -> None:
+        self._transition(
+            conn, job.id, (job.state,), state=JobState.REDUNDANT, finished_at=now, updated_at=now,
+            error_message=f"duplicate of an older job with identifier {job.identifier!r}",
+        )
+
+    def _set_waiting(self, conn: sa.Connection, job: Job, until: datetime, why: str) -> None:
+        self._transition(
+            conn, job.id, (job.state,), state=JobState.WAITING, available_at=until, updated_at=until,
+            error_message=why,
+        )
+
+    @contextmanager
+    def _claim_transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction that also releases the MySQL group locks it took."""
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                # Take the write lock up front: claims are serialized, never upgraded mid-way.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.info["bgq_locks"] = []
+            try:
+                yield conn
+                conn.commit()
+            finally:
+                if conn.in_transaction():
+                    conn.rollback()
+                locks = conn.info.pop("bgq_locks")
+                for name in locks:  # session-level locks outlive the transaction on MySQL
+                    conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+                if locks:
+                    conn.commit()
+
+    def _try_lock_group(self, conn: sa.Connection, group: str) -> bool:
+        """Lock a serial group until the claim commits; never wait for it.
+
+        PostgreSQL: a transaction advisory lock. MySQL/MariaDB: a named lock (released
+        after commit by :meth:`_claim_transaction`). SQLite: ``BEGIN IMMEDIATE`` already
+        serializes claims. Keys hash the table name too, so two apps never collide.
+        """
+        digest = hashlib.sha256((self._group_lock_prefix + group).encode()).digest()
+        if self.dialect == "postgresql":
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            return bool(conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar())
+        if self.dialect in ("mysql", "mariadb"):
+            name = "bgq:" + digest.hex()[:56]
+            if conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar() == 1:
+                conn.info["bgq_locks"].append(name)
+                return True
+            return False
+        return True
+
+    # -- after a claim ------------------------------------------------------------------
+
+    def update_claimed(self, claim: Claim, **values: Any) -> bool:
+        """Store an attempt's outcome, if the job is still this attempt's; else ``False``."""
+        with self.engine.begin() as conn:
+            return self._guarded(conn, claim, **values)
+
+    def release(self, claims: Sequence[Claim], now: datetime) -> None:
+        """Give back claimed jobs that were not started (the worker is stopping)."""
+        t = self.table
+        with self.engine.begin() as conn:
+            for claim in claims:
+                self._guarded(
+                    conn, claim, state=claim.previous_state,
+                    number_of_attempts=t.c.number_of_attempts - 1, pid=None, hostname=None,
+                    heartbeat_at=None, updated_at=now,
+                )
+
+    def heartbeat(self, claims: Sequence[Claim], now: datetime) -> None:
+        t = self.table
+        if not claims:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.id.in_([c.job.id for c in claims]), t.c.state == JobState.PROCESSING)
+                .values(heartbeat_at=now)
+            )
+
+    def reap_lost(self, now: datetime, lost_after: timedelta) -> list[int]:
+        """Jobs whose worker stopped beating go back to ``TEMPORARILY_FAILED``, due now."""
+        t = self.table
+        stale = sa.and_(t.c.state == JobState.PROCESSING, self.in_queue, t.c.heartbeat_at < now - lost_after)
+        with self.engine.begin() as conn:
+            lost = list(conn.execute(sa.select(t.c.id, t.c.hostname, t.c.pid).where(stale)))
+            reaped = []
+            for job_id, host, pid in lost:
+                done = self._transition(
+                    conn, job_id, (JobState.PROCESSING,), extra=t.c.heartbeat_at < now - lost_after,
+                    state=JobState.TEMPORARILY_FAILED, available_at=now, updated_at=now,
+                    error_message=f"worker lost: pid {pid} on {host} stopped without saving the job",
+                )
+                if done:
+                    reaped.append(job_id)
+        return reaped
+
+    def note_unknown_callbacks(self, now: datetime, known: Sequence[str], note: str) -> int:
+        """Mark due jobs that no callback of this worker can run, without touching their state."""
+        t = self.table
+        stmt = (
+            t.update()
+            .where(
+                t.c.state.in_(RUNNABLE_STATES), self.in_queue, t.c.available_at <= now,
+                t.c.callback_name.not_in(list(known)),
+                sa.or_(t.c.error_message.is_(None), t.c.error_message != note),
+            )
+            .values(error_message=note)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def clear_finished(self, before: datetime | None) -> int:
+        t = self.table
+        stmt = t.delete().where(t.c.state.in_(DONE_STATES), self.in_queue)
+        if before is not None:
+            stmt = stmt.where(t.c.finished_at < before)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _guarded(self, conn: sa.Connection, claim: Claim, **values: Any) -> bool:
+        t = self.table
+        return self._transition(
+            conn, claim.job.id, (JobState.PROCESSING,),
+            extra=t.c.number_of_attempts == claim.job.number_of_attempts, **values,
+        )
+
+    def _transition(
+        self, conn: sa.Connection, job_id: int, expected: Sequence[JobState], extra: Any = None, **values: Any
+    ) -> bool:
+        """The one way a state changes: an UPDATE that names the state it expects."""
+        t = self.table
+        stmt = t.update().where(t.c.id == job_id, t.c.state.in_(expected))
+        if extra is not None:
+            stmt = stmt.where(extra)
+        return conn.execute(stmt.values(**values)).rowcount == 1
