@@ -54,9 +54,11 @@ class Store:
         with self.engine.begin() as conn:
             if len(rows) == 1:
                 return [conn.execute(self._insert, rows[0]).inserted_primary_key[0]]
-            if self.engine.dialect.insert_executemany_returning_sort_by_parameter_order:
-                stmt = self._insert.returning(self.table.c.id, sort_by_parameter_order=True)
-                return list(conn.execute(stmt, list(rows)).scalars())
+            if self.engine.dialect.insert_returning:
+                # One multi-row INSERT. Within one statement the autoincrement ids are handed
+                # out in VALUES order, so the sorted returned ids line up with the rows.
+                stmt = self._insert.values(list(rows)).returning(self.table.c.id)
+                return sorted(conn.execute(stmt).scalars())
             # No RETURNING for several rows (MySQL 8): one statement per row, same transaction.
             return [conn.execute(self._insert, row).inserted_primary_key[0] for row in rows]
 

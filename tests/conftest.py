@@ -1,0 +1,123 @@
+"""Fixtures: an app factory parametrized over real databases.
+
+SQLite runs on a file in the test's temporary folder. PostgreSQL and MariaDB come from
+``BGQUEUE_TEST_POSTGRES_URL`` / ``BGQUEUE_TEST_MYSQL_URL`` (``scripts/services.sh start``
+provides them); each test gets a table of its own, dropped afterwards. When a server cannot
+be reached the test is skipped locally and fails under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_bgqueue import BackgroundQueue
+
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "BGQUEUE_TEST_POSTGRES_URL", "postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_test"
+    ),
+    "mysql": os.environ.get(
+        "BGQUEUE_TEST_MYSQL_URL", "mysql+pymysql://bgqueue:bgqueue@127.0.0.1:3306/bgqueue_test"
+    ),
+}
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_reachable: dict[str, str | None] = {}
+
+
+def require_server(name: str) -> str:
+    """The server's URL, or skip (fail in CI) with the reason it cannot be reached."""
+    url = SERVER_URLS[name]
+    if name not in _reachable:
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            _reachable[name] = None
+        except Exception as exc:
+            _reachable[name] = f"{name} at {url} is not reachable: {exc}"
+        finally:
+            engine.dispose()
+    error = _reachable[name]
+    if error is not None:
+        if IN_CI:
+            pytest.fail(error + " (CI=true: a missing service is a failure)")
+        pytest.skip(error + " (run scripts/services.sh start)")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A database URL for each supported database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    return require_server(request.param)
+
+
+@pytest.fixture
+def table_name() -> str:
+    return f"bgq_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def drop_tables(db_url: str, table_name: str) -> Iterator[None]:
+    yield
+    if db_url.startswith("sqlite"):
+        return
+    engine = sa.create_engine(db_url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        for name in (table_name, f"{table_name}_alembic_version"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+    engine.dispose()
+
+
+AppFactory = Callable[..., Flask]
+
+
+@pytest.fixture
+def make_app(db_url: str, table_name: str, tmp_path: Any, drop_tables: None) -> Iterator[AppFactory]:
+    """Build an app with a :class:`BackgroundQueue` on the test's database.
+
+    ``make_app(bgq=None, **config)`` returns the app; ``app.bgq`` is the extension.
+    """
+    apps: list[Flask] = []
+
+    def factory(bgq: BackgroundQueue | None = None, **config: Any) -> Flask:
+        app = Flask("tests", root_path=str(tmp_path), instance_path=str(tmp_path / "instance"))
+        app.config.update(
+            TESTING=True,
+            SECRET_KEY="test secret",
+            BGQUEUE_DATABASE_URI=db_url,
+            BGQUEUE_TABLE_NAME=table_name,
+            BGQUEUE_ENGINE_OPTIONS={"poolclass": sa.NullPool} if db_url.startswith("sqlite") else {},
+        )
+        app.config.update(config)
+        bgq = bgq or BackgroundQueue()
+        bgq.init_app(app)
+        app.bgq = bgq  # type: ignore[attr-defined]
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        state = app.extensions["bgqueue"]
+        if state._store is not None:
+            state._store.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Iterator[Flask]:
+    app = make_app()
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def bgq(app: Flask) -> BackgroundQueue:
+    return app.bgq  # type: ignore[attr-defined,no-any-return]
