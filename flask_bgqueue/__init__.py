@@ -6,6 +6,7 @@ from .exceptions import (
     BgQueueError,
     ConfigurationError,
     DieException,
+    JobOutcome,
     ParametersError,
     PermanentError,
     PublishError,
@@ -18,6 +19,7 @@ from .exceptions import (
 )
 from .extension import BackgroundQueue
 from .models import Job, JobState
+from .processor import SweepResult
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,7 @@ __all__ = [
     "ConfigurationError",
     "DieException",
     "Job",
+    "JobOutcome",
     "JobState",
     "ParametersError",
     "PermanentError",
@@ -34,6 +37,7 @@ __all__ = [
     "SchemaError",
     "SignatureError",
     "SkipException",
+    "SweepResult",
     "TemporaryError",
     "UnknownCallbackError",
     "WaitingException",

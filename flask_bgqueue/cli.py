@@ -55,8 +55,14 @@ def bgq_command() -> None:
 
 
 @bgq_command.command("process")
-@click.option("-p", "--priorities", "spec", metavar="SPEC", callback=_priorities,
-              help="Only these priorities: 10, 20-40, 25- or -20.")
+@click.option(
+    "-p",
+    "--priorities",
+    "spec",
+    metavar="SPEC",
+    callback=_priorities,
+    help="Only these priorities: 10, 20-40, 25- or -20.",
+)
 @with_appcontext
 @host_locked("process")
 def process_command(spec: Any) -> None:

@@ -191,13 +191,19 @@ def _callbacks(value: Any, priorities: tuple[int, ...]) -> dict[str, CallbackSpe
 def _signing_keys(app: Flask) -> tuple[bytes, ...]:
     """The current signing key first, then Flask's ``SECRET_KEY_FALLBACKS`` (rotation)."""
     own = app.config["BGQUEUE_SIGNING_KEY"]
-    keys = [own] if own else [app.config.get("SECRET_KEY"), *(app.config.get("SECRET_KEY_FALLBACKS") or [])]
+    keys = (
+        [own]
+        if own
+        else [app.config.get("SECRET_KEY"), *(app.config.get("SECRET_KEY_FALLBACKS") or [])]
+    )
     result = []
     for k in keys:
         if not k:
             continue
         if not isinstance(k, (str, bytes)):
-            raise ConfigurationError("BGQUEUE_SIGNING_KEY must be text or bytes.", "BGQUEUE_SIGNING_KEY")
+            raise ConfigurationError(
+                "BGQUEUE_SIGNING_KEY must be text or bytes.", "BGQUEUE_SIGNING_KEY"
+            )
         result.append(k.encode() if isinstance(k, str) else k)
     return tuple(result)
 

@@ -34,6 +34,7 @@ class _AppState:
         self.settings = settings
         self.logger = app.logger
         self._store: Store | None = None
+        self._engine: sa.Engine | None = None
         self._lock = threading.Lock()
 
     def callback(self, name: str) -> CallbackSpec | None:
@@ -47,19 +48,33 @@ class _AppState:
     def store(self) -> Store:
         """The store, created on first use, with the schema brought up to date."""
         if self._store is None:
+            engine = self.engine
             with self._lock:
                 if self._store is None:
-                    self._store = self._open_store()
+                    self._store = self._open_store(engine)
         return self._store
 
-    def _open_store(self) -> Store:
+    @property
+    def engine(self) -> sa.Engine:
+        """The queue's engine (private, or the bind's), created on first use."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = _engine(self.settings)
+        return self._engine
+
+    def _open_store(self, engine: sa.Engine) -> Store:
         from . import schema
 
         s = self.settings
-        engine = _engine(s)
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-            with engine.connect() as conn:  # persistent per file: readers never block the writer
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            try:  # persistent per file: readers never block the writer
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            except sa.exc.OperationalError as exc:  # another connection is writing right now
+                self.logger.info(
+                    "bgqueue: SQLite WAL mode not set (%s); rollback journal kept", exc
+                )
         if s.auto_update_schema:
             schema.upgrade(engine, s.table_name)
         else:
@@ -94,11 +109,12 @@ def _engine(settings: Settings) -> sa.Engine:
         )
     engine: sa.Engine = db.engines[settings.bind_key]
     if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_busy_timeout)
+        # On checkout, not connect: the bind's pool may already hold connections.
+        sa.event.listen(engine.pool, "checkout", _sqlite_busy_timeout)
     return engine
 
 
-def _sqlite_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_busy_timeout(dbapi_connection: Any, *_: Any) -> None:
     # Wait for another process's write instead of failing at once with "database is locked".
     dbapi_connection.execute("PRAGMA busy_timeout = 30000")
 
@@ -153,7 +169,9 @@ class BackgroundQueue:
         self, name: str | None = None, *, queue: str | None = None, priority: int | None = None
     ) -> Callable[[F], F]: ...
 
-    def callback(self, name: Any = None, *, queue: str | None = None, priority: int | None = None) -> Any:
+    def callback(
+        self, name: Any = None, *, queue: str | None = None, priority: int | None = None
+    ) -> Any:
         """Register a function as a callback: ``@bgq.callback`` or ``@bgq.callback("name")``.
 
         ``queue`` sends its jobs to the sub-queue ``<BGQUEUE_QUEUE>_<queue>``; ``priority``
@@ -176,7 +194,9 @@ class BackgroundQueue:
 
         return decorator
 
-    def processing_metadata(self, func: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    def processing_metadata(
+        self, func: Callable[[Any], dict[str, Any]]
+    ) -> Callable[[Any], dict[str, Any]]:
         """Register the function whose dict is stored as a claimed job's ``metadata``.
 
         It receives the job's parameters.
@@ -206,7 +226,9 @@ class BackgroundQueue:
         state = self._state()
         s = state.settings
         if not callback_name or not isinstance(callback_name, str):
-            raise UnknownCallbackError("callback_name must be a non-empty string.", str(callback_name))
+            raise UnknownCallbackError(
+                "callback_name must be a non-empty string.", str(callback_name)
+            )
         spec = state.callback(callback_name)
         if spec is None:
             raise UnknownCallbackError(
@@ -216,7 +238,9 @@ class BackgroundQueue:
                 callback_name,
             )
         if is_unique and not identifier:
-            raise PublishError("is_unique=True needs an identifier: only jobs with one can be unique.")
+            raise PublishError(
+                "is_unique=True needs an identifier: only jobs with one can be unique."
+            )
         for label, text in (("serial_group", serial_group), ("identifier", identifier)):
             if text is not None and (not isinstance(text, str) or len(text) > 255):
                 raise PublishError(f"{label} must be a string of at most 255 characters.")
@@ -339,7 +363,7 @@ class BackgroundQueue:
         from . import schema
 
         state = self._state()
-        return schema.upgrade(_engine(state.settings), state.settings.table_name)
+        return schema.upgrade(state.engine, state.settings.table_name)
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -366,7 +390,7 @@ def write_rows(state: _AppState, rows: list[dict[str, Any]]) -> list[int]:
     ids = state.store.insert(rows)
     if signals.job_published.receivers:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        for job_id, row in zip(ids, rows):
+        for job_id, row in zip(ids, rows, strict=True):
             try:
                 signals.job_published.send(app, job_id=job_id, callback_name=row["callback_name"])
             except Exception:

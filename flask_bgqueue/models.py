@@ -12,7 +12,7 @@ from sqlalchemy.dialects import mysql
 
 
 class JobState(enum.IntEnum):
-    """States of a job; the numbers are stored and match the PHP original."""
+    """States of a job; the numbers are what the ``state`` column stores and never change."""
 
     BACK_TO_BROKER = -1
     READY = 1

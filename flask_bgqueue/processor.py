@@ -40,7 +40,12 @@ HOSTNAME = socket.gethostname()
 
 @dataclass
 class SweepResult:
-    """What one :meth:`BackgroundQueue.process` call did."""
+    """What one :meth:`BackgroundQueue.process` call did.
+
+    ``outcomes`` counts the jobs by the state they ended in (``{"FINISHED": 12}``),
+    ``reaped`` lists the jobs taken back from lost workers, ``died`` tells whether a
+    :class:`~flask_bgqueue.DieException` stopped the sweep.
+    """
 
     outcomes: dict[str, int] = field(default_factory=dict)
     reaped: list[int] = field(default_factory=list)
@@ -50,8 +55,19 @@ class SweepResult:
     def processed(self) -> int:
         return sum(self.outcomes.values())
 
+    @property
+    def finished_any(self) -> bool:
+        """Whether a job ended (not merely waited or was skipped as a duplicate)."""
+        return any(
+            k in self.outcomes for k in ("FINISHED", "PERMANENTLY_FAILED", "TEMPORARILY_FAILED")
+        )
+
     def count(self, state: JobState) -> None:
         self.outcomes[state.name] = self.outcomes.get(state.name, 0) + 1
+
+    def merge(self, other: SweepResult) -> None:
+        for name, n in other.outcomes.items():
+            self.outcomes[name] = self.outcomes.get(name, 0) + n
 
 
 @dataclass(frozen=True)
@@ -113,12 +129,18 @@ class Processor:
         s = self.settings
         result = SweepResult()
         now = utcnow()
-        result.reaped = self.store.reap_lost(now, timedelta(seconds=s.worker_lost_after_seconds))
+        result.reaped = self.store.reap_lost(
+            now, timedelta(seconds=s.worker_lost_after_seconds), s.max_attempts
+        )
         for job_id in result.reaped:
-            self.logger.warning("bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id)
+            self.logger.warning(
+                "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id
+            )
         known = self.state.callback_names()
         self.store.note_unknown_callbacks(
-            now, known, f"no callback of this name is registered in worker pid {self.pid} on {HOSTNAME}"
+            now,
+            known,
+            f"no callback of this name is registered in worker pid {self.pid} on {HOSTNAME}",
         )
         waiting = timedelta(milliseconds=s.waiting_job_expiration_ms)
         heartbeat = Heartbeat(self.store, s.heartbeat_interval_seconds, self.logger)
@@ -139,11 +161,13 @@ class Processor:
                         continue
                     return result
                 heartbeat.hold(claims)
-                if self.run_claims(claims, heartbeat, result):
+                batch = SweepResult()
+                died = self.run_claims(claims, heartbeat, batch)
+                result.merge(batch)
+                if died:
+                    result.died = True
                     return result
-                progressed = progressed or any(
-                    k in result.outcomes for k in ("FINISHED", "PERMANENTLY_FAILED", "TEMPORARILY_FAILED")
-                )
+                progressed = progressed or batch.finished_any
         finally:
             heartbeat.stop()
 
@@ -171,7 +195,6 @@ class Processor:
             result.count(outcome.state)
             if outcome.die:
                 self.store.release(claims[i + 1 :], utcnow())
-                result.died = True
                 return True
         return False
 
@@ -199,7 +222,8 @@ class Processor:
         spec = self.state.callback(job.callback_name)
         try:
             parameters = serialization.load(
-                serialization.Stored(job.parameters, job.parameters_json), self.settings.signing_keys
+                serialization.Stored(job.parameters, job.parameters_json),
+                self.settings.signing_keys,
             )
         except SignatureError as exc:
             return self._permanent(exc, f"parameters refused: {exc}"), measured
@@ -229,7 +253,9 @@ class Processor:
 
         if error is not None:
             try:
-                signals.process_error.send(self.app, job=job, parameters=parameters, exception=error)
+                signals.process_error.send(
+                    self.app, job=job, parameters=parameters, exception=error
+                )
             except Exception as replaced:  # the receiver decides the outcome
                 replaced.__context__ = error
                 error = replaced
@@ -240,7 +266,9 @@ class Processor:
         now = utcnow()
         job = claim.job
         if error is None:
-            return Outcome(JobState.FINISHED, {"finished_at": now, "error_message": None, "traceback": None})
+            return Outcome(
+                JobState.FINISHED, {"finished_at": now, "error_message": None, "traceback": None}
+            )
         die = isinstance(error, DieException)
         cause = error
         if die:
@@ -253,7 +281,8 @@ class Processor:
             values = {
                 **failure,
                 "error_message": str(cause) or "waiting",
-                "available_at": now + timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
+                "available_at": now
+                + timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
                 "number_of_attempts": job.number_of_attempts - 1,  # waiting is not an attempt
             }
             return Outcome(JobState.WAITING, values, die, cause)
@@ -261,7 +290,9 @@ class Processor:
             return Outcome(JobState.PERMANENTLY_FAILED, failure, die, cause)
         limit = self.settings.max_attempts
         if limit is not None and job.number_of_attempts >= limit:
-            failure["error_message"] = f"gave up after {job.number_of_attempts} attempts: {failure['error_message']}"
+            failure["error_message"] = (
+                f"gave up after {job.number_of_attempts} attempts: {failure['error_message']}"
+            )
             return Outcome(JobState.PERMANENTLY_FAILED, failure, die, cause)
         values = {**failure, "available_at": now + backoff(job.number_of_attempts)}
         return Outcome(JobState.TEMPORARILY_FAILED, values, die, cause)
@@ -280,18 +311,25 @@ class Processor:
             if outcome.state is JobState.PERMANENTLY_FAILED:
                 self.logger.critical(
                     "bgqueue: job %s (%s) failed permanently: %s",
-                    job.id, job.callback_name, outcome.values.get("error_message"),
+                    job.id,
+                    job.callback_name,
+                    outcome.values.get("error_message"),
                 )
             if outcome.state is JobState.TEMPORARILY_FAILED:
                 self.logger.warning(
                     "bgqueue: job %s (%s) failed, attempt %s, retry at %s: %s",
-                    job.id, job.callback_name, job.number_of_attempts,
-                    outcome.values["available_at"], outcome.values.get("error_message"),
+                    job.id,
+                    job.callback_name,
+                    job.number_of_attempts,
+                    outcome.values["available_at"],
+                    outcome.values.get("error_message"),
                 )
                 if job.number_of_attempts == self.settings.notify_on_number_of_attempts:
                     self.logger.critical(
                         "bgqueue: job %s (%s) has failed %s times: %s",
-                        job.id, job.callback_name, job.number_of_attempts,
+                        job.id,
+                        job.callback_name,
+                        job.number_of_attempts,
                         outcome.values.get("error_message"),
                     )
                     signals.attempts_notification.send(self.app, job=job)
@@ -300,7 +338,9 @@ class Processor:
             if outcome.state in (JobState.TEMPORARILY_FAILED, JobState.PERMANENTLY_FAILED):
                 signals.job_failed.send(self.app, job=job, exception=outcome.exception)
         except Exception:
-            self.logger.exception("bgqueue: an observer of job %s failed (the outcome is saved)", job.id)
+            self.logger.exception(
+                "bgqueue: an observer of job %s failed (the outcome is saved)", job.id
+            )
 
 
 def _call(func: Any, parameters: Any) -> Any:
@@ -321,5 +361,3 @@ def _message(exc: BaseException) -> str:
 
 def _traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
-
-

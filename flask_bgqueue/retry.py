@@ -32,6 +32,4 @@ def to_utc_naive(value: datetime | timedelta | None, now: datetime) -> datetime:
         if value.tzinfo is None:
             return value
         return value.astimezone(timezone.utc).replace(tzinfo=None)
-    raise TypeError(
-        f"available_at must be a datetime or a timedelta, not {type(value).__name__}"
-    )
+    raise TypeError(f"available_at must be a datetime or a timedelta, not {type(value).__name__}")

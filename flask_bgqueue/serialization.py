@@ -92,7 +92,9 @@ def load(stored: Stored, keys: tuple[bytes, ...]) -> Any:
         return None
     blob = bytes(blob)
     if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + 32:
-        raise SignatureError("the pickled parameters carry no signature; refusing to unpickle them.")
+        raise SignatureError(
+            "the pickled parameters carry no signature; refusing to unpickle them."
+        )
     signature, data = blob[len(_MAGIC) : len(_MAGIC) + 32], blob[len(_MAGIC) + 32 :]
     if not keys:
         raise SignatureError(
@@ -130,7 +132,7 @@ def _tagged(kind: str, v: Any) -> dict[str, Any]:
     return {TAG: kind, "v": v}
 
 
-def _encode(value: Any, path: str) -> Any:  # noqa: C901 - one branch per supported type
+def _encode(value: Any, path: str) -> Any:
     t = type(value)
     if value is None or t is bool or t is int or t is str:
         return value
@@ -145,7 +147,10 @@ def _encode(value: Any, path: str) -> Any:  # noqa: C901 - one branch per suppor
             return {k: _encode(v, f"{path}[{k!r}]") for k, v in value.items()}
         return _tagged(
             "dict",
-            [[_encode(k, f"{path} key {k!r}"), _encode(v, f"{path}[{k!r}]")] for k, v in value.items()],
+            [
+                [_encode(k, f"{path} key {k!r}"), _encode(v, f"{path}[{k!r}]")]
+                for k, v in value.items()
+            ],
         )
     if t is set or t is frozenset:
         return _tagged(t.__name__, [_encode(v, f"{path} item") for v in value])

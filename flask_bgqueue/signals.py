@@ -22,8 +22,7 @@ process_error = _signals.signal("bgqueue.process-error")
 #: After a callback returned. Kwargs: ``job``, ``parameters``. Raising fails the job.
 after_process = _signals.signal("bgqueue.after-process")
 
-#: A job row was written. Kwargs: ``job_id`` (``None`` before the database assigned it),
-#: ``callback_name``.
+#: A job row was written and committed. Kwargs: ``job_id``, ``callback_name``.
 job_published = _signals.signal("bgqueue.job-published")
 #: A job reached ``FINISHED``. Kwargs: ``job``.
 job_finished = _signals.signal("bgqueue.job-finished")

@@ -18,7 +18,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from .models import DONE_STATES, PENDING_STATES, RUNNABLE_STATES, Job, JobState, job_table
-from .retry import utcnow
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,9 @@ class Store:
         self.queue = queue
         # The instance's queue and its sub-queues ("<queue>_<name>"), matched exactly:
         # the prefix is escaped so "_" and "%" are not LIKE wildcards.
-        self.in_queue = sa.or_(t.c.queue == queue, t.c.queue.startswith(f"{queue}_", autoescape=True))
+        self.in_queue = sa.or_(
+            t.c.queue == queue, t.c.queue.startswith(f"{queue}_", autoescape=True)
+        )
         self._insert = t.insert()
         self._group_lock_prefix = f"bgq:{table_name}:"
 
@@ -88,12 +89,12 @@ class Store:
         with self.engine.connect() as conn:
             return sorted(conn.execute(stmt).scalars())
 
-    def next_available_at(self, priorities: Sequence[int] | None, callbacks: Iterable[str]) -> datetime | None:
+    def next_available_at(
+        self, priorities: Sequence[int] | None, callbacks: Iterable[str]
+    ) -> datetime | None:
         """When the soonest runnable job of these priorities and callbacks becomes due."""
         t = self.table
-        stmt = sa.select(sa.func.min(t.c.available_at)).where(
-            self._runnable(priorities, callbacks)
-        )
+        stmt = sa.select(sa.func.min(t.c.available_at)).where(self._runnable(priorities, callbacks))
         with self.engine.connect() as conn:
             return conn.execute(stmt).scalar()
 
@@ -142,7 +143,9 @@ class Store:
                         continue  # another worker is deciding this group right now
                     blocker = self._group_blocker(conn, job)
                     if blocker is not None:
-                        self._set_waiting(conn, job, now + waiting_expiration, f"waiting for job {blocker}")
+                        self._set_waiting(
+                            conn, job, now + waiting_expiration, f"waiting for job {blocker}"
+                        )
                         continue
                 chosen.append(job)
             if not chosen:
@@ -189,13 +192,19 @@ class Store:
 
     def _has_older_twin(self, conn: sa.Connection, job: Job) -> bool:
         t = self.table
-        stmt = sa.select(t.c.id).where(t.c.identifier == job.identifier, t.c.id < job.id, self.in_queue).limit(1)
+        stmt = (
+            sa.select(t.c.id)
+            .where(t.c.identifier == job.identifier, t.c.id < job.id, self.in_queue)
+            .limit(1)
+        )
         return conn.execute(stmt).first() is not None
 
     def _group_blocker(self, conn: sa.Connection, job: Job) -> int | None:
         """The job that must finish before ``job`` may run, if any."""
         t = self.table
-        earlier = sa.or_(t.c.priority < job.priority, sa.and_(t.c.priority == job.priority, t.c.id < job.id))
+        earlier = sa.or_(
+            t.c.priority < job.priority, sa.and_(t.c.priority == job.priority, t.c.id < job.id)
+        )
         stmt = (
             sa.select(t.c.id)
             .where(
@@ -214,13 +223,23 @@ class Store:
 
     def _set_redundant(self, conn: sa.Connection, job: Job, now: datetime) -> None:
         self._transition(
-            conn, job.id, (job.state,), state=JobState.REDUNDANT, finished_at=now, updated_at=now,
+            conn,
+            job.id,
+            (job.state,),
+            state=JobState.REDUNDANT,
+            finished_at=now,
+            updated_at=now,
             error_message=f"duplicate of an older job with identifier {job.identifier!r}",
         )
 
     def _set_waiting(self, conn: sa.Connection, job: Job, until: datetime, why: str) -> None:
         self._transition(
-            conn, job.id, (job.state,), state=JobState.WAITING, available_at=until, updated_at=until,
+            conn,
+            job.id,
+            (job.state,),
+            state=JobState.WAITING,
+            available_at=until,
+            updated_at=until,
             error_message=why,
         )
 
@@ -254,7 +273,9 @@ class Store:
         digest = hashlib.sha256((self._group_lock_prefix + group).encode()).digest()
         if self.dialect == "postgresql":
             key = int.from_bytes(digest[:8], "big", signed=True)
-            return bool(conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar())
+            return bool(
+                conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar()
+            )
         if self.dialect in ("mysql", "mariadb"):
             name = "bgq:" + digest.hex()[:56]
             if conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar() == 1:
@@ -276,9 +297,14 @@ class Store:
         with self.engine.begin() as conn:
             for claim in claims:
                 self._guarded(
-                    conn, claim, state=claim.previous_state,
-                    number_of_attempts=t.c.number_of_attempts - 1, pid=None, hostname=None,
-                    heartbeat_at=None, updated_at=now,
+                    conn,
+                    claim,
+                    state=claim.previous_state,
+                    number_of_attempts=t.c.number_of_attempts - 1,
+                    pid=None,
+                    hostname=None,
+                    heartbeat_at=None,
+                    updated_at=now,
                 )
 
     def heartbeat(self, claims: Sequence[Claim], now: datetime) -> None:
@@ -292,18 +318,39 @@ class Store:
                 .values(heartbeat_at=now)
             )
 
-    def reap_lost(self, now: datetime, lost_after: timedelta) -> list[int]:
-        """Jobs whose worker stopped beating go back to ``TEMPORARILY_FAILED``, due now."""
+    def reap_lost(
+        self, now: datetime, lost_after: timedelta, max_attempts: int | None
+    ) -> list[int]:
+        """Jobs whose worker stopped beating go back to ``TEMPORARILY_FAILED``, due now.
+
+        The lost attempt counts; past ``max_attempts`` the job fails for good instead.
+        """
         t = self.table
-        stale = sa.and_(t.c.state == JobState.PROCESSING, self.in_queue, t.c.heartbeat_at < now - lost_after)
+        stale = sa.and_(
+            t.c.state == JobState.PROCESSING, self.in_queue, t.c.heartbeat_at < now - lost_after
+        )
         with self.engine.begin() as conn:
-            lost = list(conn.execute(sa.select(t.c.id, t.c.hostname, t.c.pid).where(stale)))
+            lost = list(
+                conn.execute(
+                    sa.select(t.c.id, t.c.hostname, t.c.pid, t.c.number_of_attempts).where(stale)
+                )
+            )
             reaped = []
-            for job_id, host, pid in lost:
+            for job_id, host, pid, attempts in lost:
+                message = f"worker lost: pid {pid} on {host} stopped without saving the job"
+                state = JobState.TEMPORARILY_FAILED
+                if max_attempts is not None and attempts >= max_attempts:
+                    state = JobState.PERMANENTLY_FAILED
+                    message = f"gave up after {attempts} attempts: {message}"
                 done = self._transition(
-                    conn, job_id, (JobState.PROCESSING,), extra=t.c.heartbeat_at < now - lost_after,
-                    state=JobState.TEMPORARILY_FAILED, available_at=now, updated_at=now,
-                    error_message=f"worker lost: pid {pid} on {host} stopped without saving the job",
+                    conn,
+                    job_id,
+                    (JobState.PROCESSING,),
+                    extra=t.c.heartbeat_at < now - lost_after,
+                    state=state,
+                    available_at=now,
+                    updated_at=now,
+                    error_message=message,
                 )
                 if done:
                     reaped.append(job_id)
@@ -315,7 +362,9 @@ class Store:
         stmt = (
             t.update()
             .where(
-                t.c.state.in_(RUNNABLE_STATES), self.in_queue, t.c.available_at <= now,
+                t.c.state.in_(RUNNABLE_STATES),
+                self.in_queue,
+                t.c.available_at <= now,
                 t.c.callback_name.not_in(list(known)),
                 sa.or_(t.c.error_message.is_(None), t.c.error_message != note),
             )
@@ -337,12 +386,20 @@ class Store:
     def _guarded(self, conn: sa.Connection, claim: Claim, **values: Any) -> bool:
         t = self.table
         return self._transition(
-            conn, claim.job.id, (JobState.PROCESSING,),
-            extra=t.c.number_of_attempts == claim.job.number_of_attempts, **values,
+            conn,
+            claim.job.id,
+            (JobState.PROCESSING,),
+            extra=t.c.number_of_attempts == claim.job.number_of_attempts,
+            **values,
         )
 
     def _transition(
-        self, conn: sa.Connection, job_id: int, expected: Sequence[JobState], extra: Any = None, **values: Any
+        self,
+        conn: sa.Connection,
+        job_id: int,
+        expected: Sequence[JobState],
+        extra: Any = None,
+        **values: Any,
     ) -> bool:
         """The one way a state changes: an UPDATE that names the state it expects."""
         t = self.table

@@ -18,7 +18,8 @@ PG_CLUSTER=main
 PG_BIN="/usr/lib/postgresql/$PG_VERSION/bin"  # not /usr/local/bin/pg_ctl
 PG_DATA="/var/lib/postgresql/$PG_VERSION/$PG_CLUSTER"
 PG_CONF="/etc/postgresql/$PG_VERSION/$PG_CLUSTER"
-MARIADB_LOG=/var/log/mysql/error.log
+MARIADB_LOG=/var/log/mysql/error.log              # written by mariadbd (user mysql)
+MARIADB_SAFE_LOG=/var/log/mysql/mysqld_safe.out    # mysqld_safe's own output
 RABBITMQ_START_LOG=/var/log/rabbitmq/bgqueue-start.log
 ALL_SERVICES=(postgresql mariadb rabbitmq)
 
@@ -67,13 +68,21 @@ wait_gone() {
   done
 }
 
-# Remove a pid file left by a server killed with its machine (the pid may have
-# been reused by an unrelated process, which makes the server refuse to start).
+# True if PID is a live (not zombie) process named NAME.
+pid_alive() {
+  local pid=$1 name=$2 stat
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  [[ $stat == "$pid ($name) "* && ${stat#*) } != Z* ]]
+}
+
+# Remove a pid file left by a server killed with its machine or by SIGKILL:
+# its pid may be a zombie not yet reaped, or reused by an unrelated process,
+# either of which makes the server refuse to start.
 drop_stale_pidfile() {
   local file=$1 name=$2 pid
   [ -f "$file" ] || return 0
   pid=$(head -n 1 "$file" 2>/dev/null || true)
-  if [ -n "$pid" ] && grep -qs "$name" "/proc/$pid/comm"; then return 0; fi
+  if [[ $pid =~ ^[0-9]+$ ]] && pid_alive "$pid" "$name"; then return 0; fi
   say "removing stale $file"
   rm -f "$file"
 }
@@ -94,12 +103,20 @@ install_missing() {
   local apt=(apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold)
   # 'apt-get update' only when there are no package lists yet, or they are stale.
   if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; then "${apt[@]}" update; fi
+  # Keep the packages' scripts from starting the servers with their default
+  # settings (RabbitMQ would listen on all interfaces): we start them below.
+  local policy=/usr/sbin/policy-rc.d added_policy=
+  if [ ! -e $policy ]; then
+    printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && added_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   "${apt[@]}" install -y "${pkgs[@]}" || { "${apt[@]}" update && "${apt[@]}" install -y "${pkgs[@]}"; }
+  if [ -n "$added_policy" ]; then rm -f $policy; trap - EXIT; fi
 }
 
 # ---------------------------------------------------------------- PostgreSQL
-pg_up() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p 5432; }
-pg_psql() { runuser -u postgres -- "$PG_BIN/psql" -X -q -p 5432 -v ON_ERROR_STOP=1 "$@"; }
+postgresql_up() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p 5432; }
+pg_psql() { runuser -u postgres -- "$PG_BIN/psql" -X -q -p 5432 -v ON_ERROR_STOP=1; }  # SQL on stdin
 
 postgresql_launch() {
   if [ ! -f "$PG_CONF/postgresql.conf" ]; then
@@ -109,15 +126,19 @@ postgresql_launch() {
   mkdir -p "$PG_CONF/conf.d"
   printf '%s\n' "# written by scripts/services.sh" "listen_addresses = '127.0.0.1'" "port = 5432" \
     >"$PG_CONF/conf.d/bgqueue.conf"
-  pg_up && return 0
+  postgresql_up >/dev/null 2>&1 && return 0
   drop_stale_pidfile "$PG_DATA/postmaster.pid" postgres
   say "starting PostgreSQL $PG_VERSION"
   # pg_ctlcluster hands over to systemctl when systemd runs, else starts postgres itself.
-  pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start </dev/null >/dev/null 2>&1 || true
+  # (Output to a file, not a pipe: postgres inherits it and outlives us.)
+  local out=/var/log/postgresql/bgqueue-pg_ctlcluster.out
+  if ! pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start </dev/null >"$out" 2>&1; then
+    say "pg_ctlcluster start failed:"; cat "$out" >&2
+  fi
 }
 
 postgresql_ready() {
-  wait_for "PostgreSQL on 127.0.0.1:5432" "/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log" pg_up
+  wait_for "PostgreSQL on 127.0.0.1:5432" "/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log" postgresql_up
   pg_psql <<'SQL'
 DO $$
 BEGIN
@@ -136,22 +157,23 @@ SQL
 }
 
 postgresql_stop() {
-  pg_up || { [ -f "$PG_DATA/postmaster.pid" ] || return 0; }
+  postgresql_up || { [ -f "$PG_DATA/postmaster.pid" ] || return 0; }
   say "stopping PostgreSQL"
   pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" stop -m fast </dev/null >/dev/null 2>&1 || true
-  wait_gone "PostgreSQL" pg_up
+  wait_gone "PostgreSQL" postgresql_up
 }
 
 # ------------------------------------------------------------------- MariaDB
 mariadb_up() { MYSQL_PWD=bgqueue mariadb-admin --protocol=tcp -h127.0.0.1 -P3306 -ubgqueue ping; }
-mariadb_root() { mariadb --protocol=socket -uroot "$@"; }  # root@localhost: unix_socket auth
+mariadb_root() { mariadb --protocol=socket -uroot; }  # SQL on stdin; root@localhost: unix_socket auth
 
 mariadb_launch() {
   printf '%s\n' "# written by scripts/services.sh" "[mysqld]" "bind-address = 127.0.0.1" "port = 3306" \
     >/etc/mysql/mariadb.conf.d/99-bgqueue.cnf
-  mariadb_up && return 0
+  mariadb_up >/dev/null 2>&1 && return 0
   install -d -m 755 -o mysql -g root /run/mysqld
   install -d -m 2750 -o mysql -g adm /var/log/mysql
+  touch "$MARIADB_LOG" && chown mysql:adm "$MARIADB_LOG"
   if [ ! -d /var/lib/mysql/mysql ]; then
     say "initialising the MariaDB data directory"
     mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
@@ -163,7 +185,7 @@ mariadb_launch() {
     drop_stale_pidfile /run/mysqld/mysqld.pid mariadbd
     # Own session, no inherited stdout/stderr: a caller reading our output
     # through a pipe must not wait for the server to exit.
-    setsid /usr/bin/mysqld_safe --skip-syslog --log-error="$MARIADB_LOG" </dev/null >>"$MARIADB_LOG" 2>&1 &
+    setsid /usr/bin/mysqld_safe --skip-syslog --log-error="$MARIADB_LOG" </dev/null >>"$MARIADB_SAFE_LOG" 2>&1 &
   fi
 }
 
@@ -205,7 +227,7 @@ rabbitmq_launch() {
   mkdir -p /etc/rabbitmq
   printf '%s\n' "# written by scripts/services.sh" "listeners.tcp.default = 127.0.0.1:5672" \
     >/etc/rabbitmq/rabbitmq.conf
-  rabbitmq_up && return 0
+  rabbitmq_up >/dev/null 2>&1 && return 0
   say "starting RabbitMQ"
   if have_systemd; then
     systemctl start rabbitmq-server
@@ -217,7 +239,8 @@ rabbitmq_launch() {
 }
 
 rabbitmq_ready() {
-  local log=/var/log/rabbitmq/rabbit@$(hostname -s).log
+  local log
+  log=/var/log/rabbitmq/rabbit@$(hostname -s).log
   # await_startup fails at once while the node is not yet registered: retry it.
   wait_for "RabbitMQ node (rabbitmqctl await_startup)" "$log" rabbitmqctl_t -q await_startup --timeout 10
   wait_for "RabbitMQ on 127.0.0.1:5672" "$log" rabbitmq_up

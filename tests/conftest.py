@@ -21,7 +21,8 @@ from flask_bgqueue import BackgroundQueue
 
 SERVER_URLS = {
     "postgresql": os.environ.get(
-        "BGQUEUE_TEST_POSTGRES_URL", "postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_test"
+        "BGQUEUE_TEST_POSTGRES_URL",
+        "postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_test",
     ),
     "mysql": os.environ.get(
         "BGQUEUE_TEST_MYSQL_URL", "mysql+pymysql://bgqueue:bgqueue@127.0.0.1:3306/bgqueue_test"
@@ -81,7 +82,9 @@ AppFactory = Callable[..., Flask]
 
 
 @pytest.fixture
-def make_app(db_url: str, table_name: str, tmp_path: Any, drop_tables: None) -> Iterator[AppFactory]:
+def make_app(
+    db_url: str, table_name: str, tmp_path: Any, drop_tables: None
+) -> Iterator[AppFactory]:
     """Build an app with a :class:`BackgroundQueue` on the test's database.
 
     ``make_app(bgq=None, **config)`` returns the app; ``app.bgq`` is the extension.
@@ -95,7 +98,9 @@ def make_app(db_url: str, table_name: str, tmp_path: Any, drop_tables: None) -> 
             SECRET_KEY="test secret",
             BGQUEUE_DATABASE_URI=db_url,
             BGQUEUE_TABLE_NAME=table_name,
-            BGQUEUE_ENGINE_OPTIONS={"poolclass": sa.NullPool} if db_url.startswith("sqlite") else {},
+            BGQUEUE_ENGINE_OPTIONS={"poolclass": sa.NullPool}
+            if db_url.startswith("sqlite")
+            else {},
         )
         app.config.update(config)
         bgq = bgq or BackgroundQueue()
@@ -107,8 +112,8 @@ def make_app(db_url: str, table_name: str, tmp_path: Any, drop_tables: None) -> 
     yield factory
     for app in apps:
         state = app.extensions["bgqueue"]
-        if state._store is not None:
-            state._store.engine.dispose()
+        if state._engine is not None and state.settings.database_uri is not None:
+            state._engine.dispose()
 
 
 @pytest.fixture

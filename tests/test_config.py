@@ -68,7 +68,11 @@ def test_defaults_are_set_on_app_config() -> None:
         ("BGQUEUE_PARAMETERS_FORMAT", "yaml", "auto, json, pickle"),
         ("BGQUEUE_CALLBACKS", {"a": "no_such_module_xyz:func"}, "does not import"),
         ("BGQUEUE_CALLBACKS", {"a": {"callback": "os:getpid", "colour": 1}}, "unknown options"),
-        ("BGQUEUE_CALLBACKS", {"a": {"callback": "os:getpid", "priority": 7}}, "not in BGQUEUE_PRIORITIES"),
+        (
+            "BGQUEUE_CALLBACKS",
+            {"a": {"callback": "os:getpid", "priority": 7}},
+            "not in BGQUEUE_PRIORITIES",
+        ),
         ("BGQUEUE_CALLBACKS", ["os:getpid"], "must map"),
         ("BGQUEUE_BULK_SIZE", 0, ">= 1"),
         ("BGQUEUE_BULK_SIZE", "100", ">= 1"),
@@ -86,7 +90,9 @@ def test_defaults_are_set_on_app_config() -> None:
         ("BGQUEUE_ENGINE_OPTIONS", None, "must be a dict"),
     ],
 )
-def test_wrong_value_fails_at_init_app_naming_the_key(key: str, value: object, fragment: str) -> None:
+def test_wrong_value_fails_at_init_app_naming_the_key(
+    key: str, value: object, fragment: str
+) -> None:
     with pytest.raises(ConfigurationError, match=fragment) as info:
         BackgroundQueue(app_with(**{key: value}))
     assert info.value.key == key
@@ -117,14 +123,21 @@ def test_priorities_are_kept_sorted_most_urgent_first() -> None:
 def test_config_callbacks_accept_import_strings_and_options() -> None:
     app = app_with(
         BGQUEUE_PRIORITIES=[1, 20],
-        BGQUEUE_CALLBACKS={"pid": "os:getpid", "cwd": {"callback": "os.getcwd", "queue": "io", "priority": 20}},
+        BGQUEUE_CALLBACKS={
+            "pid": "os:getpid",
+            "cwd": {"callback": "os.getcwd", "queue": "io", "priority": 20},
+        },
     )
     BackgroundQueue(app)
     callbacks = app.extensions["bgqueue"].settings.callbacks
     import os
 
     assert callbacks["pid"].func is os.getpid
-    assert (callbacks["cwd"].func, callbacks["cwd"].queue, callbacks["cwd"].priority) == (os.getcwd, "io", 20)
+    assert (callbacks["cwd"].func, callbacks["cwd"].queue, callbacks["cwd"].priority) == (
+        os.getcwd,
+        "io",
+        20,
+    )
 
 
 def test_two_decorated_callbacks_with_one_name_is_an_error() -> None:
@@ -154,5 +167,7 @@ def test_config_and_decorator_callback_with_one_name_is_an_error() -> None:
     @bgq.callback("pid")
     def pid() -> None: ...
 
-    with pytest.raises(ConfigurationError, match="both in BGQUEUE_CALLBACKS and with @bgq.callback"):
+    with pytest.raises(
+        ConfigurationError, match="both in BGQUEUE_CALLBACKS and with @bgq.callback"
+    ):
         bgq.init_app(app_with(BGQUEUE_CALLBACKS={"pid": "os:getpid"}))

@@ -95,12 +95,22 @@ def test_an_instance_sees_only_its_queue_matched_exactly(make_app: AppFactory) -
         (lambda b: b.publish("nope"), UnknownCallbackError, "no callback named 'nope'"),
         (lambda b: b.publish(""), UnknownCallbackError, "non-empty"),
         (lambda b: b.publish("send_email", is_unique=True), PublishError, "needs an identifier"),
-        (lambda b: b.publish("send_email", priority=15), PublishError, "not one of BGQUEUE_PRIORITIES"),
-        (lambda b: b.publish("send_email", available_at="tomorrow"), PublishError, "datetime or a timedelta"),
+        (
+            lambda b: b.publish("send_email", priority=15),
+            PublishError,
+            "not one of BGQUEUE_PRIORITIES",
+        ),
+        (
+            lambda b: b.publish("send_email", available_at="tomorrow"),
+            PublishError,
+            "datetime or a timedelta",
+        ),
         (lambda b: b.publish("send_email", lambda: 1), ParametersError, "cannot be pickled"),
     ],
 )
-def test_invalid_publish_raises_before_anything_is_written(queue_app: Flask, call, error, fragment) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_publish_raises_before_anything_is_written(
+    queue_app: Flask, call, error, fragment
+) -> None:  # type: ignore[no-untyped-def]
     bgq = queue_app.bgq  # type: ignore[attr-defined]
     with queue_app.app_context():
         with pytest.raises(error, match=fragment):
@@ -121,15 +131,23 @@ def test_without_secret_key_pickle_is_refused_saying_so(make_app: AppFactory) ->
     app = make_app(SECRET_KEY=None)
     app.bgq.callback("f")(lambda x: None)  # type: ignore[attr-defined]
     with app.app_context():
-        with pytest.raises(ParametersError, match="no key signs it: set SECRET_KEY or BGQUEUE_SIGNING_KEY"):
+        with pytest.raises(
+            ParametersError, match="no key signs it: set SECRET_KEY or BGQUEUE_SIGNING_KEY"
+        ):
             app.bgq.publish("f", [object()])  # type: ignore[attr-defined]
         assert app.bgq.get_job(app.bgq.publish("f", [1])) is not None  # type: ignore[attr-defined]
 
 
 def test_rich_parameters_round_trip_through_the_database(queue_app: Flask) -> None:
     bgq = queue_app.bgq  # type: ignore[attr-defined]
-    value = {"b": b"\x00\xff", "d": Decimal("2.50"), "u": uuid.uuid4(), "t": (1, (2, 3)),
-             "w": datetime(2026, 5, 1, 12, tzinfo=timezone.utc), "text": "žluťoučký 🐎"}
+    value = {
+        "b": b"\x00\xff",
+        "d": Decimal("2.50"),
+        "u": uuid.uuid4(),
+        "t": (1, (2, 3)),
+        "w": datetime(2026, 5, 1, 12, tzinfo=timezone.utc),
+        "text": "žluťoučký 🐎",
+    }
     with queue_app.app_context():
         job = bgq.get_job(bgq.publish("send_email", value))
         assert job.parameters_json is not None
@@ -170,7 +188,9 @@ def test_unfinished_identifiers_exclude_finished_and_redundant(queue_app: Flask)
                 conn.execute(store.table.update().where(store.table.c.id == job_id).values(state=s))
         unfinished = {f"id-{s.name}" for s in JobState} - {"id-FINISHED", "id-REDUNDANT"}
         assert bgq.get_unfinished_job_identifiers() == sorted(unfinished)
-        assert bgq.get_unfinished_job_identifiers(["id-READY", "id-FINISHED", "id-other"]) == ["id-READY"]
+        assert bgq.get_unfinished_job_identifiers(["id-READY", "id-FINISHED", "id-other"]) == [
+            "id-READY"
+        ]
         assert bgq.get_unfinished_job_identifiers(["id-PROCESSING"], exclude_processing=True) == []
         assert bgq.get_unfinished_job_identifiers([]) == []
 
@@ -200,7 +220,9 @@ def test_bulk_writes_multi_row_inserts_of_bulk_size_then_the_rest(make_app: AppF
         assert len(statements) == 3  # 100 + 100 + 50 rows, one statement each
         store = bgq._state().store
         with store.engine.connect() as conn:
-            rows = conn.execute(sa.select(store.table.c.id, store.table.c.parameters_json).order_by("id")).all()
+            rows = conn.execute(
+                sa.select(store.table.c.id, store.table.c.parameters_json).order_by("id")
+            ).all()
     assert [r.parameters_json for r in rows] == [f"[{n}]" for n in range(250)]
 
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The single test command: Python venv + test servers, then pytest.
+#   scripts/test.sh [pytest arguments...]
+# Needs root on Debian 12 the first time (it apt-installs the servers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Virtualenv with the package (editable) and the test dependencies.
+if ! .venv/bin/python -c '' 2>/dev/null; then
+  rm -rf .venv
+  python3 -m venv .venv
+fi
+PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[amqp]' -r requirements-dev.txt
+
+# PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1 (installed if missing).
+scripts/services.sh start
+
+export BGQUEUE_TEST_POSTGRES_URL="${BGQUEUE_TEST_POSTGRES_URL:-postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_test}"
+export BGQUEUE_TEST_MYSQL_URL="${BGQUEUE_TEST_MYSQL_URL:-mysql+pymysql://bgqueue:bgqueue@127.0.0.1:3306/bgqueue_test}"
+export BGQUEUE_TEST_AMQP_URL="${BGQUEUE_TEST_AMQP_URL:-amqp://bgqueue:bgqueue@127.0.0.1:5672/%2F}"
+
+exec .venv/bin/python -m pytest "$@"

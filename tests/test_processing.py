@@ -1,0 +1,366 @@
+"""The outcome of one attempt (SPEC §6), on every database."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_bgqueue import (
+    DieException,
+    JobState,
+    PermanentError,
+    SkipException,
+    TemporaryError,
+    WaitingException,
+    signals,
+)
+from flask_bgqueue.retry import utcnow
+from tests.conftest import AppFactory
+from tests.helpers import make_due, set_columns
+
+
+@pytest.fixture
+def qapp(make_app: AppFactory) -> Any:
+    app = make_app(BGQUEUE_WAITING_JOB_EXPIRATION_MS=200)
+    with app.app_context():
+        yield app
+
+
+def run_one(app: Flask, func: Any, parameters: Any = None, **publish: Any) -> Any:
+    """Register ``func``, publish one job for it, run the sweep, return the job."""
+    bgq = app.bgq  # type: ignore[attr-defined]
+    name = f"cb_{len(bgq._callbacks)}"
+    bgq.callback(name)(func)
+    job_id = bgq.publish(name, parameters, **publish)
+    bgq.process()
+    return bgq.get_job(job_id)
+
+
+def test_a_returning_callback_finishes_the_job_and_clears_the_error(qapp: Flask) -> None:
+    seen = []
+    job = run_one(qapp, lambda to, subject: seen.append((to, subject)), {"to": "a", "subject": "b"})
+    assert seen == [("a", "b")]
+    assert job.state is JobState.FINISHED and job.finished_at is not None
+    assert job.error_message is None and job.number_of_attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [(None, ()), ([1, 2], (1, 2)), ((1, 2), (1, 2)), (7, (7,)), ({"a": 1}, ())],
+)
+def test_parameters_map_to_arguments(qapp: Flask, parameters: Any, expected: tuple[Any, ...]) -> None:
+    got = []
+    run_one(qapp, lambda *args, **kw: got.append((args, kw)), parameters)
+    assert got == [(expected, parameters if isinstance(parameters, dict) else {})]
+
+
+def test_permanent_error_fails_for_good_and_logs_critical(qapp: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> None:
+        raise PermanentError("the customer is gone")
+
+    with caplog.at_level(logging.CRITICAL):
+        job = run_one(qapp, broken)
+    assert job.state is JobState.PERMANENTLY_FAILED
+    assert job.error_message == "PermanentError: the customer is gone"
+    assert "raise PermanentError" in job.traceback
+    assert any(r.levelno == logging.CRITICAL and str(job.id) in r.getMessage() for r in caplog.records)
+
+
+def test_wrong_arguments_fail_the_job_permanently(qapp: Flask) -> None:
+    job = run_one(qapp, lambda to: None, {"recipient": "a"})
+    assert job.state is JobState.PERMANENTLY_FAILED
+    assert job.error_message.startswith("TypeError:")
+
+
+def test_waiting_exception_waits_without_counting_the_attempt_then_runs(qapp: Flask) -> None:
+    calls = []
+
+    def not_yet() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise WaitingException("the invoice is not ready")
+
+    job = run_one(qapp, not_yet)
+    assert job.state is JobState.WAITING and job.number_of_attempts == 0
+    assert job.error_message == "the invoice is not ready"
+    assert timedelta(milliseconds=150) < job.available_at - job.last_attempt_at < timedelta(seconds=2)
+    qapp.bgq.process()  # type: ignore[attr-defined]
+    assert qapp.bgq.get_job(job.id).state is JobState.WAITING  # type: ignore[attr-defined]
+    make_due(qapp.bgq, job.id)  # type: ignore[attr-defined]
+    qapp.bgq.process()  # type: ignore[attr-defined]
+    job = qapp.bgq.get_job(job.id)  # type: ignore[attr-defined]
+    assert job.state is JobState.FINISHED and job.number_of_attempts == 1 and len(calls) == 2
+
+
+def test_skip_exception_finishes_keeping_the_message(qapp: Flask) -> None:
+    def skip() -> None:
+        raise SkipException("nothing to send")
+
+    job = run_one(qapp, skip)
+    assert job.state is JobState.FINISHED and job.error_message == "nothing to send"
+    assert job.finished_at is not None
+
+
+@pytest.mark.parametrize(
+    ("cause", "state"),
+    [
+        (None, JobState.PERMANENTLY_FAILED),
+        (TemporaryError("disk full"), JobState.TEMPORARILY_FAILED),
+        (SkipException("nothing left"), JobState.FINISHED),
+    ],
+)
+def test_die_exception_is_handled_as_its_cause_and_stops_the_sweep(qapp: Flask, cause: Any, state: JobState) -> None:
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    ran = []
+
+    @bgq.callback("die")
+    def die() -> None:
+        ran.append("die")
+        if cause is None:
+            raise DieException("stop now")
+        raise DieException("stop now") from cause
+
+    bgq.callback("after")(lambda: ran.append("after"))
+    die_id = bgq.publish("die")
+    after_id = bgq.publish("after")
+    result = bgq.process()
+    assert result.died and ran == ["die"]
+    assert bgq.get_job(die_id).state is state
+    after = bgq.get_job(after_id)
+    assert after.state is JobState.READY and after.number_of_attempts == 0  # given back untouched
+    bgq.process()
+    assert bgq.get_job(after_id).state is JobState.FINISHED
+
+
+def test_other_exceptions_retry_with_backoff_1_2_4_8_16_16_minutes(qapp: Flask) -> None:
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+
+    @bgq.callback("flaky")
+    def flaky() -> None:
+        raise ConnectionError("API down")
+
+    job_id = bgq.publish("flaky")
+    delays = []
+    for _ in range(6):
+        make_due(bgq, job_id)
+        bgq.process()
+        job = bgq.get_job(job_id)
+        assert job.state is JobState.TEMPORARILY_FAILED
+        assert job.error_message == "ConnectionError: API down"
+        delays.append(round((job.available_at - job.last_attempt_at).total_seconds() / 60))
+    assert delays == [1, 2, 4, 8, 16, 16]
+    assert job.number_of_attempts == 6
+
+
+def test_temporary_error_is_retried_too(qapp: Flask) -> None:
+    def again() -> None:
+        raise TemporaryError("later")
+
+    assert run_one(qapp, again).state is JobState.TEMPORARILY_FAILED
+
+
+def test_max_attempts_stops_the_retries(make_app: AppFactory) -> None:
+    app = make_app(BGQUEUE_MAX_ATTEMPTS=2)
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("flaky")(lambda: 1 / 0)
+    with app.app_context():
+        job_id = bgq.publish("flaky")
+        bgq.process()
+        assert bgq.get_job(job_id).state is JobState.TEMPORARILY_FAILED
+        make_due(bgq, job_id)
+        bgq.process()
+        job = bgq.get_job(job_id)
+    assert job.state is JobState.PERMANENTLY_FAILED
+    assert job.error_message.startswith("gave up after 2 attempts: ZeroDivisionError")
+
+
+def test_critical_notification_exactly_at_the_configured_attempt(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(BGQUEUE_NOTIFY_ON_NUMBER_OF_ATTEMPTS=3)
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("flaky")(lambda: 1 / 0)
+    notified = []
+    with app.app_context(), signals.attempts_notification.connected_to(lambda s, job: notified.append(job.number_of_attempts)):
+        job_id = bgq.publish("flaky")
+        critical_at = []
+        for attempt in range(1, 6):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                make_due(bgq, job_id)
+                bgq.process()
+            if any(r.levelno == logging.CRITICAL for r in caplog.records):
+                critical_at.append(attempt)
+    assert critical_at == [3] and notified == [3]
+
+
+def test_each_attempt_records_worker_timing_memory_and_traceback(qapp: Flask) -> None:
+    def fails() -> None:
+        import time
+
+        time.sleep(0.05)
+        raise ValueError("bad row 7")
+
+    job = run_one(qapp, fails)
+    assert job.pid == os.getpid() and job.hostname == socket.gethostname()
+    assert 40 <= job.execution_time < 5000
+    assert set(job.memory) == {"before", "after", "peak"}
+    assert 0 < job.memory["before"] <= job.memory["peak"] and job.memory["after"] <= job.memory["peak"]
+    assert job.error_message == "ValueError: bad row 7"
+    assert 'raise ValueError("bad row 7")' in job.traceback
+    assert job.last_attempt_at is not None and job.heartbeat_at is None
+
+
+def test_processing_metadata_function_stores_its_dict(qapp: Flask) -> None:
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.processing_metadata(lambda parameters: {"order": parameters["order_id"], "by": "test"})
+    job = run_one(qapp, lambda order_id: None, {"order_id": 42})
+    assert job.metadata == {"order": 42, "by": "test"}
+
+
+def test_before_and_after_process_signals_receive_job_and_parameters(qapp: Flask) -> None:
+    events = []
+    before = lambda sender, job, parameters: events.append(("before", sender, job.id, parameters))  # noqa: E731
+    after = lambda sender, job, parameters: events.append(("after", sender, job.id, parameters))  # noqa: E731
+    with signals.before_process.connected_to(before), signals.after_process.connected_to(after):
+        job = run_one(qapp, lambda x: events.append(("run", x)), {"x": 1})
+    assert events == [("before", qapp, job.id, {"x": 1}), ("run", 1), ("after", qapp, job.id, {"x": 1})]
+
+
+def test_a_process_error_receiver_that_raises_decides_the_outcome(qapp: Flask) -> None:
+    def to_temporary(sender: Any, job: Any, parameters: Any, exception: BaseException) -> None:
+        if isinstance(exception, PermanentError):
+            raise TemporaryError("retry it after all") from exception
+
+    def broken() -> None:
+        raise PermanentError("looks permanent")
+
+    with signals.process_error.connected_to(to_temporary):
+        job = run_one(qapp, broken)
+    assert job.state is JobState.TEMPORARILY_FAILED
+    assert job.error_message == "TemporaryError: retry it after all"
+
+
+def test_a_process_error_receiver_can_turn_an_error_into_die(qapp: Flask) -> None:
+    def die(sender: Any, job: Any, parameters: Any, exception: BaseException) -> None:
+        raise DieException("out of memory") from exception
+
+    with signals.process_error.connected_to(die):
+        bgq = qapp.bgq  # type: ignore[attr-defined]
+        bgq.callback("oom")(lambda: 1 / 0)
+        job_id = bgq.publish("oom")
+        assert bgq.process().died
+    assert bgq.get_job(job_id).state is JobState.TEMPORARILY_FAILED  # the cause decides
+
+
+def test_a_failing_after_process_receiver_fails_the_job_but_keeps_its_figures(qapp: Flask) -> None:
+    def fail(sender: Any, job: Any, parameters: Any) -> None:
+        raise RuntimeError("audit log unavailable")
+
+    with signals.after_process.connected_to(fail):
+        job = run_one(qapp, lambda: None)
+    assert job.state is JobState.TEMPORARILY_FAILED
+    assert job.error_message == "RuntimeError: audit log unavailable"
+    assert job.execution_time is not None and job.memory is not None
+
+
+def test_a_failing_before_process_receiver_fails_the_job_without_running_it(qapp: Flask) -> None:
+    ran = []
+
+    def fail(sender: Any, job: Any, parameters: Any) -> None:
+        raise PermanentError("not allowed")
+
+    with signals.before_process.connected_to(fail):
+        job = run_one(qapp, lambda: ran.append(1))
+    assert ran == [] and job.state is JobState.PERMANENTLY_FAILED
+
+
+def test_a_failing_observer_never_changes_the_outcome(qapp: Flask) -> None:
+    def broken_observer(sender: Any, job: Any) -> None:
+        raise RuntimeError("metrics down")
+
+    with signals.job_finished.connected_to(broken_observer):
+        assert run_one(qapp, lambda: None).state is JobState.FINISHED
+
+
+def test_a_forged_pickle_is_never_unpickled_and_fails_the_job(qapp: Flask) -> None:
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    ran = []
+    bgq.callback("obj")(lambda o: ran.append(o))
+    job_id = bgq.publish("obj", [object.__new__(_Obj)])
+    job = bgq.get_job(job_id)
+    forged = job.parameters[:36] + pickle.dumps([_Obj(), "swapped"])  # signature kept, body swapped
+    set_columns(bgq, job_id, parameters=forged)
+    bgq.process()
+    job = bgq.get_job(job_id)
+    assert ran == [] and job.state is JobState.PERMANENTLY_FAILED
+    assert "does not verify" in job.error_message
+
+
+class _Obj:
+    pass
+
+
+def test_a_job_whose_callback_is_unknown_here_stays_as_it_is_with_a_note(qapp: Flask, make_app: AppFactory) -> None:
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("known")(lambda: None)
+    other = make_app()  # another deployment that knows "elsewhere"
+    other.bgq.callback("elsewhere")(lambda: None)  # type: ignore[attr-defined]
+    with other.app_context():
+        foreign_id = other.bgq.publish("elsewhere")  # type: ignore[attr-defined]
+    known_id = bgq.publish("known")
+    result = bgq.process()
+    assert result.outcomes == {"FINISHED": 1}
+    foreign = bgq.get_job(foreign_id)
+    assert foreign.state is JobState.READY and foreign.number_of_attempts == 0
+    assert "no callback of this name is registered" in foreign.error_message
+    assert bgq.get_job(known_id).state is JobState.FINISHED
+    assert bgq.process().processed == 0  # no loop on it either
+    with other.app_context():
+        other.bgq.process()  # type: ignore[attr-defined]
+        assert other.bgq.get_job(foreign_id).state is JobState.FINISHED  # type: ignore[attr-defined]
+
+
+def test_postponed_jobs_never_starve_a_newer_due_job(make_app: AppFactory) -> None:
+    app = make_app(BGQUEUE_BULK_SIZE=500)
+    bgq = app.bgq  # type: ignore[attr-defined]
+    ran = []
+    bgq.callback("later")(lambda: ran.append("later"))
+    bgq.callback("now")(lambda: ran.append("now"))
+    with app.app_context():
+        with bgq.bulk():
+            for _ in range(1000):
+                bgq.publish("later", available_at=timedelta(hours=1))
+        bgq.publish("now")
+        bgq.process()
+    assert ran == ["now"]
+
+
+def test_due_jobs_run_by_priority_then_id(make_app: AppFactory) -> None:
+    app = make_app(BGQUEUE_PRIORITIES=[10, 20, 30], BGQUEUE_CLAIM_BATCH_SIZE=2)
+    bgq = app.bgq  # type: ignore[attr-defined]
+    ran = []
+    bgq.callback("f")(lambda n: ran.append(n))
+    with app.app_context():
+        for n, p in [("a", 30), ("b", 10), ("c", 20), ("d", 10), ("e", 30)]:
+            bgq.publish("f", [n], priority=p)
+        bgq.process()
+        assert ran == ["b", "d", "c", "a", "e"]
+        ran.clear()
+        for n, p in [("x", 30), ("y", 10), ("z", 20)]:
+            bgq.publish("f", [n], priority=p)
+        bgq.process(priorities=(20, 30))
+        assert ran == ["z", "x"]
+
+
+def test_future_jobs_wait_for_their_time(qapp: Flask) -> None:
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda: None)
+    job_id = bgq.publish("f", available_at=utcnow() + timedelta(minutes=5))
+    bgq.process()
+    assert bgq.get_job(job_id).state is JobState.READY
