@@ -128,12 +128,14 @@ postgresql_launch() {
     >"$PG_CONF/conf.d/bgqueue.conf"
   postgresql_up >/dev/null 2>&1 && return 0
   drop_stale_pidfile "$PG_DATA/postmaster.pid" postgres
+  drop_stale_pidfile /var/run/postgresql/.s.PGSQL.5432.lock postgres
   say "starting PostgreSQL $PG_VERSION"
   # pg_ctlcluster hands over to systemctl when systemd runs, else starts postgres itself.
   # (Output to a file, not a pipe: postgres inherits it and outlives us.)
   local out=/var/log/postgresql/bgqueue-pg_ctlcluster.out
-  if ! pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start </dev/null >"$out" 2>&1; then
-    say "pg_ctlcluster start failed:"; cat "$out" >&2
+  if ! pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start </dev/null >"$out" 2>&1 && ! postgresql_up; then
+    cat "$out" >&2
+    die "PostgreSQL did not start (pg_ctlcluster $PG_VERSION $PG_CLUSTER start, above)"
   fi
 }
 

@@ -126,3 +126,83 @@ def app(make_app: AppFactory) -> Iterator[Flask]:
 @pytest.fixture
 def bgq(app: Flask) -> BackgroundQueue:
     return app.bgq  # type: ignore[attr-defined,no-any-return]
+
+
+class ProcEnv:
+    """Runs ``flask --app tests.procapp …`` as real processes against the test's table."""
+
+    def __init__(self, db_url: str, table_name: str, directory: Any) -> None:
+        self.dir = directory
+        self.env = {
+            **os.environ,
+            "PROCAPP_DB_URL": db_url,
+            "PROCAPP_TABLE": table_name,
+            "PROCAPP_DIR": str(directory),
+            "FLASK_APP": "tests.procapp:create_app",
+            "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        }
+        self.config: dict[str, Any] = {}
+
+    def _env(self) -> dict[str, str]:
+        import json
+
+        return {**self.env, "PROCAPP_CONFIG": json.dumps(self.config)}
+
+    def start(self, *args: str) -> Any:
+        import subprocess
+        import sys
+
+        return subprocess.Popen(
+            [sys.executable, "-m", "flask", *args], env=self._env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def run(self, *args: str, timeout: float = 120) -> Any:
+        import subprocess
+        import sys
+
+        return subprocess.run(
+            [sys.executable, "-m", "flask", *args], env=self._env(),
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    def app(self) -> Flask:
+        """An in-process app on the same table (to publish and inspect)."""
+        import importlib
+        import json
+
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("PROCAPP_")})
+        os.environ["PROCAPP_CONFIG"] = json.dumps(self.config)
+        procapp = importlib.import_module("tests.procapp")
+        app = Flask("inproc", root_path=str(self.dir), instance_path=str(self.dir))
+        app.config.update(
+            SECRET_KEY="procapp", BGQUEUE_DATABASE_URI=self.env["PROCAPP_DB_URL"],
+            BGQUEUE_TABLE_NAME=self.env["PROCAPP_TABLE"], BGQUEUE_LOCKS_DIR=str(self.dir),
+        )
+        app.config.update(self.config)
+        bgq = BackgroundQueue()
+        for name, spec in procapp.bgq._callbacks.items():
+            bgq.callback(name)(spec.func)
+        bgq.init_app(app)
+        app.bgq = bgq  # type: ignore[attr-defined]
+        self._apps.append(app)
+        return app
+
+    def records(self) -> list[list[str]]:
+        path = self.dir / "record.txt"
+        if not path.exists():
+            return []
+        return [line.split() for line in path.read_text().splitlines()]
+
+    _apps: list[Flask]
+
+
+@pytest.fixture
+def procs(db_url: str, table_name: str, tmp_path: Any, drop_tables: None) -> Iterator[ProcEnv]:
+    env = ProcEnv(db_url, table_name, tmp_path)
+    env._apps = []
+    yield env
+    for app in env._apps:
+        state = app.extensions["bgqueue"]
+        if state._engine is not None:
+            state._engine.dispose()

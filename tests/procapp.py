@@ -1,0 +1,69 @@
+"""An app for tests that run real ``flask bgq …`` processes.
+
+Configured from the environment: ``PROCAPP_DB_URL``, ``PROCAPP_TABLE``, ``PROCAPP_DIR`` (a
+folder for the locks and the record file), ``PROCAPP_CONFIG`` (JSON of extra config).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from flask import Flask
+
+from flask_bgqueue import BackgroundQueue
+
+bgq = BackgroundQueue()
+
+
+def _record(line: str) -> None:
+    path = os.path.join(os.environ["PROCAPP_DIR"], "record.txt")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@bgq.callback("record")
+def record(group: str, name: str, pause: float = 0.0) -> None:
+    """Write "group name start end pid" so tests can check order and overlap."""
+    start = time.time()
+    time.sleep(pause)
+    _record(f"{group} {name} {start:.6f} {time.time():.6f} {os.getpid()}")
+
+
+@bgq.callback("slow")
+def slow(name: str, seconds: float) -> None:
+    """Sleep while the file ``<PROCAPP_DIR>/<name>.hold`` exists (at most ``seconds``)."""
+    _record(f"slow {name} start {os.getpid()}")
+    hold = os.path.join(os.environ["PROCAPP_DIR"], f"{name}.hold")
+    deadline = time.time() + seconds
+    while os.path.exists(hold) and time.time() < deadline:
+        time.sleep(0.05)
+    _record(f"slow {name} end {os.getpid()}")
+
+
+@bgq.callback("noop")
+def noop() -> None:
+    pass
+
+
+def create_app() -> Flask:
+    app = Flask(__name__, instance_path=os.environ["PROCAPP_DIR"])
+    app.config.update(
+        SECRET_KEY="procapp",
+        BGQUEUE_DATABASE_URI=os.environ["PROCAPP_DB_URL"],
+        BGQUEUE_TABLE_NAME=os.environ["PROCAPP_TABLE"],
+        BGQUEUE_LOCKS_DIR=os.environ["PROCAPP_DIR"],
+    )
+    app.config.update(json.loads(os.environ.get("PROCAPP_CONFIG", "{}")))
+    bgq.init_app(app)
+
+    @app.cli.command("sweep")
+    def sweep() -> None:
+        """bgq.process() without the host lock: several may run at once on one host."""
+        print(bgq.process())
+
+    return app
