@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import schema, signals
 from .exceptions import (
     BgQueueError,
     ConfigurationError,

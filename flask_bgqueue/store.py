@@ -71,6 +71,30 @@ class Store:
             row = conn.execute(sa.select(t).where(t.c.id == job_id, self.in_queue)).first()
         return Job.from_row(row) if row is not None else None
 
+    def jobs(
+        self, callback_name: str | None = None, states: Sequence[JobState] | None = None
+    ) -> list[Job]:
+        """Jobs of this queue in id order, optionally of one callback or some states."""
+        t = self.table
+        stmt = sa.select(t).where(self.in_queue).order_by(t.c.id)
+        if callback_name is not None:
+            stmt = stmt.where(t.c.callback_name == callback_name)
+        if states is not None:
+            stmt = stmt.where(t.c.state.in_(states))
+        with self.engine.connect() as conn:
+            return [Job.from_row(r) for r in conn.execute(stmt)]
+
+    def make_due(self, now: datetime) -> int:
+        """Bring every runnable job's time forward to ``now`` (for tests of applications)."""
+        t = self.table
+        stmt = (
+            t.update()
+            .where(t.c.state.in_(RUNNABLE_STATES), self.in_queue, t.c.available_at > now)
+            .values(available_at=now)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
     def unfinished_identifiers(
         self, identifiers: Iterable[str] | None, exclude_processing: bool
     ) -> list[str]:
