@@ -364,3 +364,31 @@ def test_future_jobs_wait_for_their_time(qapp: Flask) -> None:
     job_id = bgq.publish("f", available_at=utcnow() + timedelta(minutes=5))
     bgq.process()
     assert bgq.get_job(job_id).state is JobState.READY
+
+
+def test_the_due_job_query_is_served_by_the_due_index(qapp: Flask) -> None:
+    """The claim filters on state and available_at in SQL, through ix_<table>_due."""
+    import sqlalchemy as sa
+
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda: None)
+    bgq.publish("f")
+    store = bgq._state().store
+    t = store.table
+    query = (
+        sa.select(t.c.id)
+        .where(store._runnable(None, ["f"]), t.c.available_at <= utcnow())
+        .order_by(t.c.priority, t.c.id)
+        .limit(10)
+    )
+    with store.engine.connect() as conn:
+        dialect = conn.dialect.name
+        compiled = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+        if dialect == "sqlite":
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+        elif dialect == "postgresql":
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a tiny table would be scanned
+            plan = " ".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+        else:
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+    assert f"ix_{t.name}_due" in plan

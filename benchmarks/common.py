@@ -1,0 +1,127 @@
+"""Helpers shared by the benchmark scripts (not a benchmark itself)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "BGQUEUE_TEST_POSTGRES_URL",
+        "postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_test",
+    ),
+    "mysql": os.environ.get(
+        "BGQUEUE_TEST_MYSQL_URL", "mysql+pymysql://bgqueue:bgqueue@127.0.0.1:3306/bgqueue_test"
+    ),
+}
+DATABASES = ("sqlite", "postgresql", "mysql")
+
+
+def log(*args: Any) -> None:
+    """Progress goes to stderr; stdout is the JSON document only."""
+    print(*args, file=sys.stderr, flush=True)
+
+
+def parse_args(description: str, extra: Any = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--databases",
+        default=",".join(DATABASES),
+        help="comma-separated subset of sqlite,postgresql,mysql (default: all three)",
+    )
+    parser.add_argument("--jobs", type=int, default=10000, help="jobs per run (default 10000)")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    args.databases = [d.strip() for d in args.databases.split(",") if d.strip()]
+    unknown = sorted(set(args.databases) - set(DATABASES))
+    if unknown:
+        parser.error(f"unknown database(s) {unknown}; choose from {', '.join(DATABASES)}")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    return args
+
+
+def new_table_name(suffix: str = "") -> str:
+    """A fresh ``bench_<random>`` table name (BGQUEUE_TABLE_NAME allows 40 characters)."""
+    return f"bench_{uuid.uuid4().hex[:10]}{suffix}"
+
+
+@contextmanager
+def database(name: str) -> Iterator[str]:
+    """The URL to benchmark on: a SQLite file in a temp dir, or the local server."""
+    if name == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bgq-bench-sqlite-") as tmp:
+            yield f"sqlite:///{os.path.join(tmp, 'jobs.db')}"
+    else:
+        yield SERVER_URLS[name]
+
+
+def drop_tables(url: str, tables: list[str]) -> None:
+    """Drop the job tables and their ``<table>_alembic_version`` tables."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            for t in tables:
+                for name in (t, f"{t}_alembic_version"):
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+    finally:
+        engine.dispose()
+
+
+def sql_datetime(engine: sa.Engine, value: datetime) -> Any:
+    """A datetime as SQLAlchemy hands it to the driver (SQLite: its text format)."""
+    if engine.dialect.name == "sqlite":
+        return value.isoformat(sep=" ", timespec="microseconds")
+    return value
+
+
+def paramstyle_marker(engine: sa.Engine) -> str:
+    return "?" if engine.dialect.paramstyle == "qmark" else "%s"
+
+
+def environment(engine_by_db: dict[str, sa.Engine]) -> dict[str, Any]:
+    """Versions and durability settings, so figures can be compared across machines."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "sqlalchemy": sa.__version__,
+        "cpus": os.cpu_count(),
+    }
+    for db, engine in engine_by_db.items():
+        with engine.connect() as conn:
+            if db == "sqlite":
+                import sqlite3
+
+                info["sqlite"] = {
+                    "version": sqlite3.sqlite_version,
+                    "journal_mode": conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
+                    "synchronous": conn.exec_driver_sql("PRAGMA synchronous").scalar(),
+                }
+            elif db == "postgresql":
+                info["postgresql"] = {
+                    "version": conn.exec_driver_sql("SHOW server_version").scalar(),
+                    "synchronous_commit": conn.exec_driver_sql(
+                        "SHOW synchronous_commit"
+                    ).scalar(),
+                    "fsync": conn.exec_driver_sql("SHOW fsync").scalar(),
+                }
+            elif db == "mysql":
+                info["mysql"] = {
+                    "version": conn.exec_driver_sql("SELECT VERSION()").scalar(),
+                    "innodb_flush_log_at_trx_commit": conn.exec_driver_sql(
+                        "SELECT @@innodb_flush_log_at_trx_commit"
+                    ).scalar(),
+                }
+    return info
