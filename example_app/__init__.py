@@ -84,7 +84,12 @@ def create_app() -> Flask:
     @app.get("/orders/<int:order_id>")
     def show_order(order_id: int):  # type: ignore[no-untyped-def]
         order = db.session.get(Order, order_id) or abort(404)
-        return jsonify(id=order.id, item=order.item, status=order.status,
-                       confirmed=order.confirmed_at is not None, shipped=order.shipped_at is not None)
+        return jsonify(
+            id=order.id,
+            item=order.item,
+            status=order.status,
+            confirmed=order.confirmed_at is not None,
+            shipped=order.shipped_at is not None,
+        )
 
     return app

@@ -1,6 +1,6 @@
 """End-to-end demo: a real HTTP server takes orders, `flask bgq process` runs their jobs.
 
-    python -m example_app.demo
+python -m example_app.demo
 """
 
 from __future__ import annotations
@@ -20,14 +20,22 @@ ENV = {**os.environ, "FLASK_APP": "example_app:create_app", "PYTHONPATH": ROOT}
 
 def call(method: str, url: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as response:
         return json.loads(response.read())
 
 
 def flask(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "flask", *args], env=ENV, cwd=ROOT,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", *args],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -37,8 +45,13 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "flask", "run", "--port", str(port)],
-                              env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flask", "run", "--port", str(port)],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             try:
@@ -47,8 +60,10 @@ def main() -> int:
                 break  # 404: the server answers
             except OSError:
                 time.sleep(0.1)
-        orders = [call("POST", f"{base}/orders", {"email": f"c{n}@example.com", "item": item})
-                  for n, item in enumerate(["teapot", "kettle", "mug"])]
+        orders = [
+            call("POST", f"{base}/orders", {"email": f"c{n}@example.com", "item": item})
+            for n, item in enumerate(["teapot", "kettle", "mug"])
+        ]
         print("placed:   ", [(o["id"], o["status"]) for o in orders])
         print("flask bgq process ->", flask("bgq", "process"))
         final = [call("GET", f"{base}/orders/{o['id']}") for o in orders]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from . import schema, signals
+from . import schema as schema
+from . import signals as signals
 from .exceptions import (
     BgQueueError,
     ConfigurationError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask
 from werkzeug.utils import ImportStringError, import_string
@@ -243,10 +243,10 @@ def _number(
     optional: bool = False,
     kind: tuple[type, ...] = (int,),
 ) -> Any:
-    value = c[key]
+    value: Any = c[key]
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, kind) or cast(float, value) < minimum:
         what = "an integer" if kind == (int,) else "a number"
         raise ConfigurationError(f"{key} must be {what} >= {minimum}, not {value!r}.", key)
     return value

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
+from collections.abc import Callable
 from typing import Any
 
 from .exceptions import ParametersError, SignatureError
@@ -173,7 +174,7 @@ def _encode(value: Any, path: str) -> Any:
     raise _NotJson(path, value, f"JSON has no exact form for {t.__module__}.{t.__qualname__}")
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[Any], Any]] = {
     "float": float,
     "tuple": lambda v: tuple(_decode(x) for x in v),
     "dict": lambda v: {_decode(k): _decode(x) for k, x in v},

@@ -54,14 +54,19 @@ class Store:
         """Write rows in one transaction, one multi-row INSERT; return their ids in order."""
         with self.engine.begin() as conn:
             if len(rows) == 1:
-                return [conn.execute(self._insert, rows[0]).inserted_primary_key[0]]
+                return [self._insert_one(conn, rows[0])]
             if self.engine.dialect.insert_returning:
                 # One multi-row INSERT. Within one statement the autoincrement ids are handed
                 # out in VALUES order, so the sorted returned ids line up with the rows.
                 stmt = self._insert.values(list(rows)).returning(self.table.c.id)
                 return sorted(conn.execute(stmt).scalars())
             # No RETURNING for several rows (MySQL 8): one statement per row, same transaction.
-            return [conn.execute(self._insert, row).inserted_primary_key[0] for row in rows]
+            return [self._insert_one(conn, row) for row in rows]
+
+    def _insert_one(self, conn: sa.Connection, row: dict[str, Any]) -> int:
+        key = conn.execute(self._insert, row).inserted_primary_key
+        assert key is not None
+        return int(key[0])
 
     # -- reading ------------------------------------------------------------------------
 

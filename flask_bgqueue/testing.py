@@ -34,7 +34,12 @@ def published_jobs(
 
 
 def assert_published(
-    bgq: BackgroundQueue, callback_name: str, parameters: Any = _UNSET, *, count: int | None = None, **columns: Any
+    bgq: BackgroundQueue,
+    callback_name: str,
+    parameters: Any = _UNSET,
+    *,
+    count: int | None = None,
+    **columns: Any,
 ) -> list[Job]:
     """Assert that jobs of ``callback_name`` with these parameters and columns were published.
 

@@ -153,8 +153,11 @@ class ProcEnv:
         import sys
 
         return subprocess.Popen(
-            [sys.executable, "-m", "flask", *args], env=self._env(),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "flask", *args],
+            env=self._env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def run(self, *args: str, timeout: float = 120) -> Any:
@@ -162,8 +165,11 @@ class ProcEnv:
         import sys
 
         return subprocess.run(
-            [sys.executable, "-m", "flask", *args], env=self._env(),
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "flask", *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def app(self) -> Flask:
@@ -176,8 +182,10 @@ class ProcEnv:
         procapp = importlib.import_module("tests.procapp")
         app = Flask("inproc", root_path=str(self.dir), instance_path=str(self.dir))
         app.config.update(
-            SECRET_KEY="procapp", BGQUEUE_DATABASE_URI=self.env["PROCAPP_DB_URL"],
-            BGQUEUE_TABLE_NAME=self.env["PROCAPP_TABLE"], BGQUEUE_LOCKS_DIR=str(self.dir),
+            SECRET_KEY="procapp",
+            BGQUEUE_DATABASE_URI=self.env["PROCAPP_DB_URL"],
+            BGQUEUE_TABLE_NAME=self.env["PROCAPP_TABLE"],
+            BGQUEUE_LOCKS_DIR=str(self.dir),
         )
         app.config.update(self.config)
         bgq = BackgroundQueue()

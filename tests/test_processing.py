@@ -55,13 +55,17 @@ def test_a_returning_callback_finishes_the_job_and_clears_the_error(qapp: Flask)
     ("parameters", "expected"),
     [(None, ()), ([1, 2], (1, 2)), ((1, 2), (1, 2)), (7, (7,)), ({"a": 1}, ())],
 )
-def test_parameters_map_to_arguments(qapp: Flask, parameters: Any, expected: tuple[Any, ...]) -> None:
+def test_parameters_map_to_arguments(
+    qapp: Flask, parameters: Any, expected: tuple[Any, ...]
+) -> None:
     got = []
     run_one(qapp, lambda *args, **kw: got.append((args, kw)), parameters)
     assert got == [(expected, parameters if isinstance(parameters, dict) else {})]
 
 
-def test_permanent_error_fails_for_good_and_logs_critical(qapp: Flask, caplog: pytest.LogCaptureFixture) -> None:
+def test_permanent_error_fails_for_good_and_logs_critical(
+    qapp: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken() -> None:
         raise PermanentError("the customer is gone")
 
@@ -70,7 +74,9 @@ def test_permanent_error_fails_for_good_and_logs_critical(qapp: Flask, caplog: p
     assert job.state is JobState.PERMANENTLY_FAILED
     assert job.error_message == "PermanentError: the customer is gone"
     assert "raise PermanentError" in job.traceback
-    assert any(r.levelno == logging.CRITICAL and str(job.id) in r.getMessage() for r in caplog.records)
+    assert any(
+        r.levelno == logging.CRITICAL and str(job.id) in r.getMessage() for r in caplog.records
+    )
 
 
 def test_wrong_arguments_fail_the_job_permanently(qapp: Flask) -> None:
@@ -90,7 +96,9 @@ def test_waiting_exception_waits_without_counting_the_attempt_then_runs(qapp: Fl
     job = run_one(qapp, not_yet)
     assert job.state is JobState.WAITING and job.number_of_attempts == 0
     assert job.error_message == "the invoice is not ready"
-    assert timedelta(milliseconds=150) < job.available_at - job.last_attempt_at < timedelta(seconds=2)
+    assert (
+        timedelta(milliseconds=150) < job.available_at - job.last_attempt_at < timedelta(seconds=2)
+    )
     qapp.bgq.process()  # type: ignore[attr-defined]
     assert qapp.bgq.get_job(job.id).state is JobState.WAITING  # type: ignore[attr-defined]
     make_due(qapp.bgq, job.id)  # type: ignore[attr-defined]
@@ -116,7 +124,9 @@ def test_skip_exception_finishes_keeping_the_message(qapp: Flask) -> None:
         (SkipException("nothing left"), JobState.FINISHED),
     ],
 )
-def test_die_exception_is_handled_as_its_cause_and_stops_the_sweep(qapp: Flask, cause: Any, state: JobState) -> None:
+def test_die_exception_is_handled_as_its_cause_and_stops_the_sweep(
+    qapp: Flask, cause: Any, state: JobState
+) -> None:
     bgq = qapp.bgq  # type: ignore[attr-defined]
     ran = []
 
@@ -181,12 +191,19 @@ def test_max_attempts_stops_the_retries(make_app: AppFactory) -> None:
     assert job.error_message.startswith("gave up after 2 attempts: ZeroDivisionError")
 
 
-def test_critical_notification_exactly_at_the_configured_attempt(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+def test_critical_notification_exactly_at_the_configured_attempt(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     app = make_app(BGQUEUE_NOTIFY_ON_NUMBER_OF_ATTEMPTS=3)
     bgq = app.bgq  # type: ignore[attr-defined]
     bgq.callback("flaky")(lambda: 1 / 0)
     notified = []
-    with app.app_context(), signals.attempts_notification.connected_to(lambda s, job: notified.append(job.number_of_attempts)):
+    with (
+        app.app_context(),
+        signals.attempts_notification.connected_to(
+            lambda s, job: notified.append(job.number_of_attempts)
+        ),
+    ):
         job_id = bgq.publish("flaky")
         critical_at = []
         for attempt in range(1, 6):
@@ -210,7 +227,9 @@ def test_each_attempt_records_worker_timing_memory_and_traceback(qapp: Flask) ->
     assert job.pid == os.getpid() and job.hostname == socket.gethostname()
     assert 40 <= job.execution_time < 5000
     assert set(job.memory) == {"before", "after", "peak"}
-    assert 0 < job.memory["before"] <= job.memory["peak"] and job.memory["after"] <= job.memory["peak"]
+    assert (
+        0 < job.memory["before"] <= job.memory["peak"] and job.memory["after"] <= job.memory["peak"]
+    )
     assert job.error_message == "ValueError: bad row 7"
     assert 'raise ValueError("bad row 7")' in job.traceback
     assert job.last_attempt_at is not None and job.heartbeat_at is None
@@ -229,7 +248,11 @@ def test_before_and_after_process_signals_receive_job_and_parameters(qapp: Flask
     after = lambda sender, job, parameters: events.append(("after", sender, job.id, parameters))  # noqa: E731
     with signals.before_process.connected_to(before), signals.after_process.connected_to(after):
         job = run_one(qapp, lambda x: events.append(("run", x)), {"x": 1})
-    assert events == [("before", qapp, job.id, {"x": 1}), ("run", 1), ("after", qapp, job.id, {"x": 1})]
+    assert events == [
+        ("before", qapp, job.id, {"x": 1}),
+        ("run", 1),
+        ("after", qapp, job.id, {"x": 1}),
+    ]
 
 
 def test_a_process_error_receiver_that_raises_decides_the_outcome(qapp: Flask) -> None:
@@ -306,7 +329,9 @@ class _Obj:
     pass
 
 
-def test_a_job_whose_callback_is_unknown_here_stays_as_it_is_with_a_note(qapp: Flask, make_app: AppFactory) -> None:
+def test_a_job_whose_callback_is_unknown_here_stays_as_it_is_with_a_note(
+    qapp: Flask, make_app: AppFactory
+) -> None:
     bgq = qapp.bgq  # type: ignore[attr-defined]
     bgq.callback("known")(lambda: None)
     other = make_app()  # another deployment that knows "elsewhere"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -17,7 +16,8 @@ import sys, time
 import sqlalchemy as sa
 from flask_bgqueue import schema
 url, table, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
-engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+args = {"timeout": 60} if url.startswith("sqlite") else {}
+engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args=args)
 while time.time() < start_at:
     time.sleep(0.001)
 ran = schema.upgrade(engine, table)
@@ -25,17 +25,23 @@ print("ran" if ran else "skipped")
 """
 
 
-def test_two_processes_starting_on_an_empty_database_both_succeed(db_url: str, table_name: str, drop_tables: None) -> None:
+def test_two_processes_starting_on_an_empty_database_both_succeed(
+    db_url: str, table_name: str, drop_tables: None
+) -> None:
     import time
 
     start_at = f"{time.time() + 1.5:.3f}"
     workers = [
-        subprocess.Popen([sys.executable, "-c", START_TOGETHER, db_url, table_name, start_at],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", START_TOGETHER, db_url, table_name, start_at],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     results = [w.communicate(timeout=120) for w in workers]
-    for w, (out, err) in zip(workers, results, strict=True):
+    for w, (_out, err) in zip(workers, results, strict=True):
         assert w.returncode == 0, err
     assert sorted(out.strip() for out, _ in results) == ["ran", "skipped"]
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
@@ -44,7 +50,9 @@ def test_two_processes_starting_on_an_empty_database_both_succeed(db_url: str, t
     engine.dispose()
 
 
-def test_an_upgrade_from_the_first_revision_keeps_the_rows(make_app: AppFactory, db_url: str, table_name: str) -> None:
+def test_an_upgrade_from_the_first_revision_keeps_the_rows(
+    make_app: AppFactory, db_url: str, table_name: str
+) -> None:
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     assert schema.upgrade(engine, table_name, revision="0001")
     old = sa.Table(table_name, sa.MetaData(), autoload_with=engine)
@@ -53,12 +61,25 @@ def test_an_upgrade_from_the_first_revision_keeps_the_rows(make_app: AppFactory,
 
     now = utcnow()
     with engine.begin() as conn:
-        conn.execute(old.insert(), [
-            dict(queue="default", priority=1, callback_name="noop", parameters_json=f"[{n}]",
-                 state=JobState.READY, created_at=now, updated_at=now, available_at=now,
-                 number_of_attempts=0, is_unique=False, identifier=f"id-{n}")
-            for n in range(3)
-        ])
+        conn.execute(
+            old.insert(),
+            [
+                dict(
+                    queue="default",
+                    priority=1,
+                    callback_name="noop",
+                    parameters_json=f"[{n}]",
+                    state=JobState.READY,
+                    created_at=now,
+                    updated_at=now,
+                    available_at=now,
+                    number_of_attempts=0,
+                    is_unique=False,
+                    identifier=f"id-{n}",
+                )
+                for n in range(3)
+            ],
+        )
     engine.dispose()
 
     app = make_app()
@@ -73,7 +94,9 @@ def test_an_upgrade_from_the_first_revision_keeps_the_rows(make_app: AppFactory,
     assert sorted(ran) == [0, 1, 2]
 
 
-def test_without_auto_update_an_old_table_asks_for_update_schema(make_app: AppFactory, db_url: str, table_name: str) -> None:
+def test_without_auto_update_an_old_table_asks_for_update_schema(
+    make_app: AppFactory, db_url: str, table_name: str
+) -> None:
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     schema.upgrade(engine, table_name, revision="0001")
     engine.dispose()
@@ -86,7 +109,9 @@ def test_without_auto_update_an_old_table_asks_for_update_schema(make_app: AppFa
         assert app.bgq.get_job(1) is None  # type: ignore[attr-defined]
 
 
-def test_the_version_table_is_the_queues_own(db_url: str, table_name: str, drop_tables: None) -> None:
+def test_the_version_table_is_the_queues_own(
+    db_url: str, table_name: str, drop_tables: None
+) -> None:
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     schema.upgrade(engine, table_name)
     names = set(sa.inspect(engine).get_table_names())
@@ -108,5 +133,3 @@ def test_the_model_matches_the_migrations(db_url: str, table_name: str, drop_tab
     model = job_table(table_name)
     assert migrated == {c.name for c in model.columns}
     assert indexes == {i.name for i in model.indexes}
-
-

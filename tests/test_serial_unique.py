@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -44,8 +45,12 @@ def test_a_job_waits_while_an_earlier_job_of_its_group_is_pending(gapp: Flask) -
     assert job.number_of_attempts == 0
 
 
-@pytest.mark.parametrize("state", [JobState.FINISHED, JobState.REDUNDANT, JobState.PERMANENTLY_FAILED])
-def test_finished_redundant_and_failed_jobs_do_not_block_their_group(gapp: Flask, state: JobState) -> None:
+@pytest.mark.parametrize(
+    "state", [JobState.FINISHED, JobState.REDUNDANT, JobState.PERMANENTLY_FAILED]
+)
+def test_finished_redundant_and_failed_jobs_do_not_block_their_group(
+    gapp: Flask, state: JobState
+) -> None:
     from tests.helpers import set_columns
 
     bgq = gapp.bgq  # type: ignore[attr-defined]
@@ -57,7 +62,9 @@ def test_finished_redundant_and_failed_jobs_do_not_block_their_group(gapp: Flask
     assert bgq.get_job(second).state is JobState.FINISHED
 
 
-@pytest.mark.parametrize("state", [JobState.PROCESSING, JobState.TEMPORARILY_FAILED, JobState.BACK_TO_BROKER])
+@pytest.mark.parametrize(
+    "state", [JobState.PROCESSING, JobState.TEMPORARILY_FAILED, JobState.BACK_TO_BROKER]
+)
 def test_processing_or_pending_earlier_jobs_block_their_group(gapp: Flask, state: JobState) -> None:
     from tests.helpers import set_columns
 
@@ -127,14 +134,18 @@ def test_four_processes_never_overlap_within_a_group_and_keep_its_order(procs: P
         with bgq.bulk():
             for name, priority in CANONICAL:  # interleaved: every group gets every step
                 for group in groups:
-                    bgq.publish("record", {"group": group, "name": name, "pause": 0.01},
-                                serial_group=group, priority=priority)
+                    bgq.publish(
+                        "record",
+                        {"group": group, "name": name, "pause": 0.01},
+                        serial_group=group,
+                        priority=priority,
+                    )
             for n in range(40):  # jobs without a group run in between
                 bgq.publish("record", {"group": "free", "name": str(n)})
         for _round in range(20):
             workers = [procs.start("sweep") for _ in range(4)]
             for w in workers:
-                out, err = w.communicate(timeout=120)
+                _out, err = w.communicate(timeout=120)
                 assert w.returncode == 0, err
             left = [r for r in all_jobs(bgq) if r.state != JobState.FINISHED]
             if not left:
@@ -151,5 +162,5 @@ def test_four_processes_never_overlap_within_a_group_and_keep_its_order(procs: P
     for group in groups:
         runs = sorted(by_group[group], key=lambda r: r[1])
         assert [r[0] for r in runs] == list("abdegcf"), group
-        for (_, _, end), (_, next_start, _) in zip(runs, runs[1:], strict=False):
+        for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
             assert end <= next_start, f"two jobs of {group} overlapped"

@@ -19,7 +19,9 @@ def test_assert_published_matches_parameters_and_columns(app: Flask, bgq: Backgr
     bgq.publish("send", {"to": "b"})
     assert [j.id for j in assert_published(bgq, "send", {"to": "a"}, serial_group="g")] == [1]
     assert len(assert_published(bgq, "send", count=2)) == 2
-    with pytest.raises(AssertionError, match=r"expected a job of 'send' with parameters \{'to': 'c'\}"):
+    with pytest.raises(
+        AssertionError, match=r"expected a job of 'send' with parameters \{'to': 'c'\}"
+    ):
         assert_published(bgq, "send", {"to": "c"})
     with pytest.raises(AssertionError, match="expected 1 job"):
         assert_published(bgq, "send", count=1)
@@ -28,7 +30,9 @@ def test_assert_published_matches_parameters_and_columns(app: Flask, bgq: Backgr
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_run_jobs_runs_due_jobs_and_with_include_future_the_delayed_ones(app: Flask, bgq: BackgroundQueue) -> None:
+def test_run_jobs_runs_due_jobs_and_with_include_future_the_delayed_ones(
+    app: Flask, bgq: BackgroundQueue
+) -> None:
     ran = []
     bgq.callback("work")(lambda n: ran.append(n))
     bgq.publish("work", [1])

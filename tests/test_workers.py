@@ -31,11 +31,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "con
 
 @pytest.fixture
 def fast_recovery(procs: ProcEnv) -> ProcEnv:
-    procs.config = {"BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 0.3, "BGQUEUE_WORKER_LOST_AFTER_SECONDS": 2}
+    procs.config = {
+        "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 0.3,
+        "BGQUEUE_WORKER_LOST_AFTER_SECONDS": 2,
+    }
     return procs
 
 
-def test_a_job_of_a_killed_worker_is_recovered_as_worker_lost_and_finishes(fast_recovery: ProcEnv) -> None:
+def test_a_job_of_a_killed_worker_is_recovered_as_worker_lost_and_finishes(
+    fast_recovery: ProcEnv,
+) -> None:
     procs = fast_recovery
     app = procs.app()
     bgq = app.bgq  # type: ignore[attr-defined]
@@ -44,7 +49,9 @@ def test_a_job_of_a_killed_worker_is_recovered_as_worker_lost_and_finishes(fast_
         job_id = bgq.publish("slow", {"name": "crash", "seconds": 60})
         worker = procs.start("bgq", "process")
         wait_for(lambda: bgq.get_job(job_id).state is JobState.PROCESSING, what="the claim")
-        wait_for(lambda: ["slow", "crash", "start", str(worker.pid)] in procs.records(), what="the start")
+        wait_for(
+            lambda: ["slow", "crash", "start", str(worker.pid)] in procs.records(), what="the start"
+        )
         os.kill(worker.pid, signal.SIGKILL)
         worker.communicate()
         (procs.dir / "crash.hold").unlink()
@@ -70,14 +77,23 @@ def test_worker_lost_is_recorded_before_the_retry(fast_recovery: ProcEnv) -> Non
     with app.app_context():
         job_id = bgq.publish("noop", available_at=timedelta(hours=1))
         stale = utcnow() - timedelta(seconds=5)
-        set_columns(bgq, job_id, state=JobState.PROCESSING, heartbeat_at=stale, pid=999999,
-                    hostname="gone-host", number_of_attempts=1)
+        set_columns(
+            bgq,
+            job_id,
+            state=JobState.PROCESSING,
+            heartbeat_at=stale,
+            pid=999999,
+            hostname="gone-host",
+            number_of_attempts=1,
+        )
         store = bgq._state().store
         reaped = store.reap_lost(utcnow(), timedelta(seconds=2), None)
         job = bgq.get_job(job_id)
     assert reaped == [job_id]
     assert job.state is JobState.TEMPORARILY_FAILED and job.number_of_attempts == 1
-    assert job.error_message == "worker lost: pid 999999 on gone-host stopped without saving the job"
+    assert (
+        job.error_message == "worker lost: pid 999999 on gone-host stopped without saving the job"
+    )
     assert job.available_at <= utcnow()
 
 
@@ -97,7 +113,7 @@ def test_a_slow_job_in_a_live_worker_is_never_taken_from_it(fast_recovery: ProcE
             assert other.returncode == 0, other.stderr
             assert bgq.get_job(job_id).state is JobState.PROCESSING
         (procs.dir / "long.hold").unlink()
-        out, err = worker.communicate(timeout=60)
+        _out, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
         job = bgq.get_job(job_id)
     assert job.state is JobState.FINISHED and job.number_of_attempts == 1
@@ -132,11 +148,14 @@ with host_lock(sys.argv[1], sys.argv[2]) as held:
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("command", ["process", "clear-finished", "update-schema"])
-def test_each_command_skips_while_locked_and_a_killed_holder_never_blocks(procs: ProcEnv, command: str) -> None:
+def test_each_command_skips_while_locked_and_a_killed_holder_never_blocks(
+    procs: ProcEnv, command: str
+) -> None:
     table = procs.env["PROCAPP_TABLE"]
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(procs.dir), f"bgqueue-{table}-{command}"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     busy = procs.run("bgq", command)
@@ -174,7 +193,9 @@ def test_clear_finished_deletes_finished_and_redundant_only(procs: ProcEnv) -> N
     ("spec", "runs"),
     [("10", ["p10"]), ("20-40", ["p20", "p30"]), ("25-", ["p30", "p50"]), ("-20", ["p10", "p20"])],
 )
-def test_process_priority_spec_selects_configured_priorities(procs: ProcEnv, spec: str, runs: list[str]) -> None:
+def test_process_priority_spec_selects_configured_priorities(
+    procs: ProcEnv, spec: str, runs: list[str]
+) -> None:
     procs.config = {"BGQUEUE_PRIORITIES": [10, 20, 30, 50]}
     app = procs.app()
     bgq = app.bgq  # type: ignore[attr-defined]
@@ -188,7 +209,9 @@ def test_process_priority_spec_selects_configured_priorities(procs: ProcEnv, spe
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("spec", ["15", "60-", "abc", "40-20"])
-def test_a_priority_spec_matching_nothing_is_a_click_error_listing_the_priorities(procs: ProcEnv, spec: str) -> None:
+def test_a_priority_spec_matching_nothing_is_a_click_error_listing_the_priorities(
+    procs: ProcEnv, spec: str
+) -> None:
     procs.config = {"BGQUEUE_PRIORITIES": [10, 20, 30, 50]}
     result = procs.run("bgq", "process", "-p", spec)
     assert result.returncode == 2
