@@ -70,6 +70,8 @@ def process_command(spec: Any) -> None:
     result = _state().queue.process(priorities=spec)
     summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.outcomes.items()))
     click.echo(f"processed {result.processed} job(s){': ' + summary if summary else ''}")
+    if result.resent:
+        click.echo(f"sent {result.resent} job(s) to the broker again")
     if result.reaped:
         click.echo(f"recovered {len(result.reaped)} job(s) of lost workers: {result.reaped}")
 
@@ -91,3 +93,52 @@ def update_schema_command() -> None:
     """Create the job table or upgrade it to this version."""
     changed = _state().queue.update_schema()
     click.echo("job table upgraded" if changed else "job table already up to date")
+
+
+@bgq_command.command("consume")
+@click.argument("queue", required=False)
+@click.option(
+    "-p",
+    "--priorities",
+    "spec",
+    metavar="SPEC",
+    callback=_priorities,
+    help="Only these priorities: 10, 20-40, 25- or -20.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    "max_jobs",
+    type=click.IntRange(min=1),
+    help="Exit after this many jobs (a supervisor starts a fresh process).",
+)
+@with_appcontext
+def consume_command(queue: str | None, spec: Any, max_jobs: int | None) -> None:
+    """Run jobs as they come until SIGTERM/SIGINT (the current job finishes first)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    result = _state().queue.consume(queue, spec, max_jobs, stop)
+    why = "died" if result.died else "reload requested" if result.reloaded else "stopped"
+    click.echo(f"consumed {result.jobs} job(s); {why}")
+
+
+@bgq_command.command("reload-consumers")
+@click.argument("queue")
+@click.argument("number", type=click.IntRange(min=1))
+@with_appcontext
+@host_locked("reload-consumers")
+def reload_consumers_command(queue: str, number: int) -> None:
+    """Make NUMBER consumers of QUEUE exit after their current job."""
+    try:
+        _state().queue.reload_consumers(queue, number)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"asked {number} consumer(s) of {queue} to reload")

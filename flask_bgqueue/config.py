@@ -38,8 +38,12 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 10,
     "BGQUEUE_WORKER_LOST_AFTER_SECONDS": 60,
     "BGQUEUE_CLAIM_BATCH_SIZE": 10,
+    "BGQUEUE_POLL_INTERVAL_MS": 1000,
     "BGQUEUE_BROKER_URL": None,
+    "BGQUEUE_BROKER_RESEND_AFTER_SECONDS": 600,
     "BGQUEUE_AMQP_QUEUE_ARGUMENTS": {},
+    "BGQUEUE_DASHBOARD_URL_PREFIX": None,
+    "BGQUEUE_DASHBOARD_AUTHORIZE": None,
 }
 
 
@@ -76,8 +80,12 @@ class Settings:
     heartbeat_interval_seconds: float
     worker_lost_after_seconds: float
     claim_batch_size: int
+    poll_interval_ms: int
     broker_url: str | None
+    broker_resend_after_seconds: float
     amqp_queue_arguments: Mapping[str, Any] = field(default_factory=dict)
+    dashboard_url_prefix: str | None = None
+    dashboard_authorize: Callable[[], Any] | None = None
 
 
 def load_settings(app: Flask) -> Settings:
@@ -126,8 +134,14 @@ def load_settings(app: Flask) -> Settings:
             c, "BGQUEUE_WORKER_LOST_AFTER_SECONDS", minimum=0.01, kind=(int, float)
         ),
         claim_batch_size=_number(c, "BGQUEUE_CLAIM_BATCH_SIZE", minimum=1),
+        poll_interval_ms=_number(c, "BGQUEUE_POLL_INTERVAL_MS", minimum=1),
         broker_url=_text(c, "BGQUEUE_BROKER_URL", optional=True),
+        broker_resend_after_seconds=_number(
+            c, "BGQUEUE_BROKER_RESEND_AFTER_SECONDS", minimum=1, kind=(int, float)
+        ),
         amqp_queue_arguments=_mapping(c, "BGQUEUE_AMQP_QUEUE_ARGUMENTS"),
+        dashboard_url_prefix=_url_prefix(c, "BGQUEUE_DASHBOARD_URL_PREFIX"),
+        dashboard_authorize=_function(c, "BGQUEUE_DASHBOARD_AUTHORIZE"),
     )
 
 
@@ -257,3 +271,31 @@ def _mapping(c: Mapping[str, Any], key: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"{key} must be a dict, not {value!r}.", key)
     return dict(value)
+
+
+def _url_prefix(c: Mapping[str, Any], key: str) -> str | None:
+    value = _text(c, key, optional=True)
+    if value is None:
+        return None
+    if not value.startswith("/") or not value.rstrip("/"):
+        raise ConfigurationError(
+            f"{key} is {value!r}; use a path such as '/bgqueue' (None turns the dashboard off).",
+            key,
+        )
+    return str(value.rstrip("/"))
+
+
+def _function(c: Mapping[str, Any], key: str) -> Callable[[], Any] | None:
+    value = c[key]
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportStringError as exc:
+            raise ConfigurationError(
+                f"{key} = {c[key]!r} does not import: {exc.exception}. Use"
+                " 'package.module:function'.",
+                key,
+            ) from exc
+    if value is not None and not callable(value):
+        raise ConfigurationError(f"{key} must be a function or an import string.", key)
+    return cast("Callable[[], Any] | None", value)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app, g
 
 from . import serialization, signals
+from .broker import Broker, BrokerError, broker_for_url
 from .config import CallbackSpec, Settings, load_settings
 from .exceptions import ConfigurationError, PublishError, SchemaError, UnknownCallbackError
 from .models import Job, JobState
@@ -20,6 +21,7 @@ from .store import Store
 
 if TYPE_CHECKING:
     from .processor import SweepResult
+    from .worker import ConsumeResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,6 +37,9 @@ class _AppState:
         self.logger = app.logger
         self._store: Store | None = None
         self._engine: sa.Engine | None = None
+        self.broker: Broker | None = None
+        if settings.broker_url is not None:  # checks the scheme and that pika is installed
+            self.broker = broker_for_url(settings.broker_url, dict(settings.amqp_queue_arguments))
         self._lock = threading.Lock()
 
     def callback(self, name: str) -> CallbackSpec | None:
@@ -353,6 +358,35 @@ class BackgroundQueue:
 
         return Processor(self._state(), current_app._get_current_object()).sweep(priorities)  # type: ignore[attr-defined]
 
+    def consume(
+        self,
+        queue: str | None = None,
+        priorities: Sequence[int] | None = None,
+        max_jobs: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> ConsumeResult:
+        """Run jobs as they come until ``stop`` is set, ``max_jobs`` ran, or a reload.
+
+        With a broker, ids come from it; without one the table is polled (and, on
+        PostgreSQL, ``LISTEN``/``NOTIFY`` wakes the consumer at once).
+        """
+        from .worker import Worker
+
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return Worker(
+            self._state(), app, queue, priorities, max_jobs, stop or threading.Event()
+        ).run()
+
+    def reload_consumers(self, queue: str, number: int) -> None:
+        """Make ``number`` consumers of ``queue`` exit after their current job."""
+        state = self._state()
+        if state.broker is None:
+            raise RuntimeError(
+                "reload-consumers needs a broker (BGQUEUE_BROKER_URL); without one, send"
+                " SIGTERM to the consumers: each exits after its current job."
+            )
+        state.broker.request_reload(queue, number)
+
     def clear_finished(self, days: float | None = None) -> int:
         """Delete FINISHED and REDUNDANT jobs (finished more than ``days`` days ago)."""
         before = None if days is None else utcnow() - timedelta(days=days)
@@ -386,9 +420,15 @@ class BackgroundQueue:
 
 
 def write_rows(state: _AppState, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert rows on the queue's own connection (committed at once) and announce them."""
+    """Insert rows on the queue's own connection (committed at once) and announce them.
+
+    In broker mode each id is sent once its row is committed; when that fails the row
+    becomes ``BROKER_FAILED`` with the error and ``flask bgq process`` runs it later.
+    """
     ids = state.store.insert(rows)
-    if signals.job_published.receivers:
+    if state.broker is not None:
+        send_to_broker(state, [(job_id, row) for job_id, row in zip(ids, rows, strict=True)])
+    if signals.job_published.receivers:  # observers: they cannot undo the publish
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         for job_id, row in zip(ids, rows, strict=True):
             try:
@@ -396,3 +436,21 @@ def write_rows(state: _AppState, rows: list[dict[str, Any]]) -> list[int]:
             except Exception:
                 state.logger.exception("a job_published receiver failed (the job is stored)")
     return ids
+
+
+def send_to_broker(state: _AppState, jobs: list[tuple[int, dict[str, Any]]]) -> None:
+    """Send committed jobs' ids, delayed until their ``available_at``."""
+    assert state.broker is not None
+    now = utcnow()
+    failed: list[int] = []
+    error = ""
+    for job_id, row in jobs:
+        delay_ms = max(0, int((row["available_at"] - now).total_seconds() * 1000))
+        try:
+            state.broker.publish(row["queue"], row["priority"], job_id, delay_ms)
+        except BrokerError as exc:
+            failed.append(job_id)
+            error = str(exc)
+    if failed:
+        state.logger.error("bgqueue: %d job(s) saved as BROKER_FAILED: %s", len(failed), error)
+        state.store.mark_broker_failed(failed, now, f"broker: {error}")

@@ -49,6 +49,7 @@ class SweepResult:
 
     outcomes: dict[str, int] = field(default_factory=dict)
     reaped: list[int] = field(default_factory=list)
+    resent: int = 0
     died: bool = False
 
     @property
@@ -121,6 +122,7 @@ class Processor:
         self.store = state.store
         self.logger = state.logger
         self.pid = os.getpid()
+        self.hostname = HOSTNAME
 
     # -- the cron sweep -----------------------------------------------------------------
 
@@ -137,6 +139,12 @@ class Processor:
                 "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id
             )
         known = self.state.callback_names()
+        states = None
+        if self.state.broker is not None:
+            # Consumers run the jobs; cron sends lost or due ids again and runs inline only
+            # the jobs the broker never got.
+            result.resent = self.resend(now)
+            states = (JobState.BROKER_FAILED,)
         self.store.note_unknown_callbacks(
             now,
             known,
@@ -148,7 +156,7 @@ class Processor:
         progressed = False
         try:
             while True:
-                claims = self.claim(priorities, known)
+                claims = self.claim(priorities, known, states=states)
                 if not claims:
                     # Jobs of a serial group left WAITING by another worker become due
                     # shortly; wait for them only while jobs keep finishing, so a job that
@@ -171,14 +179,36 @@ class Processor:
         finally:
             heartbeat.stop()
 
-    def claim(self, priorities: Any, known: list[str]) -> list[Claim]:
+    def resend(self, now: Any) -> int:
+        """Broker mode: send due ids again (state ``READY``); failures become ``BROKER_FAILED``."""
+        from .extension import send_to_broker
+
+        lost_before = now - timedelta(seconds=self.settings.broker_resend_after_seconds)
+        jobs = self.store.take_for_resending(now, lost_before)
+        if jobs:
+            send_to_broker(
+                self.state,
+                [
+                    (
+                        j.id,
+                        {"queue": j.queue, "priority": j.priority, "available_at": j.available_at},
+                    )
+                    for j in jobs
+                ],
+            )
+        return len(jobs)
+
+    def claim(
+        self, priorities: Any, known: list[str], limit: int | None = None, states: Any = None
+    ) -> list[Claim]:
         return self.store.claim(
             now=utcnow(),
-            limit=self.settings.claim_batch_size,
+            limit=limit or self.settings.claim_batch_size,
             priorities=priorities,
             callbacks=known,
             pid=self.pid,
-            hostname=HOSTNAME,
+            hostname=self.hostname,
+            **({"states": states} if states is not None else {}),
             waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
         )
 

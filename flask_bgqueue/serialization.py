@@ -20,10 +20,10 @@ import json
 import math
 import pickle
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
-from collections.abc import Callable
 from typing import Any
 
 from .exceptions import ParametersError, SignatureError

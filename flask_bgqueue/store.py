@@ -53,6 +53,8 @@ class Store:
     def insert(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Write rows in one transaction, one multi-row INSERT; return their ids in order."""
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                self.notify(conn)
             if len(rows) == 1:
                 return [self._insert_one(conn, rows[0])]
             if self.engine.dialect.insert_returning:
@@ -139,11 +141,15 @@ class Store:
         pid: int,
         hostname: str,
         waiting_expiration: timedelta,
+        job_ids: Sequence[int] | None = None,
+        states: Sequence[JobState] = RUNNABLE_STATES,
     ) -> list[Claim]:
         """Move up to ``limit`` due jobs to ``PROCESSING`` for this worker.
 
         Unique duplicates become ``REDUNDANT`` and jobs blocked by their serial group
-        ``WAITING`` on the way; a group never has two jobs claimed at once.
+        ``WAITING`` on the way; a group never has two jobs claimed at once. ``job_ids``
+        restricts the claim to those jobs (a broker delivered them), ``states`` to the
+        states a job may be claimed from.
         """
         t = self.table
         if not callbacks:
@@ -151,10 +157,12 @@ class Store:
         with self._claim_transaction() as conn:
             query = (
                 sa.select(t)
-                .where(self._runnable(priorities, callbacks), t.c.available_at <= now)
+                .where(self._runnable(priorities, callbacks, states), t.c.available_at <= now)
                 .order_by(t.c.priority, t.c.id)
                 .limit(limit)
             )
+            if job_ids is not None:
+                query = query.where(t.c.id.in_(list(job_ids)))
             if self.dialect != "sqlite":
                 query = query.with_for_update(skip_locked=True)
             candidates = [Job.from_row(r) for r in conn.execute(query)]
@@ -190,7 +198,7 @@ class Store:
             )
             conn.execute(
                 t.update()
-                .where(t.c.id.in_([j.id for j in chosen]), t.c.state.in_(RUNNABLE_STATES))
+                .where(t.c.id.in_([j.id for j in chosen]), t.c.state.in_(states))
                 .values(**values)
             )
         return [
@@ -210,10 +218,15 @@ class Store:
             for job in chosen
         ]
 
-    def _runnable(self, priorities: Sequence[int] | None, callbacks: Iterable[str]) -> Any:
+    def _runnable(
+        self,
+        priorities: Sequence[int] | None,
+        callbacks: Iterable[str],
+        states: Sequence[JobState] = RUNNABLE_STATES,
+    ) -> Any:
         t = self.table
         clause = sa.and_(
-            t.c.state.in_(RUNNABLE_STATES), self.in_queue, t.c.callback_name.in_(list(callbacks))
+            t.c.state.in_(states), self.in_queue, t.c.callback_name.in_(list(callbacks))
         )
         if priorities is not None:
             clause = sa.and_(clause, t.c.priority.in_(list(priorities)))
@@ -402,6 +415,56 @@ class Store:
         with self.engine.begin() as conn:
             return conn.execute(stmt).rowcount
 
+    # -- broker mode --------------------------------------------------------------------
+
+    def mark_broker_failed(self, job_ids: Sequence[int], now: datetime, message: str) -> None:
+        """The rows are saved but their ids did not reach the broker."""
+        t = self.table
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.id.in_(list(job_ids)), t.c.state == JobState.READY)
+                .values(state=JobState.BROKER_FAILED, error_message=message, updated_at=now)
+            )
+
+    def take_for_resending(self, now: datetime, lost_before: datetime) -> list[Job]:
+        """Due jobs whose id must go to the broker again; they are set ``READY``.
+
+        ``BACK_TO_BROKER``, ``TEMPORARILY_FAILED`` and ``WAITING`` jobs whose time has come,
+        and ``READY`` ones untouched since ``lost_before`` (their message was lost).
+        """
+        t = self.table
+        resend = (JobState.BACK_TO_BROKER, JobState.TEMPORARILY_FAILED, JobState.WAITING)
+        due = sa.and_(
+            self.in_queue,
+            t.c.available_at <= now,
+            sa.or_(
+                t.c.state.in_(resend),
+                sa.and_(t.c.state == JobState.READY, t.c.updated_at < lost_before),
+            ),
+        )
+        with self.engine.begin() as conn:
+            jobs = [
+                Job.from_row(r)
+                for r in conn.execute(sa.select(t).where(due).order_by(t.c.priority, t.c.id))
+            ]
+            taken = []
+            for job in jobs:
+                extra = t.c.updated_at == job.updated_at  # nobody moved it meanwhile
+                if self._transition(
+                    conn, job.id, (job.state,), extra=extra, state=JobState.READY, updated_at=now
+                ):
+                    taken.append(job)
+        return taken
+
+    def notify(self, conn: sa.Connection) -> None:
+        """PostgreSQL: wake consumers LISTENing for new jobs (sent when the insert commits)."""
+        conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
+
+    @property
+    def channel(self) -> str:
+        return f"bgq_{self.table.name}"
+
     def clear_finished(self, before: datetime | None) -> int:
         t = self.table
         stmt = t.delete().where(t.c.state.in_(DONE_STATES), self.in_queue)
@@ -436,3 +499,256 @@ class Store:
         if extra is not None:
             stmt = stmt.where(extra)
         return conn.execute(stmt.values(**values)).rowcount == 1
+
+    # -- inspection: dashboard and list/show/retry/stats/health commands ---
+    #
+    # Read-only queries for people, plus the two operator actions (retry, discard). Filters
+    # arrive as keyword arguments (see flask_bgqueue.selection.JobFilter.as_kwargs).
+
+    #: States from which an operator may send a job to run now.
+    RETRYABLE_STATES = (
+        JobState.TEMPORARILY_FAILED,
+        JobState.PERMANENTLY_FAILED,
+        JobState.WAITING,
+        JobState.BROKER_FAILED,
+    )
+    #: States in which an operator may delete a job (never PROCESSING).
+    DISCARDABLE_STATES = (
+        JobState.FINISHED,
+        JobState.REDUNDANT,
+        JobState.PERMANENTLY_FAILED,
+        JobState.TEMPORARILY_FAILED,
+    )
+
+    def _inspect_where(
+        self,
+        states: Sequence[JobState] = (),
+        callback_name: str | None = None,
+        queue: str | None = None,
+        serial_group: str | None = None,
+        identifier: str | None = None,
+        text: str | None = None,
+    ) -> Any:
+        t = self.table
+        clauses = [self.in_queue]
+        if states:
+            clauses.append(t.c.state.in_(list(states)))
+        for column, value in (
+            (t.c.callback_name, callback_name),
+            (t.c.queue, queue),
+            (t.c.serial_group, serial_group),
+            (t.c.identifier, identifier),
+        ):
+            if value is not None:
+                clauses.append(column == value)
+        if text:
+            clauses.append(
+                sa.or_(
+                    t.c.error_message.icontains(text, autoescape=True),
+                    t.c.parameters_json.icontains(text, autoescape=True),
+                )
+            )
+        return sa.and_(*clauses)
+
+    def find_jobs(
+        self,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        **where: Any,
+    ) -> list[Job]:
+        """One page of matching jobs, newest first: keyset paging on the primary key.
+
+        ``before_id`` gives the page of older jobs, ``after_id`` the page of newer ones.
+        """
+        t = self.table
+        stmt = sa.select(t).where(self._inspect_where(**where)).limit(limit)
+        if after_id is not None:
+            stmt = stmt.where(t.c.id > after_id).order_by(t.c.id.asc())
+        else:
+            if before_id is not None:
+                stmt = stmt.where(t.c.id < before_id)
+            stmt = stmt.order_by(t.c.id.desc())
+        with self.engine.connect() as conn:
+            jobs = [Job.from_row(r) for r in conn.execute(stmt)]
+        return jobs[::-1] if after_id is not None else jobs
+
+    def has_job_beyond(
+        self, *, below: int | None = None, above: int | None = None, **where: Any
+    ) -> bool:
+        """Whether a matching job has an id below ``below`` (or above ``above``)."""
+        t = self.table
+        stmt = sa.select(t.c.id).where(self._inspect_where(**where)).limit(1)
+        if below is not None:
+            stmt = stmt.where(t.c.id < below)
+        if above is not None:
+            stmt = stmt.where(t.c.id > above)
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def count_by_state_queue_callback(self) -> list[tuple[JobState, str, str, int]]:
+        """How many jobs of this queue are in each (state, queue, callback)."""
+        t = self.table
+        stmt = (
+            sa.select(t.c.state, t.c.queue, t.c.callback_name, sa.func.count())
+            .where(self.in_queue)
+            .group_by(t.c.state, t.c.queue, t.c.callback_name)
+        )
+        with self.engine.connect() as conn:
+            return [(JobState(s), q, c, int(n)) for s, q, c, n in conn.execute(stmt)]
+
+    def due_summary(self, now: datetime) -> tuple[int, datetime | None]:
+        """How many unfinished jobs are due now, and since when the oldest one is."""
+        t = self.table
+        stmt = sa.select(sa.func.count(), sa.func.min(t.c.available_at)).where(
+            t.c.state.in_(PENDING_STATES), self.in_queue, t.c.available_at <= now
+        )
+        with self.engine.connect() as conn:
+            count, oldest = conn.execute(stmt).one()
+        return int(count), oldest
+
+    def _minute(self, column: Any) -> Any:
+        """The column truncated to its minute (dialect-specific, hence here)."""
+        if self.dialect == "postgresql":
+            return sa.func.date_trunc("minute", column)
+        if self.dialect in ("mysql", "mariadb"):
+            return sa.func.date_format(column, "%Y-%m-%d %H:%i:00")
+        return sa.func.strftime("%Y-%m-%d %H:%M:00", column)
+
+    def outcomes_per_minute(self, since: datetime) -> list[tuple[str, datetime, int]]:
+        """``(kind, minute, n)``: jobs finished, and attempts now failed, since ``since``.
+
+        A failure is counted at the start of its attempt (``last_attempt_at``); a job that
+        failed and later finished counts as finished only (there is no history table).
+        """
+        t = self.table
+        finished = self._minute(t.c.finished_at)
+        failed = self._minute(t.c.last_attempt_at)
+        queries = (
+            (
+                "finished",
+                sa.select(finished, sa.func.count())
+                .where(t.c.finished_at >= since, t.c.state == JobState.FINISHED, self.in_queue)
+                .group_by(finished),
+            ),
+            (
+                "failed",
+                sa.select(failed, sa.func.count())
+                .where(
+                    t.c.last_attempt_at >= since,
+                    t.c.state.in_([JobState.TEMPORARILY_FAILED, JobState.PERMANENTLY_FAILED]),
+                    self.in_queue,
+                )
+                .group_by(failed),
+            ),
+        )
+        result = []
+        with self.engine.connect() as conn:
+            for kind, stmt in queries:
+                for minute, n in conn.execute(stmt):
+                    if isinstance(minute, str):
+                        minute = datetime.fromisoformat(minute)
+                    result.append((kind, minute.replace(tzinfo=None), int(n)))
+        return result
+
+    def workers_seen(self, since: datetime) -> list[tuple[str | None, int | None, datetime, Any]]:
+        """``(hostname, pid, last attempt, last heartbeat)`` of workers active since ``since``.
+
+        Derived from the jobs: those PROCESSING now and those attempted since ``since``.
+        """
+        t = self.table
+        stmt = (
+            sa.select(
+                t.c.hostname,
+                t.c.pid,
+                sa.func.max(t.c.last_attempt_at),
+                sa.func.max(t.c.heartbeat_at),
+            )
+            .where(
+                self.in_queue,
+                sa.or_(t.c.state == JobState.PROCESSING, t.c.last_attempt_at >= since),
+                t.c.last_attempt_at.is_not(None),
+            )
+            .group_by(t.c.hostname, t.c.pid)
+        )
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(stmt)]  # type: ignore[misc]
+
+    def last_worker_activity(self) -> datetime | None:
+        """The latest claim or heartbeat of any job of this queue."""
+        t = self.table
+        with self.engine.connect() as conn:
+            attempt = conn.execute(
+                sa.select(sa.func.max(t.c.last_attempt_at)).where(self.in_queue)
+            ).scalar()
+            beat = conn.execute(
+                sa.select(sa.func.max(t.c.heartbeat_at)).where(
+                    self.in_queue, t.c.state == JobState.PROCESSING
+                )
+            ).scalar()
+        seen = [x for x in (attempt, beat) if x is not None]
+        return max(seen) if seen else None
+
+    def older_twin(self, job: Job) -> int | None:
+        """The oldest job with this job's identifier and a lower id (unique duplicates)."""
+        t = self.table
+        stmt = sa.select(sa.func.min(t.c.id)).where(
+            t.c.identifier == job.identifier, t.c.id < job.id, self.in_queue
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar()
+
+    def group_blocker(self, job: Job) -> int | None:
+        """The job of its serial group that ``job`` waits for, as a claim would see it."""
+        with self.engine.connect() as conn:
+            return self._group_blocker(conn, job)
+
+    def retry_now(self, job_ids: Iterable[int], now: datetime) -> list[int]:
+        """Make these jobs READY and due now, each from a state of ``RETRYABLE_STATES``.
+
+        Returns the ids that changed; a job in any other state (or of another queue) is
+        left alone. One transaction per 500 jobs keeps locks short.
+        """
+        ids = list(job_ids)
+        changed: list[int] = []
+        for start in range(0, len(ids), 500):
+            with self.engine.begin() as conn:
+                for job_id in ids[start : start + 500]:
+                    if self._transition(
+                        conn,
+                        job_id,
+                        self.RETRYABLE_STATES,
+                        extra=self.in_queue,
+                        state=JobState.READY,
+                        available_at=now,
+                        updated_at=now,
+                    ):
+                        changed.append(job_id)
+        return changed
+
+    def retryable_ids(self, *, max_id: int | None = None, **where: Any) -> list[int]:
+        """Ids of matching jobs in a retryable state (up to ``max_id``), oldest first."""
+        t = self.table
+        states = [s for s in where.pop("states", ()) or self.RETRYABLE_STATES]
+        states = [s for s in states if s in self.RETRYABLE_STATES]
+        if not states:
+            return []
+        stmt = sa.select(t.c.id).where(self._inspect_where(states=states, **where)).order_by(t.c.id)
+        if max_id is not None:
+            stmt = stmt.where(t.c.id <= max_id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).scalars())
+
+    def discard(self, job_ids: Iterable[int]) -> list[int]:
+        """Delete these jobs if they are in ``DISCARDABLE_STATES``; return the deleted ids."""
+        t = self.table
+        deleted = []
+        with self.engine.begin() as conn:
+            for job_id in job_ids:
+                stmt = t.delete().where(
+                    t.c.id == job_id, t.c.state.in_(self.DISCARDABLE_STATES), self.in_queue
+                )
+                if conn.execute(stmt).rowcount == 1:
+                    deleted.append(job_id)
+        return deleted

@@ -214,3 +214,43 @@ def procs(db_url: str, table_name: str, tmp_path: Any, drop_tables: None) -> Ite
         state = app.extensions["bgqueue"]
         if state._engine is not None:
             state._engine.dispose()
+
+
+AMQP_URL = os.environ.get("BGQUEUE_TEST_AMQP_URL", "amqp://bgqueue:bgqueue@127.0.0.1:5672/%2F")
+
+
+def require_rabbitmq() -> str:
+    """The RabbitMQ URL, or skip (fail in CI) when it cannot be reached."""
+    if "rabbitmq" not in _reachable:
+        import pika
+
+        try:
+            pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close()
+            _reachable["rabbitmq"] = None
+        except Exception as exc:
+            _reachable["rabbitmq"] = f"RabbitMQ at {AMQP_URL} is not reachable: {exc!r}"
+    error = _reachable["rabbitmq"]
+    if error is not None:
+        if IN_CI:
+            pytest.fail(error + " (CI=true: a missing service is a failure)")
+        pytest.skip(error + " (run scripts/services.sh start)")
+    return AMQP_URL
+
+
+@pytest.fixture
+def amqp_queue() -> Iterator[str]:
+    """A RabbitMQ-backed queue name of the test's own; its RabbitMQ queues are deleted after."""
+    require_rabbitmq()
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    import pika
+
+    from flask_bgqueue.broker.amqp import TIERS_MS, control_queue, delay_queue, work_queue
+
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    for p in (1, 2, 10, 20, 30, 50):  # every priority the tests configure
+        for q in (work_queue(name, p), *(delay_queue(name, p, t) for t in TIERS_MS)):
+            channel.queue_delete(q)
+    channel.queue_delete(control_queue(name))
+    connection.close()

@@ -1,0 +1,60 @@
+"""The small interface every broker implements.
+
+Only job ids travel. A producer sends an id to the queue of a (queue, priority), possibly
+delayed; a consumer takes ids from the queues of its priorities, most urgent first, hands
+each to a handler, and acknowledges the message once the handler returns (the job's claim
+is committed by then). The handler may return work to run after the acknowledgement; the
+broker runs it while keeping its connection alive.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+class BrokerError(Exception):
+    """Sending to or talking with the broker failed."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message: the job id and the priority whose queue it came from."""
+
+    job_id: int
+    priority: int
+
+
+#: Takes a delivery and returns work to run after the acknowledgement, or ``None``.
+Handler = Callable[[Delivery], Callable[[], None] | None]
+
+
+class Broker(abc.ABC):
+    """Producer and consumer sides of one broker connection configuration."""
+
+    @abc.abstractmethod
+    def publish(self, queue: str, priority: int, job_id: int, delay_ms: int = 0) -> None:
+        """Send ``job_id``, confirmed by the broker; raise :class:`BrokerError` on failure."""
+
+    @abc.abstractmethod
+    def consume(
+        self,
+        queue: str,
+        priorities: Sequence[int],
+        handler: Handler,
+        should_stop: Callable[[], bool],
+        idle: Callable[[], None] | None = None,
+    ) -> None:
+        """Deliver ids of ``queue`` to ``handler``, most urgent priority first.
+
+        Returns when ``should_stop()`` is true between two messages. ``idle`` is called
+        about once a second while nothing arrives. Connection losses are survived.
+        """
+
+    @abc.abstractmethod
+    def request_reload(self, queue: str, number: int) -> None:
+        """Ask ``number`` running consumers of ``queue`` to exit after their current job."""
+
+    def close(self) -> None:  # noqa: B027 - most brokers hold nothing to release
+        """Release connections (the broker may be used again afterwards)."""

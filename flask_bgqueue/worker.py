@@ -1,0 +1,230 @@
+"""The long-running consumer (``flask bgq consume``).
+
+With a broker it takes job ids from it; without one it claims due jobs from the table,
+waking up through PostgreSQL ``LISTEN``/``NOTIFY`` or every ``BGQUEUE_POLL_INTERVAL_MS``.
+Either way a job is claimed by the same guarded UPDATE as in cron mode, a stop request
+(SIGTERM, SIGINT, ``-j N`` reached, ``DieException``, ``reload-consumers``) is honoured
+between two jobs, and jobs claimed but not started are given back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+
+from .broker import BrokerError, Delivery
+from .models import RUNNABLE_STATES, JobState
+from .processor import Heartbeat, Outcome, Processor
+from .retry import utcnow
+from .store import Claim
+
+if TYPE_CHECKING:
+    from .extension import _AppState
+
+#: A consumer takes a job a little early rather than send its id around once more.
+EARLY_MS = 100
+#: How long the id of a job whose callback is unknown here waits before it is offered again.
+UNKNOWN_CALLBACK_DELAY_MS = 60_000
+CLAIMABLE = (*RUNNABLE_STATES, JobState.BACK_TO_BROKER)
+
+
+@dataclass
+class ConsumeResult:
+    """What one :meth:`BackgroundQueue.consume` call did."""
+
+    jobs: int = 0
+    died: bool = False
+    reloaded: bool = False
+
+
+class Worker:
+    """One consumer: a queue, its priorities, and when to stop."""
+
+    def __init__(
+        self,
+        state: _AppState,
+        app: Flask,
+        queue: str | None,
+        priorities: Sequence[int] | None,
+        max_jobs: int | None,
+        stop: threading.Event,
+    ) -> None:
+        self.state, self.app, self.stop = state, app, stop
+        self.settings = state.settings
+        self.queue = queue or self.settings.queue
+        self.priorities = tuple(priorities) if priorities is not None else self.settings.priorities
+        self.max_jobs = max_jobs
+        self.processor = Processor(state, app)
+        self.store = state.store
+        self.result = ConsumeResult()
+        self.heartbeat = Heartbeat(
+            self.store, self.settings.heartbeat_interval_seconds, state.logger
+        )
+        self._last_reap = 0.0
+
+    def run(self) -> ConsumeResult:
+        self.heartbeat.start()
+        try:
+            broker = self.state.broker
+            if broker is None:
+                self._poll()
+            else:
+                broker.consume(
+                    self.queue, self.priorities, self._handle, self.stop.is_set, self._reap
+                )
+                self.result.reloaded = not self.stop.is_set()
+        finally:
+            self.heartbeat.stop()
+        return self.result
+
+    # -- shared -------------------------------------------------------------------------
+
+    def _ran(self, claim: Claim, outcome: Outcome) -> None:
+        self.heartbeat.drop(claim)
+        self.result.jobs += 1
+        if outcome.die:
+            self.result.died = True
+            self.stop.set()
+        if self.max_jobs is not None and self.result.jobs >= self.max_jobs:
+            self.stop.set()
+
+    def _reap(self) -> None:
+        """Take back jobs of lost workers, at most every half of the lost-worker delay."""
+        lost_after = self.settings.worker_lost_after_seconds
+        if time.monotonic() - self._last_reap < lost_after / 2:
+            return
+        self._last_reap = time.monotonic()
+        for job in self.store.reap_lost(
+            utcnow(), timedelta(seconds=lost_after), self.settings.max_attempts
+        ):
+            self.state.logger.warning(
+                "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job
+            )
+            if self.state.broker is not None:
+                self._send(job, 0)
+
+    # -- without a broker ---------------------------------------------------------------
+
+    def _poll(self) -> None:
+        known = self.state.callback_names()
+        with _Wakeup(self.store, self.settings.poll_interval_ms / 1000) as wakeup:
+            while not self.stop.is_set():
+                self._reap()
+                limit = self.settings.claim_batch_size
+                if self.max_jobs is not None:
+                    limit = min(limit, self.max_jobs - self.result.jobs)
+                claims = self.processor.claim(self.priorities, known, limit=limit)
+                if not claims:
+                    wakeup.wait(self.stop)
+                    continue
+                self.heartbeat.hold(claims)
+                for i, claim in enumerate(claims):
+                    self._ran(claim, self.processor.run(claim))
+                    if self.stop.is_set():
+                        self.store.release(claims[i + 1 :], utcnow())
+                        for rest in claims[i + 1 :]:
+                            self.heartbeat.drop(rest)
+                        break
+
+    # -- with a broker ------------------------------------------------------------------
+
+    def _handle(self, delivery: Delivery) -> Callable[[], None] | None:
+        """Claim the delivered job (then the message is acknowledged) or send it on."""
+        claims = self._claim(delivery.job_id)
+        if not claims:
+            job = self.store.get(delivery.job_id)
+            if job is not None and job.state in CLAIMABLE:
+                delay_ms = (job.available_at - utcnow()).total_seconds() * 1000
+                if 0 < delay_ms <= EARLY_MS:
+                    time.sleep(delay_ms / 1000)
+                    claims = self._claim(delivery.job_id)
+                if not claims:
+                    self._redirect(job, delay_ms)
+                    return None
+            else:
+                return None  # finished, running elsewhere or gone: a stale message
+        claim = claims[0]
+        self.heartbeat.hold(claims)
+
+        def work() -> None:
+            outcome = self.processor.run(claim)
+            if outcome.state in (JobState.TEMPORARILY_FAILED, JobState.WAITING):
+                due = outcome.values.get("available_at") or utcnow()
+                self._send(claim.job, (due - utcnow()).total_seconds() * 1000)
+            self._ran(claim, outcome)
+
+        return work
+
+    def _claim(self, job_id: int) -> list[Claim]:
+        return self.store.claim(
+            now=utcnow(),
+            limit=1,
+            priorities=None,
+            callbacks=self.state.callback_names(),
+            pid=self.processor.pid,
+            hostname=self.processor.hostname,
+            waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
+            job_ids=[job_id],
+            states=CLAIMABLE,
+        )
+
+    def _redirect(self, job: Any, delay_ms: float) -> None:
+        """A job delivered too early, blocked, or unknown here goes back, delayed."""
+        if self.state.callback(job.callback_name) is None:
+            self.store.note_unknown_callbacks(
+                utcnow(),
+                self.state.callback_names(),
+                f"no callback of this name is registered in consumer pid {self.processor.pid}"
+                f" on {self.processor.hostname}",
+            )
+            delay_ms = max(delay_ms, UNKNOWN_CALLBACK_DELAY_MS)
+        self._send(job, max(delay_ms, self.settings.waiting_job_expiration_ms))
+
+    def _send(self, job: Any, delay_ms: float) -> None:
+        broker = self.state.broker
+        assert broker is not None
+        try:
+            broker.publish(job.queue, job.priority, job.id, max(0, int(delay_ms)))
+        except BrokerError as exc:  # the row says when it is due; `process` sends it again
+            self.state.logger.warning("bgqueue: could not send job %s again: %s", job.id, exc)
+
+
+class _Wakeup:
+    """Wait for new jobs: PostgreSQL ``LISTEN``, or a plain timed wait elsewhere."""
+
+    def __init__(self, store: Any, interval: float) -> None:
+        self.store, self.interval = store, interval
+        self.raw: Any = None
+
+    def __enter__(self) -> _Wakeup:
+        if self.store.dialect == "postgresql":
+            self.raw = self.store.engine.raw_connection()
+            conn = self.raw.driver_connection
+            conn.autocommit = True
+            conn.execute(f'LISTEN "{self.store.channel}"')
+        return self
+
+    def wait(self, stop: threading.Event) -> None:
+        if self.raw is None:
+            stop.wait(self.interval)
+            return
+        deadline = time.monotonic() + self.interval
+        while not stop.is_set() and time.monotonic() < deadline:
+            # Short slices so that a stop request is seen quickly.
+            for _ in self.raw.driver_connection.notifies(
+                timeout=min(0.25, self.interval), stop_after=1
+            ):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        if self.raw is not None:
+            try:
+                self.raw.driver_connection.execute(f'UNLISTEN "{self.store.channel}"')
+            finally:
+                self.raw.invalidate()  # never hand a LISTENing connection back to the pool
