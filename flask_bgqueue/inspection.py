@@ -1,0 +1,294 @@
+"""What a person asks about the queue, and the two things they may do to jobs.
+
+:class:`Inspector` is the library behind the dashboard and the ``list``, ``show``,
+``retry``, ``stats`` and ``health`` commands; scripts and tests can call it directly::
+
+    from flask_bgqueue.inspection import Inspector
+
+    with app.app_context():
+        health = Inspector(bgq).health(max_age_seconds=600)
+        if not health.ok:
+            print(*health.problems, sep="\\n")
+"""
+
+from __future__ import annotations
+
+import pprint
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from . import serialization
+from .exceptions import SignatureError
+from .explain import Reason, explain, span
+from .models import Job, JobState
+from .retry import utcnow
+from .selection import JobFilter
+
+if TYPE_CHECKING:
+    from .extension import BackgroundQueue, _AppState
+
+#: How far back a worker counts as "seen recently" on the overview and in ``stats``.
+WORKERS_WINDOW = timedelta(minutes=15)
+#: The longest text shown for decoded parameters.
+MAX_PARAMETERS_TEXT = 100_000
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a filtered job list, newest first, and whether more lie either side."""
+
+    jobs: list[Job]
+    has_older: bool
+    has_newer: bool
+
+
+@dataclass(frozen=True)
+class Minute:
+    """Outcomes in one minute of the throughput chart."""
+
+    start: datetime
+    finished: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A process seen working through its jobs' ``pid``, ``hostname`` and times."""
+
+    hostname: str | None
+    pid: int | None
+    last_attempt_at: datetime | None
+    last_heartbeat_at: datetime | None
+    current_jobs: list[tuple[int, str]] = field(default_factory=list)  # (id, callback)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The overview: counts, the oldest due job, throughput and workers."""
+
+    now: datetime
+    by_state: dict[JobState, int]
+    by_queue: dict[str, dict[JobState, int]]
+    by_callback: dict[str, dict[JobState, int]]
+    due_count: int
+    oldest_due_at: datetime | None
+    throughput: list[Minute]
+    workers: list[Worker]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+    @property
+    def oldest_due_age(self) -> timedelta | None:
+        return None if self.oldest_due_at is None else self.now - self.oldest_due_at
+
+
+@dataclass(frozen=True)
+class Health:
+    """The answer of ``flask bgq health``: ``ok``, and ``problems`` saying why not."""
+
+    ok: bool
+    problems: list[str]
+    summary: str
+
+
+@dataclass(frozen=True)
+class ParametersView:
+    """Parameters as text for a person, and how they were stored."""
+
+    text: str
+    note: str
+    decoded: bool
+
+
+class Inspector:
+    """Read and act on the jobs of ``bgq`` in the current app (needs an app context)."""
+
+    def __init__(self, bgq: BackgroundQueue) -> None:
+        self.bgq = bgq
+
+    @property
+    def _app(self) -> _AppState:
+        return self.bgq._state()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def page(
+        self,
+        flt: JobFilter | None = None,
+        *,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """Up to ``limit`` matching jobs below ``before_id`` (or above ``after_id``).
+
+        Keyset paging on the id: no page counts the table, so each stays fast on a large one.
+        """
+        store, where = self._app.store, (flt or JobFilter()).as_kwargs()
+        rows = store.find_jobs(limit=limit + 1, before_id=before_id, after_id=after_id, **where)
+        if after_id is not None:
+            has_newer = len(rows) > limit
+            jobs = rows[1:] if has_newer else rows
+            below = jobs[-1].id if jobs else after_id + 1
+            return JobPage(jobs, store.has_job_beyond(below=below, **where), has_newer)
+        has_older = len(rows) > limit
+        jobs = rows[:limit]
+        has_newer = False
+        if before_id is not None:
+            above = jobs[0].id if jobs else before_id - 1
+            has_newer = store.has_job_beyond(above=above, **where)
+        return JobPage(jobs, has_older, has_newer)
+
+    def job(self, job_id: int) -> Job | None:
+        return self.bgq.get_job(job_id)
+
+    def why_not_running(self, job: Job, now: datetime | None = None) -> list[Reason]:
+        """Plain sentences saying why ``job`` is not running now (see :mod:`.explain`)."""
+        app = self._app
+        return explain(
+            job,
+            store=app.store,
+            callback_known=app.callback(job.callback_name) is not None,
+            now=now or utcnow(),
+            lost_after=timedelta(seconds=app.settings.worker_lost_after_seconds),
+        )
+
+    def parameters(self, job: Job) -> ParametersView:
+        """The decoded parameters; a pickle is unpickled only after its signature verifies."""
+        stored = serialization.Stored(job.parameters, job.parameters_json)
+        if job.parameters_json is not None:
+            note = "stored as JSON"
+        elif job.parameters is None:
+            note = "no parameters"
+        else:
+            note = "stored as a signed pickle; the signature verifies"
+        try:
+            value = serialization.load(stored, self._app.settings.signing_keys)
+        except SignatureError as exc:
+            return ParametersView(
+                serialization.describe(stored).replace(", signed>", ">"),
+                f"not unpickled: {exc}",
+                False,
+            )
+        except Exception as exc:
+            return ParametersView(
+                serialization.describe(stored), f"cannot be decoded here: {exc!r}", False
+            )
+        text = pprint.pformat(value, width=88, sort_dicts=False)
+        if len(text) > MAX_PARAMETERS_TEXT:
+            text = text[:MAX_PARAMETERS_TEXT] + f"\n… ({len(text)} characters in all)"
+        return ParametersView(text, note, True)
+
+    def stats(self, hours: float = 3, now: datetime | None = None) -> Stats:
+        """Counts per state, queue and callback, the oldest due job, per-minute outcomes over
+        the last ``hours``, and the workers seen in the last :data:`WORKERS_WINDOW`."""
+        store = self._app.store
+        now = now or utcnow()
+        by_state = dict.fromkeys(JobState, 0)
+        by_queue: dict[str, dict[JobState, int]] = {}
+        by_callback: dict[str, dict[JobState, int]] = {}
+        for state, queue, callback, n in store.count_by_state_queue_callback():
+            by_state[state] += n
+            for group, key in ((by_queue, queue), (by_callback, callback)):
+                counts = group.setdefault(key, {})
+                counts[state] = counts.get(state, 0) + n
+        due_count, oldest = store.due_summary(now)
+        return Stats(
+            now=now,
+            by_state=by_state,
+            by_queue=dict(sorted(by_queue.items())),
+            by_callback=dict(sorted(by_callback.items())),
+            due_count=due_count,
+            oldest_due_at=oldest,
+            throughput=self._throughput(now, hours),
+            workers=self.workers(now),
+        )
+
+    def _throughput(self, now: datetime, hours: float) -> list[Minute]:
+        end = now.replace(second=0, microsecond=0)
+        start = end - timedelta(minutes=max(1, round(hours * 60)) - 1)
+        counts: dict[datetime, dict[str, int]] = {}
+        for kind, minute, n in self._app.store.outcomes_per_minute(start):
+            slot = counts.setdefault(minute, {})
+            slot[kind] = slot.get(kind, 0) + n
+        minutes = []
+        t = start
+        while t <= end:
+            c = counts.get(t, {})
+            minutes.append(Minute(t, c.get("finished", 0), c.get("failed", 0)))
+            t += timedelta(minutes=1)
+        return minutes
+
+    def workers(self, now: datetime | None = None) -> list[Worker]:
+        """Workers holding a job now or that claimed one in the last :data:`WORKERS_WINDOW`."""
+        store = self._app.store
+        now = now or utcnow()
+        current: dict[tuple[str | None, int | None], list[tuple[int, str]]] = {}
+        for job in store.jobs(states=[JobState.PROCESSING]):
+            current.setdefault((job.hostname, job.pid), []).append((job.id, job.callback_name))
+        seen = [
+            Worker(host, pid, attempt, beat, current.get((host, pid), []))
+            for host, pid, attempt, beat in store.workers_seen(now - WORKERS_WINDOW)
+        ]
+        return sorted(seen, key=lambda w: w.last_attempt_at or now, reverse=True)
+
+    def health(self, max_age_seconds: float | None = None, now: datetime | None = None) -> Health:
+        """Unhealthy when due jobs wait and no worker was seen within
+        ``BGQUEUE_WORKER_LOST_AFTER_SECONDS``, or the oldest due job is older than
+        ``max_age_seconds``."""
+        app = self._app
+        now = now or utcnow()
+        lost_after = timedelta(seconds=app.settings.worker_lost_after_seconds)
+        due_count, oldest = app.store.due_summary(now)
+        last_seen = app.store.last_worker_activity()
+        problems = []
+        age = None if oldest is None else now - oldest
+        seen_text = "never" if last_seen is None else f"{span(now - last_seen)} ago"
+        if (
+            age is not None
+            and age > lost_after
+            and (last_seen is None or now - last_seen > lost_after)
+        ):
+            problems.append(
+                f"{due_count} due job(s) wait, the oldest for {span(age)}, and no worker was"
+                f" seen within {app.settings.worker_lost_after_seconds:g} s (last: {seen_text})."
+                " Is 'flask bgq process' in cron, or a consumer running?"
+            )
+        if (
+            age is not None
+            and max_age_seconds is not None
+            and age.total_seconds() > max_age_seconds
+        ):
+            problems.append(
+                f"the oldest due job has waited {span(age)}, more than {max_age_seconds:g} s."
+            )
+        summary = (
+            f"{due_count} due job(s)"
+            + ("" if age is None else f", the oldest due for {span(age)}")
+            + f"; last worker activity: {seen_text}"
+        )
+        return Health(not problems, problems, summary)
+
+    # -- acting -------------------------------------------------------------------------
+
+    def retry(self, job_ids: Iterable[int]) -> list[int]:
+        """Run these jobs as soon as possible, skipping their backoff.
+
+        Only jobs in ``TEMPORARILY_FAILED``, ``PERMANENTLY_FAILED``, ``WAITING`` or
+        ``BROKER_FAILED`` change (to ``READY``, due now); returns their ids.
+        """
+        return self._app.store.retry_now(job_ids, utcnow())
+
+    def retry_matching(self, flt: JobFilter, max_id: int | None = None) -> list[int]:
+        """:meth:`retry` every retryable job the filter matches (with an id up to ``max_id``,
+        so jobs that arrived after a person looked are left alone)."""
+        store = self._app.store
+        return store.retry_now(store.retryable_ids(max_id=max_id, **flt.as_kwargs()), utcnow())
+
+    def discard(self, job_ids: Iterable[int]) -> list[int]:
+        """Delete these jobs if FINISHED, REDUNDANT or failed (never PROCESSING ones)."""
+        return self._app.store.discard(job_ids)

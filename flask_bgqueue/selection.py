@@ -1,0 +1,61 @@
+"""Which jobs a person asks for: the filter shared by the dashboard and ``flask bgq list``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .models import JobState
+
+#: What ``failed`` means in a state filter.
+FAILED_STATES = (JobState.TEMPORARILY_FAILED, JobState.PERMANENTLY_FAILED)
+
+
+def parse_states(values: list[str] | tuple[str, ...]) -> tuple[JobState, ...]:
+    """``["failed", "ready", "3"]`` → states; names are case-insensitive, numbers work too.
+
+    Raises :exc:`ValueError` naming the value that is not a state.
+    """
+    states: list[JobState] = []
+    for raw in values:
+        for part in str(raw).split(","):
+            word = part.strip().upper().replace("-", "_")
+            if not word:
+                continue
+            if word == "FAILED":
+                states.extend(FAILED_STATES)
+            elif word in JobState.__members__:
+                states.append(JobState[word])
+            elif word.lstrip("-").isdigit() and int(word) in JobState._value2member_map_:
+                states.append(JobState(int(word)))
+            else:
+                names = ", ".join(s.name.lower() for s in JobState)
+                raise ValueError(f"{part.strip()!r} is not a state; use one of {names} or failed")
+    return tuple(dict.fromkeys(states))
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """A conjunction of conditions; ``None`` or empty means "any"."""
+
+    states: tuple[JobState, ...] = ()
+    callback_name: str | None = None
+    queue: str | None = None
+    serial_group: str | None = None
+    identifier: str | None = None
+    text: str | None = None  # a substring of the error message or the JSON parameters
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the store's inspection queries take."""
+        return {
+            "states": self.states,
+            "callback_name": self.callback_name,
+            "queue": self.queue,
+            "serial_group": self.serial_group,
+            "identifier": self.identifier,
+            "text": self.text,
+        }
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(self.as_kwargs().values())
