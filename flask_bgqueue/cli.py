@@ -142,3 +142,6 @@ def reload_consumers_command(queue: str, number: int) -> None:
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"asked {number} consumer(s) of {queue} to reload")
+
+
+from . import cli_inspect as cli_inspect  # noqa: E402  (adds list, show, retry, stats, health)
