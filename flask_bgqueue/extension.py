@@ -164,6 +164,10 @@ class BackgroundQueue:
         from .cli import bgq_command
 
         app.cli.add_command(bgq_command)
+        if settings.dashboard_url_prefix is not None:
+            from .dashboard import register
+
+            register(app, settings.dashboard_url_prefix)
 
     # -- registration -------------------------------------------------------------------
 

@@ -12,6 +12,15 @@ if ! .venv/bin/python -c '' 2>/dev/null; then
 fi
 PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[amqp]' -r requirements-dev.txt
 
+# Headless Chromium for the dashboard's browser tests (Debian's package; Playwright's own
+# browser download is never used).
+if [ ! -x /usr/bin/chromium ]; then
+  [ "$(id -u)" = 0 ] || { echo "test.sh: /usr/bin/chromium is missing; run as root to install it" >&2; exit 1; }
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -q
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q chromium
+fi
+
 # PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1 (installed if missing).
 scripts/services.sh start
 

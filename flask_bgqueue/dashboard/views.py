@@ -1,0 +1,167 @@
+"""The dashboard's pages and actions; each a few lines over :class:`Inspector`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from flask import abort, current_app, redirect, render_template, request, session, url_for
+from markupsafe import Markup, escape
+from werkzeug.wrappers import Response
+
+from ..explain import Reason, span
+from ..inspection import Inspector
+from ..models import JobState
+from ..retry import utcnow
+from ..selection import FAILED_STATES, JobFilter, parse_states
+from ..store import Store
+from . import blueprint
+from .chart import throughput_svg
+
+NOTICE_KEY = "_bgqueue_notice"
+FILTER_FIELDS = ("state", "callback", "queue", "group", "identifier", "q")
+PAGE_SIZES = (20, 50, 100, 200)
+
+
+def _inspector() -> Inspector:
+    return Inspector(current_app.extensions["bgqueue"].queue)
+
+
+@blueprint.context_processor
+def helpers() -> dict[str, Any]:
+    return {
+        "JobState": JobState,
+        "FAILED": ",".join(s.name.lower() for s in FAILED_STATES),
+        "when": _when,
+        "notice": session.pop(NOTICE_KEY, None),
+        "callbacks": current_app.extensions["bgqueue"].callback_names(),
+    }
+
+
+def _when(moment: datetime | None, now: datetime | None = None) -> str:
+    """``2024-05-01 12:00:03 (3 min ago)``, in UTC."""
+    if moment is None:
+        return "-"
+    now = now or utcnow()
+    rel = f"in {span(moment - now)}" if moment > now else f"{span(now - moment)} ago"
+    return f"{moment:%Y-%m-%d %H:%M:%S} ({rel})"
+
+
+def _notice(text: str) -> None:
+    session[NOTICE_KEY] = text
+
+
+def _filter(source: Any) -> JobFilter:
+    try:
+        states = parse_states(source.getlist("state"))
+    except ValueError as exc:
+        abort(400, str(exc))
+    text = {k: (source.get(k) or "").strip() or None for k in FILTER_FIELDS[1:]}
+    return JobFilter(
+        states, text["callback"], text["queue"], text["group"], text["identifier"], text["q"]
+    )
+
+
+def _filter_args(flt: JobFilter) -> dict[str, Any]:
+    """The query string of a filter (for links that keep it)."""
+    args: dict[str, Any] = {
+        "callback": flt.callback_name,
+        "queue": flt.queue,
+        "group": flt.serial_group,
+        "identifier": flt.identifier,
+        "q": flt.text,
+    }
+    if flt.states:
+        args["state"] = ",".join(s.name.lower() for s in flt.states)
+    return {k: v for k, v in args.items() if v}
+
+
+@blueprint.get("/")
+def overview() -> str:
+    stats = _inspector().stats(hours=3)
+    return render_template(
+        "bgqueue/overview.html", stats=stats, chart=throughput_svg(stats.throughput)
+    )
+
+
+@blueprint.get("/jobs")
+def jobs() -> str:
+    flt = _filter(request.args)
+    limit = request.args.get("limit", 50, type=int)
+    limit = limit if limit in PAGE_SIZES else 50
+    before = request.args.get("before", type=int)
+    after = request.args.get("after", type=int)
+    inspector = _inspector()
+    page = inspector.page(flt, before_id=before, after_id=after, limit=limit)
+    newest = page.jobs[0].id if page.jobs and not page.has_newer else None
+    if newest is None:
+        top = inspector.page(flt, limit=1).jobs
+        newest = top[0].id if top else None
+    return render_template(
+        "bgqueue/jobs.html",
+        page=page,
+        flt=flt,
+        args=_filter_args(flt),
+        limit=limit,
+        newest=newest,
+        retryable=Store.RETRYABLE_STATES,
+    )
+
+
+@blueprint.get("/jobs/<int:job_id>")
+def job(job_id: int) -> str:
+    inspector = _inspector()
+    found = inspector.job(job_id)
+    if found is None:
+        abort(404, f"No job {job_id} in this queue (it may have been deleted).")
+    return render_template(
+        "bgqueue/job.html",
+        job=found,
+        reasons=[_linked(r) for r in inspector.why_not_running(found)],
+        parameters=inspector.parameters(found),
+        metadata=json.dumps(found.metadata, indent=2, default=str) if found.metadata else None,
+        retryable=found.state in Store.RETRYABLE_STATES,
+        discardable=found.state in Store.DISCARDABLE_STATES,
+    )
+
+
+def _linked(reason: Reason) -> tuple[str, Markup]:
+    """The reason as HTML, the job it names turned into a link."""
+    html = escape(reason.text)
+    if reason.job_id is not None:
+        name = f"job {reason.job_id}"
+        link = Markup('<a href="{}">{}</a>').format(url_for(".job", job_id=reason.job_id), name)
+        html = html.replace(name, link)
+    return reason.code, Markup(html)
+
+
+@blueprint.post("/jobs/<int:job_id>/retry")
+def retry(job_id: int) -> Response:
+    done = _inspector().retry([job_id])
+    _notice(
+        f"Job {job_id} is READY and due now."
+        if done
+        else f"Job {job_id} was not retried: it is no longer failed or waiting."
+    )
+    return redirect(url_for(".job", job_id=job_id))
+
+
+@blueprint.post("/jobs/<int:job_id>/discard")
+def discard(job_id: int) -> Response:
+    if _inspector().discard([job_id]):
+        _notice(f"Job {job_id} was deleted.")
+        return redirect(url_for(".jobs"))
+    _notice(f"Job {job_id} was not deleted: it is running, waiting to run, or gone.")
+    return redirect(url_for(".job", job_id=job_id))
+
+
+@blueprint.post("/jobs/retry")
+def retry_matching() -> Response:
+    flt = _filter(request.form)
+    max_id = request.form.get("max_id", type=int)
+    if max_id is None:
+        abort(400, "max_id is missing: retry from the job list.")
+    done = _inspector().retry_matching(flt, max_id=max_id)
+    _notice(f"{len(done)} job(s) are READY and due now.")
+    return redirect(url_for(".jobs", **_filter_args(flt)))

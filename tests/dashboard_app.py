@@ -1,0 +1,47 @@
+"""An app with the dashboard open, a callback that fails on demand, and helpers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from flask_bgqueue import BackgroundQueue
+from tests.conftest import AppFactory
+
+PREFIX = "/bgq"
+
+
+def dashboard_app(make_app: AppFactory, **config: Any) -> Flask:
+    """``app.failing`` holds the values for which the ``work`` callback raises."""
+    bgq = BackgroundQueue()
+    failing: set[Any] = set()
+
+    @bgq.callback
+    def work(n: Any) -> None:
+        if n in failing:
+            raise ValueError(f"cannot work on {n}")
+
+    options: dict[str, Any] = {
+        "BGQUEUE_DASHBOARD_URL_PREFIX": PREFIX,
+        "BGQUEUE_DASHBOARD_AUTHORIZE": lambda: True,
+    }
+    options.update(config)
+    app = make_app(bgq, **options)
+    app.failing = failing  # type: ignore[attr-defined]
+    return app
+
+
+def csrf_token(client: FlaskClient) -> str:
+    """The session's token, as a page of the dashboard embeds it in its forms."""
+    html = client.get(f"{PREFIX}/jobs").get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match is not None, html
+    return match.group(1)
+
+
+def job_ids(html: str) -> list[int]:
+    """The ids of the job list's rows, in page order."""
+    return [int(x) for x in re.findall(r'<td><a href="[^"]*/jobs/(\d+)">', html)]

@@ -1,0 +1,128 @@
+"""The dashboard driven by a real browser: headless Chromium through Playwright.
+
+Set ``BGQUEUE_SCREENSHOTS`` to a folder (``docs/_static``) to save the pictures the docs
+show. Without Chromium the test is skipped locally and fails under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from flask_bgqueue import JobState
+from flask_bgqueue.retry import utcnow
+from tests.conftest import IN_CI, AppFactory
+from tests.dashboard_app import PREFIX, dashboard_app
+from tests.helpers import set_columns
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(reason + " (CI=true: scripts/test.sh installs chromium and playwright)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (requirements-dev.txt)")
+    if not os.access(CHROMIUM, os.X_OK):
+        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def served(make_app: AppFactory) -> Iterator[tuple[Flask, str]]:
+    """The dashboard app served by werkzeug on 127.0.0.1, in a thread."""
+    app = dashboard_app(make_app)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield app, f"http://127.0.0.1:{server.server_port}{PREFIX}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def _fill(app: Flask) -> int:
+    """A small realistic table; returns the id of a failed job for the test to retry."""
+    bgq = app.bgq  # type: ignore[attr-defined]
+    app.failing.update({13, 21})  # type: ignore[attr-defined]
+    with app.app_context():
+        ids = [bgq.publish("work", n, serial_group=f"invoice-{n % 4}") for n in range(24)]
+        bgq.publish("work", 99, identifier="report-7", is_unique=True)
+        bgq.process()
+        bgq.publish("work", 100, available_at=timedelta(minutes=20))
+        bgq.publish("work", 101, serial_group="invoice-1")
+        bgq.publish("work", 102, serial_group="invoice-1")
+        set_columns(bgq, ids[21], state=JobState.PERMANENTLY_FAILED)
+        set_columns(bgq, ids[3], finished_at=utcnow() - timedelta(minutes=7))
+    return int(ids[13])
+
+
+def test_a_person_filters_failed_jobs_retries_one_and_sees_it_finished(
+    served: tuple[Flask, str], browser: Any, db_url: str
+) -> None:
+    app, base = served
+    failed_id = _fill(app)
+    shots = os.environ.get("BGQUEUE_SCREENSHOTS") if db_url.startswith("postgresql") else None
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+
+    page.goto(base + "/")
+    assert page.inner_text("h1") == "Overview"
+    assert "temporarily failed" in page.inner_text(".bgq-cards")
+    assert page.locator("svg.bgq-chart rect.failed").count() >= 1
+    if shots:
+        page.screenshot(path=str(Path(shots) / "dashboard-overview.png"), full_page=True)
+
+    page.click("nav >> text=Failed")
+    rows = page.locator("table.jobs tbody tr")
+    assert rows.count() == 2
+    assert "cannot work on 13" in page.inner_text("table.jobs")
+    if shots:
+        page.screenshot(path=str(Path(shots) / "dashboard-jobs.png"), full_page=True)
+
+    page.click(f"table.jobs >> text='{failed_id}'")
+    assert page.inner_text("h1").startswith(f"Job {failed_id}")
+    assert "After failed attempt 1, it is retried at" in page.inner_text(".bgq-why")
+    assert "ValueError: cannot work on 13" in page.inner_text("body")
+    if shots:
+        page.screenshot(path=str(Path(shots) / "dashboard-job.png"), full_page=True)
+
+    app.failing.clear()  # type: ignore[attr-defined]
+    page.click("button:has-text('Retry now')")
+    assert "READY and due now" in page.inner_text(".bgq-notice")
+    with app.app_context():
+        app.bgq.process()  # type: ignore[attr-defined]
+    page.reload()
+    assert "FINISHED" in page.inner_text("h1")
+    assert "Finished at" in page.inner_text(".bgq-why")
+    page.close()
