@@ -29,7 +29,7 @@ def throughput_svg(minutes: Sequence[Minute]) -> Markup:
     ]
     for i, m in enumerate(minutes):
         x = LEFT + i * step
-        base = TOP + plot_h
+        base = float(TOP + plot_h)
         title = escape(f"{m.start:%H:%M} UTC: {m.finished} finished, {m.failed} failed")
         bars = []
         for n, cls in ((m.finished, "finished"), (m.failed, "failed")):

@@ -21,7 +21,7 @@ from .chart import throughput_svg
 
 NOTICE_KEY = "_bgqueue_notice"
 FILTER_FIELDS = ("state", "callback", "queue", "group", "identifier", "q")
-PAGE_SIZES = (20, 50, 100, 200)
+MAX_PAGE_SIZE = 500
 
 
 def _inspector() -> Inspector:
@@ -88,8 +88,7 @@ def overview() -> str:
 @blueprint.get("/jobs")
 def jobs() -> str:
     flt = _filter(request.args)
-    limit = request.args.get("limit", 50, type=int)
-    limit = limit if limit in PAGE_SIZES else 50
+    limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), MAX_PAGE_SIZE)
     before = request.args.get("before", type=int)
     after = request.args.get("after", type=int)
     inspector = _inspector()
