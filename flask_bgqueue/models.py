@@ -78,6 +78,7 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Index(f"ix_{name}_identifier", "identifier", "id"),
         sa.Index(f"ix_{name}_serial_group", "serial_group", "priority", "id"),
         sa.Index(f"ix_{name}_finished_at", "finished_at"),
+        sa.Index(f"ix_{name}_last_attempt_at", "last_attempt_at"),
     )
 
 

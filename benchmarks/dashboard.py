@@ -1,0 +1,217 @@
+"""Dashboard render times on a large table.
+
+    .venv/bin/python benchmarks/dashboard.py [--databases postgresql] [--jobs 100000] [--repeat 9]
+
+Bulk-inserts ``--jobs`` rows shaped like a busy queue's table (mostly FINISHED over the last
+six hours, some failed with tracebacks, waiting serial groups, future and due READY jobs, a
+few PROCESSING), runs ``ANALYZE`` as autovacuum would, then times GET requests through
+Flask's test client: the overview, filtered job lists (by state and callback, a second page,
+a text search) and a job page (with the serial-group "why" query). Prints one JSON document
+with the median and every sample in milliseconds; progress goes to stderr. Goal: every
+median under 200 ms on 100,000 rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import sqlalchemy as sa
+from common import database, drop_tables, environment, log, new_table_name
+from flask import Flask
+
+from flask_bgqueue import BackgroundQueue, JobState, schema
+from flask_bgqueue.models import job_table
+from flask_bgqueue.retry import utcnow
+
+GOAL_MS = 200
+CALLBACKS = [f"task_{i}" for i in range(12)]
+TRACEBACK = "Traceback (most recent call last):\n" + '  File "app/tasks.py", line 42\n' * 20
+
+
+def make_rows(n: int, now: datetime, seed: int = 7) -> list[dict[str, Any]]:
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        r = rnd.random()
+        created = now - timedelta(seconds=rnd.uniform(0, 6 * 3600))
+        row: dict[str, Any] = {
+            "queue": "default" if i % 5 else "default_mail",
+            "priority": 1,
+            "callback_name": CALLBACKS[i % len(CALLBACKS)],
+            "parameters": None,
+            "parameters_json": json.dumps({"customer": i % 9973, "note": f"order {i}"}),
+            "created_at": created,
+            "updated_at": created,
+            "available_at": created,
+            "number_of_attempts": 1,
+            "serial_group": f"invoice-{i % 4000}" if i % 5 == 0 else None,
+            "identifier": f"sync-{i}" if i % 3 == 0 else None,
+            "is_unique": False,
+            "last_attempt_at": created + timedelta(seconds=1),
+            "pid": 1000 + i % 8,
+            "hostname": f"worker-{i % 3}",
+            "finished_at": None,
+            "error_message": None,
+            "traceback": None,
+            "heartbeat_at": None,
+        }
+        if r < 0.86:
+            row.update(state=JobState.FINISHED, finished_at=created + timedelta(seconds=2))
+        elif r < 0.90:
+            row.update(
+                state=JobState.TEMPORARILY_FAILED,
+                error_message=f"TimeoutError: upstream {i % 17} did not answer",
+                traceback=TRACEBACK,
+                available_at=now + timedelta(minutes=rnd.randint(1, 16)),
+            )
+        elif r < 0.91:
+            row.update(
+                state=JobState.PERMANENTLY_FAILED,
+                error_message="PermanentError: customer deleted",
+                traceback=TRACEBACK,
+            )
+        elif r < 0.93:
+            row.update(state=JobState.WAITING, error_message="waiting for job 1")
+        elif r < 0.94:
+            row.update(state=JobState.REDUNDANT, finished_at=created)
+        elif r < 0.9405:
+            row.update(state=JobState.PROCESSING, heartbeat_at=now)
+        else:  # READY: some due, some later
+            later = rnd.random() < 0.5
+            row.update(
+                state=JobState.READY,
+                number_of_attempts=0,
+                last_attempt_at=None,
+                pid=None,
+                hostname=None,
+                available_at=now + timedelta(hours=1) if later else created,
+            )
+        rows.append(row)
+    return rows
+
+
+def fill(url: str, table: str, n: int) -> None:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        schema.upgrade(engine, table)
+        t = job_table(table)
+        rows = make_rows(n, utcnow())
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            for start in range(0, n, 5000):
+                conn.execute(t.insert(), rows[start : start + 5000])
+        log(f"  inserted {n} rows in {time.perf_counter() - started:.1f} s")
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(sa.text(f"ANALYZE {table}"))
+            elif engine.dialect.name in ("mysql", "mariadb"):
+                conn.execute(sa.text(f"ANALYZE TABLE {table}"))
+            else:
+                conn.execute(sa.text("ANALYZE"))
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def make_app(url: str, table: str) -> Flask:
+    app = Flask("bench_dashboard")
+    app.config.update(
+        SECRET_KEY="bench",
+        BGQUEUE_DATABASE_URI=url,
+        BGQUEUE_TABLE_NAME=table,
+        BGQUEUE_DASHBOARD_URL_PREFIX="/bgq",
+        BGQUEUE_DASHBOARD_AUTHORIZE=lambda: True,
+    )
+    bgq = BackgroundQueue()
+    for name in CALLBACKS:
+        bgq.callback(name)(lambda **kw: None)
+    bgq.init_app(app)
+    return app
+
+
+def pages(app: Flask) -> dict[str, str]:
+    """The URLs to time; the job page is of a waiting job of a serial group."""
+    state = app.extensions["bgqueue"]
+    store = state.store
+    t = store.table
+    with app.app_context(), store.engine.connect() as conn:
+        waiting = conn.execute(
+            sa.select(sa.func.max(t.c.id)).where(
+                t.c.state == JobState.WAITING, t.c.serial_group.is_not(None)
+            )
+        ).scalar()
+        middle = conn.execute(sa.select(sa.func.max(t.c.id))).scalar() // 2
+    return {
+        "overview": "/bgq/",
+        "list_failed_of_a_callback": "/bgq/jobs?state=failed&callback=task_3",
+        "list_failed_of_a_callback_page_2": (
+            f"/bgq/jobs?state=failed&callback=task_3&before={middle}"
+        ),
+        "list_all_newest": "/bgq/jobs",
+        "list_serial_group": "/bgq/jobs?group=invoice-42",
+        "list_text_search": "/bgq/jobs?q=upstream+13",
+        "job_page": f"/bgq/jobs/{waiting}",
+    }
+
+
+def time_pages(app: Flask, urls: dict[str, str], repeat: int) -> dict[str, Any]:
+    client = app.test_client()
+    result = {}
+    for name, url in urls.items():
+        response = client.get(url)  # warm-up: connections, templates, plans
+        assert response.status_code == 200, (url, response.status_code)
+        samples = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            response = client.get(url)
+            samples.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200
+        result[name] = {
+            "url": url,
+            "median_ms": round(statistics.median(samples), 1),
+            "samples_ms": [round(s, 1) for s in samples],
+            "under_goal": statistics.median(samples) < GOAL_MS,
+        }
+        log(f"  {name}: {result[name]['median_ms']} ms")
+    return result
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--databases", default="postgresql")
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+    report: dict[str, Any] = {"jobs": args.jobs, "goal_ms": GOAL_MS, "databases": {}}
+    engines = {}
+    for db in [d.strip() for d in args.databases.split(",") if d.strip()]:
+        with database(db) as url:
+            table = new_table_name("_dash")
+            log(f"{db}: filling {table}")
+            try:
+                fill(url, table, args.jobs)
+                app = make_app(url, table)
+                report["databases"][db] = time_pages(app, pages(app), args.repeat)
+                engines[db] = sa.create_engine(url, poolclass=sa.NullPool)
+                report.setdefault("environment", {}).update(environment({db: engines[db]}))
+                app.extensions["bgqueue"].engine.dispose()
+            finally:
+                drop_tables(url, [table])
+                for engine in engines.values():
+                    engine.dispose()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
