@@ -21,7 +21,7 @@ from flask_bgqueue import JobState
 from flask_bgqueue.retry import utcnow
 from tests.conftest import IN_CI, AppFactory
 from tests.dashboard_app import PREFIX, dashboard_app
-from tests.helpers import set_columns
+from tests.helpers import all_jobs, set_columns
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -84,7 +84,10 @@ def _fill(app: Flask) -> int:
         bgq.publish("work", 101, serial_group="invoice-1")
         bgq.publish("work", 102, serial_group="invoice-1")
         set_columns(bgq, ids[21], state=JobState.PERMANENTLY_FAILED)
-        set_columns(bgq, ids[3], finished_at=utcnow() - timedelta(minutes=7))
+        now = utcnow()
+        for n, row in enumerate(all_jobs(bgq)):  # spread the finished ones over the chart
+            if row.state == JobState.FINISHED:
+                set_columns(bgq, row.id, finished_at=now - timedelta(minutes=n * 7 % 170))
     return int(ids[13])
 
 
