@@ -137,9 +137,11 @@ def consume_command(queue: str | None, spec: Any, max_jobs: int | None) -> None:
 @host_locked("reload-consumers")
 def reload_consumers_command(queue: str, number: int) -> None:
     """Make NUMBER consumers of QUEUE exit after their current job."""
+    from .broker import BrokerError
+
     try:
         _state().queue.reload_consumers(queue, number)
-    except RuntimeError as exc:
+    except (RuntimeError, BrokerError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"asked {number} consumer(s) of {queue} to reload")
 

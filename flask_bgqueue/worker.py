@@ -100,13 +100,15 @@ class Worker:
         if time.monotonic() - self._last_reap < lost_after / 2:
             return
         self._last_reap = time.monotonic()
-        for job in self.store.reap_lost(
+        reaped = self.store.reap_lost(
             utcnow(), timedelta(seconds=lost_after), self.settings.max_attempts
-        ):
+        )
+        for job_id in reaped:
             self.state.logger.warning(
-                "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job
+                "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id
             )
-            if self.state.broker is not None:
+            job = self.store.get(job_id)
+            if self.state.broker is not None and job is not None:
                 self._send(job, 0)
 
     # -- without a broker ---------------------------------------------------------------
@@ -141,8 +143,8 @@ class Worker:
             job = self.store.get(delivery.job_id)
             if job is not None and job.state in CLAIMABLE:
                 delay_ms = (job.available_at - utcnow()).total_seconds() * 1000
-                if 0 < delay_ms <= EARLY_MS:
-                    time.sleep(delay_ms / 1000)
+                if delay_ms <= EARLY_MS:  # (nearly) due now: it was just not due at the claim
+                    time.sleep(max(0.0, delay_ms) / 1000)
                     claims = self._claim(delivery.job_id)
                 if not claims:
                     self._redirect(job, delay_ms)
@@ -184,7 +186,9 @@ class Worker:
                 f" on {self.processor.hostname}",
             )
             delay_ms = max(delay_ms, UNKNOWN_CALLBACK_DELAY_MS)
-        self._send(job, max(delay_ms, self.settings.waiting_job_expiration_ms))
+        elif delay_ms <= 0:  # due, yet not claimed: its group is busy; try again later
+            delay_ms = self.settings.waiting_job_expiration_ms
+        self._send(job, delay_ms)
 
     def _send(self, job: Any, delay_ms: float) -> None:
         broker = self.state.broker

@@ -112,6 +112,8 @@ def make_app(
     yield factory
     for app in apps:
         state = app.extensions["bgqueue"]
+        if state.broker is not None:
+            state.broker.close()
         if state._engine is not None and state.settings.database_uri is not None:
             state._engine.dispose()
 
@@ -212,6 +214,8 @@ def procs(db_url: str, table_name: str, tmp_path: Any, drop_tables: None) -> Ite
     yield env
     for app in env._apps:
         state = app.extensions["bgqueue"]
+        if state.broker is not None:
+            state.broker.close()
         if state._engine is not None:
             state._engine.dispose()
 

@@ -74,10 +74,19 @@ def test_with_the_broker_down_publish_succeeds_and_the_job_is_broker_failed(bapp
     assert result.outcomes == {"FINISHED": 1} and bapp.ran == [1]  # type: ignore[attr-defined]
 
 
-def test_process_with_a_broker_sends_due_and_lost_jobs_again_and_runs_nothing_else(bapp: Flask) -> None:
+def test_process_with_a_broker_sends_due_and_lost_jobs_again_and_runs_nothing_else(
+    bapp: Flask,
+) -> None:
     bgq = bapp.bgq  # type: ignore[attr-defined]
-    ids = {s: bgq.publish("work", [s.name]) for s in
-           (JobState.BACK_TO_BROKER, JobState.TEMPORARILY_FAILED, JobState.WAITING, JobState.READY)}
+    ids = {
+        s: bgq.publish("work", [s.name])
+        for s in (
+            JobState.BACK_TO_BROKER,
+            JobState.TEMPORARILY_FAILED,
+            JobState.WAITING,
+            JobState.READY,
+        )
+    }
     fresh = bgq.publish("work", ["fresh"])
     future = bgq.publish("work", ["future"], available_at=timedelta(hours=1))
     set_columns(bgq, future, state=JobState.TEMPORARILY_FAILED)
@@ -89,7 +98,10 @@ def test_process_with_a_broker_sends_due_and_lost_jobs_again_and_runs_nothing_el
     assert result.resent == 4 and result.processed == 0 and bapp.ran == []  # type: ignore[attr-defined]
     assert sorted(job_id for _, job_id, _ in broker(bapp).sent) == sorted(ids.values())
     assert all(bgq.get_job(j).state is JobState.READY for j in ids.values())
-    assert bgq.get_job(fresh).state is JobState.READY and bgq.get_job(future).state is JobState.TEMPORARILY_FAILED
+    assert (
+        bgq.get_job(fresh).state is JobState.READY
+        and bgq.get_job(future).state is JobState.TEMPORARILY_FAILED
+    )
 
 
 def test_a_consumer_runs_delivered_jobs_most_urgent_first_and_stops_after_n(bapp: Flask) -> None:
@@ -161,7 +173,9 @@ def test_an_unknown_broker_scheme_fails_at_init_app(make_app: AppFactory) -> Non
         make_app(BGQUEUE_BROKER_URL="redis://localhost")
 
 
-def test_without_pika_an_amqp_url_says_what_to_install(make_app: AppFactory, monkeypatch: Any) -> None:
+def test_without_pika_an_amqp_url_says_what_to_install(
+    make_app: AppFactory, monkeypatch: Any
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "pika", None)  # as if the amqp extra were not installed
@@ -183,9 +197,12 @@ def test_pika_is_imported_only_by_the_amqp_broker(db_url: str) -> None:
 def committed_env(db_url: str, table_name: str, tmp_path: Any, broker_url: str) -> Iterator[Any]:
     app = Flask("after", root_path=str(tmp_path))
     app.config.update(
-        SECRET_KEY="s", SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'app.db'}",
-        SQLALCHEMY_BINDS={"bgqueue": db_url}, BGQUEUE_TABLE_NAME=table_name,
-        BGQUEUE_PUBLISH_AFTER_APP_COMMIT=True, BGQUEUE_BROKER_URL=broker_url,
+        SECRET_KEY="s",
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'app.db'}",
+        SQLALCHEMY_BINDS={"bgqueue": db_url},
+        BGQUEUE_TABLE_NAME=table_name,
+        BGQUEUE_PUBLISH_AFTER_APP_COMMIT=True,
+        BGQUEUE_BROKER_URL=broker_url,
     )
     db = SQLAlchemy(app)
     bgq = BackgroundQueue(app)

@@ -139,7 +139,9 @@ class AmqpBroker(Broker):
             channel = self._producer()
             channel.declare(control_queue(queue))
             for _ in range(number):
-                channel.send(control_queue(queue), b"reload", {"sent_at": time.time()})
+                channel.send(
+                    control_queue(queue), b"reload", {"sent_at_ms": int(time.time() * 1000)}
+                )
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._drop_producer()
             raise BrokerError(f"RabbitMQ did not take the reload request: {exc!r}") from exc
@@ -206,8 +208,8 @@ class _Consumer:
         return callback
 
     def _on_control(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        sent_at = (properties.headers or {}).get("sent_at", 0)
-        if sent_at < self.started:  # meant for consumers that ran before this one
+        sent_at_ms = (properties.headers or {}).get("sent_at_ms", 0)
+        if sent_at_ms < self.started * 1000:  # meant for consumers that ran before this one
             channel.basic_ack(method.delivery_tag)
         else:
             self.reload_tag = method.delivery_tag
@@ -241,7 +243,12 @@ class _Consumer:
                     channel.basic_nack(tag, requeue=True)
                     connection.sleep(1)
                     continue
-                channel.basic_ack(tag)
+                try:
+                    channel.basic_ack(tag)
+                except (pika.exceptions.AMQPError, OSError):
+                    if work is not None:  # the claim is committed: the job runs all the same
+                        work()
+                    raise
                 if work is not None:
                     self._run_alive(work)
             return False
@@ -265,18 +272,21 @@ class _Consumer:
     def _run_alive(self, work: Callable[[], None]) -> None:
         """Run a job in a thread while this thread keeps the connection's heartbeats going."""
         failure: list[BaseException] = []
+        done = threading.Event()
 
         def target() -> None:
             try:
                 work()
             except BaseException as exc:  # surfaced in the consuming thread below
                 failure.append(exc)
+            finally:
+                done.set()
 
         thread = threading.Thread(target=target, name="bgqueue-job", daemon=True)
         thread.start()
         try:
-            while thread.is_alive():
-                self.ch.connection.process_data_events(time_limit=0.2)
+            while not done.wait(0.05):  # returns at once when a short job is done
+                self.ch.connection.process_data_events(time_limit=0)
         finally:
             thread.join()  # even when the connection dropped: the job's outcome gets saved
         if failure:
