@@ -10,7 +10,6 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -110,7 +109,7 @@ def test_sigterm_finishes_the_current_job_then_exits_0(rabbit: ProcEnv) -> None:
         worker.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         (rabbit.dir / "term.hold").unlink()
-        out, err = worker.communicate(timeout=60)
+        _out, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
         assert bgq.get_job(job_id).state is JobState.FINISHED
         assert bgq.get_job(other).state is JobState.READY  # not started after the signal
@@ -294,7 +293,7 @@ def test_a_rabbitmq_restart_loses_nothing_and_runs_nothing_twice(rabbit: ProcEnv
                 raise AssertionError(f"not finished: {left}") from None
         finally:
             for c in consumers:
-                out, err = stop(c)
+                _out, err = stop(c)
                 assert c.returncode == 0, err
         total = len(all_jobs(bgq))
     names = [r[1] for r in rabbit.records()]

@@ -51,7 +51,7 @@ def test_a_published_id_is_sent_after_its_row_is_committed(bapp: Flask) -> None:
 
 def test_a_delayed_job_is_sent_with_its_delay(bapp: Flask) -> None:
     job_id = bapp.bgq.publish("work", [1], available_at=timedelta(seconds=30))  # type: ignore[attr-defined]
-    [(name, sent_id, delay)] = broker(bapp).sent
+    [(_name, sent_id, delay)] = broker(bapp).sent
     assert sent_id == job_id and 29_000 < delay <= 30_000
 
 
@@ -188,7 +188,10 @@ def test_pika_is_imported_only_by_the_amqp_broker(db_url: str) -> None:
     import subprocess
     import sys
 
-    code = "import flask_bgqueue, flask_bgqueue.worker, flask_bgqueue.cli, sys; print('pika' in sys.modules)"
+    code = (
+        "import flask_bgqueue, flask_bgqueue.worker, flask_bgqueue.cli, sys;"
+        " print('pika' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
