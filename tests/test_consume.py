@@ -1,0 +1,139 @@
+"""`flask bgq consume`: without a broker (polling, LISTEN/NOTIFY), and serial groups with four
+consumers on RabbitMQ."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+
+import pytest
+
+from flask_bgqueue import JobState
+from tests.conftest import AMQP_URL, ProcEnv
+from tests.helpers import all_jobs
+from tests.test_serial_unique import CANONICAL
+from tests.test_workers import wait_for
+
+
+@pytest.fixture
+def polling(procs: ProcEnv) -> ProcEnv:
+    procs.config = {
+        "BGQUEUE_PRIORITIES": [10, 30],
+        "BGQUEUE_POLL_INTERVAL_MS": 200,
+        "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 0.3,
+        "BGQUEUE_WORKER_LOST_AFTER_SECONDS": 2,
+    }
+    return procs
+
+
+def test_without_a_broker_consume_exits_after_n_jobs_and_gives_back_the_rest(polling: ProcEnv) -> None:
+    app = polling.app()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        ids = [bgq.publish("record", {"group": "g", "name": str(n)}) for n in range(5)]
+        result = polling.run("bgq", "consume", "-j", "3")
+        assert result.returncode == 0, result.stderr
+        assert "consumed 3 job(s)" in result.stdout
+        states = [bgq.get_job(i).state for i in ids]
+        assert states == [JobState.FINISHED] * 3 + [JobState.READY] * 2
+        assert all(bgq.get_job(i).number_of_attempts == 0 for i in ids[3:])
+
+
+def test_without_a_broker_consume_p_takes_only_its_priorities(polling: ProcEnv) -> None:
+    app = polling.app()
+    with app.app_context():
+        app.bgq.publish("record", {"group": "p10", "name": "a"}, priority=10)  # type: ignore[attr-defined]
+        app.bgq.publish("record", {"group": "p30", "name": "b"}, priority=30)  # type: ignore[attr-defined]
+    result = polling.run("bgq", "consume", "-p", "25-", "-j", "1")
+    assert result.returncode == 0, result.stderr
+    assert [r[0] for r in polling.records()] == ["p30"]
+
+
+def test_without_a_broker_sigterm_finishes_the_current_job_then_exits_0(polling: ProcEnv) -> None:
+    app = polling.app()
+    (polling.dir / "term.hold").touch()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        job_id = bgq.publish("slow", {"name": "term", "seconds": 60})
+        worker = polling.start("bgq", "consume")
+        wait_for(lambda: bgq.get_job(job_id).state is JobState.PROCESSING, what="the claim")
+        other = bgq.publish("noop")
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        (polling.dir / "term.hold").unlink()
+        _out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        assert bgq.get_job(job_id).state is JobState.FINISHED
+        assert bgq.get_job(other).state is JobState.READY
+
+
+def test_without_a_broker_a_killed_consumer_s_job_is_recovered_by_another(polling: ProcEnv) -> None:
+    app = polling.app()
+    (polling.dir / "crash.hold").touch()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        job_id = bgq.publish("slow", {"name": "crash", "seconds": 60})
+        victim = polling.start("bgq", "consume")
+        wait_for(lambda: ["slow", "crash", "start", str(victim.pid)] in polling.records(), what="the start")
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate()
+        (polling.dir / "crash.hold").unlink()
+        rescuer = polling.start("bgq", "consume", "-j", "1")
+        _out, err = rescuer.communicate(timeout=60)
+        assert rescuer.returncode == 0, err
+        job = bgq.get_job(job_id)
+    assert job.state is JobState.FINISHED and job.number_of_attempts == 2
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_on_postgresql_a_new_job_wakes_an_idle_consumer_at_once(polling: ProcEnv) -> None:
+    polling.config["BGQUEUE_POLL_INTERVAL_MS"] = 60_000  # without NOTIFY it would sleep a minute
+    app = polling.app()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        worker = polling.start("bgq", "consume", "-j", "2")
+        first = bgq.publish("noop")
+        wait_for(lambda: bgq.get_job(first).state is JobState.FINISHED, timeout=30, what="the first")
+        time.sleep(0.5)  # the consumer is now waiting
+        started = time.monotonic()
+        second = bgq.publish("noop")
+        wait_for(lambda: bgq.get_job(second).state is JobState.FINISHED, timeout=10, what="the wake-up")
+        assert time.monotonic() - started < 2
+        _out, err = worker.communicate(timeout=30)
+        assert worker.returncode == 0, err
+
+
+@pytest.mark.parametrize("db_url", ["postgresql", "mysql"], indirect=True)
+def test_four_rabbitmq_consumers_keep_serial_groups_in_order_without_overlap(
+    procs: ProcEnv, amqp_queue: str
+) -> None:
+    procs.config = {"BGQUEUE_BROKER_URL": AMQP_URL, "BGQUEUE_QUEUE": amqp_queue,
+                    "BGQUEUE_PRIORITIES": [1, 2], "BGQUEUE_WAITING_JOB_EXPIRATION_MS": 100}
+    app = procs.app()
+    groups = [f"g{n}" for n in range(8)]
+    consumers = [procs.start("bgq", "consume") for _ in range(4)]
+    try:
+        with app.app_context():
+            bgq = app.bgq  # type: ignore[attr-defined]
+            for (name, priority), group in itertools.product(CANONICAL, groups):
+                bgq.publish("record", {"group": group, "name": name, "pause": 0.01},
+                            serial_group=group, priority=priority)
+            wait_for(lambda: all(r.state == JobState.FINISHED for r in all_jobs(bgq)), timeout=120,
+                     what="every job")
+    finally:
+        for c in consumers:
+            c.send_signal(signal.SIGTERM)
+            c.communicate(timeout=60)
+    records = procs.records()
+    by_group: dict[str, list[tuple[str, float, float]]] = {}
+    for group, name, start, end, _pid in records:
+        by_group.setdefault(group, []).append((name, float(start), float(end)))
+    assert len({r[4] for r in records}) > 1
+    for group in groups:
+        runs = sorted(by_group[group], key=lambda r: r[1])
+        assert [r[0] for r in runs] == list("abdegcf"), group
+        for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
+            assert end <= next_start, f"two jobs of {group} overlapped"
+
+
