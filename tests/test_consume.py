@@ -27,7 +27,9 @@ def polling(procs: ProcEnv) -> ProcEnv:
     return procs
 
 
-def test_without_a_broker_consume_exits_after_n_jobs_and_gives_back_the_rest(polling: ProcEnv) -> None:
+def test_without_a_broker_consume_exits_after_n_jobs_and_gives_back_the_rest(
+    polling: ProcEnv,
+) -> None:
     app = polling.app()
     with app.app_context():
         bgq = app.bgq  # type: ignore[attr-defined]
@@ -75,7 +77,10 @@ def test_without_a_broker_a_killed_consumer_s_job_is_recovered_by_another(pollin
         bgq = app.bgq  # type: ignore[attr-defined]
         job_id = bgq.publish("slow", {"name": "crash", "seconds": 60})
         victim = polling.start("bgq", "consume")
-        wait_for(lambda: ["slow", "crash", "start", str(victim.pid)] in polling.records(), what="the start")
+        wait_for(
+            lambda: ["slow", "crash", "start", str(victim.pid)] in polling.records(),
+            what="the start",
+        )
         victim.send_signal(signal.SIGKILL)
         victim.communicate()
         (polling.dir / "crash.hold").unlink()
@@ -94,11 +99,15 @@ def test_on_postgresql_a_new_job_wakes_an_idle_consumer_at_once(polling: ProcEnv
         bgq = app.bgq  # type: ignore[attr-defined]
         worker = polling.start("bgq", "consume", "-j", "2")
         first = bgq.publish("noop")
-        wait_for(lambda: bgq.get_job(first).state is JobState.FINISHED, timeout=30, what="the first")
+        wait_for(
+            lambda: bgq.get_job(first).state is JobState.FINISHED, timeout=30, what="the first"
+        )
         time.sleep(0.5)  # the consumer is now waiting
         started = time.monotonic()
         second = bgq.publish("noop")
-        wait_for(lambda: bgq.get_job(second).state is JobState.FINISHED, timeout=10, what="the wake-up")
+        wait_for(
+            lambda: bgq.get_job(second).state is JobState.FINISHED, timeout=10, what="the wake-up"
+        )
         assert time.monotonic() - started < 2
         _out, err = worker.communicate(timeout=30)
         assert worker.returncode == 0, err
@@ -108,8 +117,12 @@ def test_on_postgresql_a_new_job_wakes_an_idle_consumer_at_once(polling: ProcEnv
 def test_four_rabbitmq_consumers_keep_serial_groups_in_order_without_overlap(
     procs: ProcEnv, amqp_queue: str
 ) -> None:
-    procs.config = {"BGQUEUE_BROKER_URL": AMQP_URL, "BGQUEUE_QUEUE": amqp_queue,
-                    "BGQUEUE_PRIORITIES": [1, 2], "BGQUEUE_WAITING_JOB_EXPIRATION_MS": 100}
+    procs.config = {
+        "BGQUEUE_BROKER_URL": AMQP_URL,
+        "BGQUEUE_QUEUE": amqp_queue,
+        "BGQUEUE_PRIORITIES": [1, 2],
+        "BGQUEUE_WAITING_JOB_EXPIRATION_MS": 100,
+    }
     app = procs.app()
     groups = [f"g{n}" for n in range(8)]
     consumers = [procs.start("bgq", "consume") for _ in range(4)]
@@ -117,10 +130,17 @@ def test_four_rabbitmq_consumers_keep_serial_groups_in_order_without_overlap(
         with app.app_context():
             bgq = app.bgq  # type: ignore[attr-defined]
             for (name, priority), group in itertools.product(CANONICAL, groups):
-                bgq.publish("record", {"group": group, "name": name, "pause": 0.01},
-                            serial_group=group, priority=priority)
-            wait_for(lambda: all(r.state == JobState.FINISHED for r in all_jobs(bgq)), timeout=120,
-                     what="every job")
+                bgq.publish(
+                    "record",
+                    {"group": group, "name": name, "pause": 0.01},
+                    serial_group=group,
+                    priority=priority,
+                )
+            wait_for(
+                lambda: all(r.state == JobState.FINISHED for r in all_jobs(bgq)),
+                timeout=120,
+                what="every job",
+            )
     finally:
         for c in consumers:
             c.send_signal(signal.SIGTERM)
@@ -135,5 +155,3 @@ def test_four_rabbitmq_consumers_keep_serial_groups_in_order_without_overlap(
         assert [r[0] for r in runs] == list("abdegcf"), group
         for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
             assert end <= next_start, f"two jobs of {group} overlapped"
-
-
