@@ -49,13 +49,8 @@ def _priorities(ctx: click.Context, param: click.Parameter, value: str | None) -
         ) from None
 
 
-@click.group("bgq")
-def bgq_command() -> None:
-    """Flask-BgQueue: process, inspect and maintain background jobs."""
-
-
-@bgq_command.command("process")
-@click.option(
+#: ``-p SPEC``, shared by ``process`` and ``consume``.
+priority_option = click.option(
     "-p",
     "--priorities",
     "spec",
@@ -63,6 +58,15 @@ def bgq_command() -> None:
     callback=_priorities,
     help="Only these priorities: 10, 20-40, 25- or -20.",
 )
+
+
+@click.group("bgq")
+def bgq_command() -> None:
+    """Flask-BgQueue: process, inspect and maintain background jobs."""
+
+
+@bgq_command.command("process")
+@priority_option
 @with_appcontext
 @host_locked("process")
 def process_command(spec: Any) -> None:
@@ -97,14 +101,7 @@ def update_schema_command() -> None:
 
 @bgq_command.command("consume")
 @click.argument("queue", required=False)
-@click.option(
-    "-p",
-    "--priorities",
-    "spec",
-    metavar="SPEC",
-    callback=_priorities,
-    help="Only these priorities: 10, 20-40, 25- or -20.",
-)
+@priority_option
 @click.option(
     "-j",
     "--jobs",
