@@ -2,7 +2,7 @@
 
 ``BENCH_DB_URL``     SQLAlchemy URL of the job database (required)
 ``BENCH_TABLE``      ``BGQUEUE_TABLE_NAME`` (required)
-``BENCH_LOCKS_DIR``  ``BGQUEUE_LOCKS_DIR`` and instance folder (default: a temp folder).
+``BENCH_LOCKS_DIR``  ``BGQUEUE_LOCKS_DIR`` and instance folder (default: <tmp>/bgq-bench-locks).
                      ``flask bgq process`` holds a per-host lock there, so two workers on
                      one host need two folders (drain.py gives each worker its own, as if
                      each ran on a host of its own).
@@ -36,7 +36,9 @@ def send_mail(n: int, to: str) -> None:
 
 
 def create_app() -> Flask:
-    locks_dir = os.environ.get("BENCH_LOCKS_DIR") or tempfile.mkdtemp(prefix="bgq-bench-")
+    locks_dir = os.environ.get("BENCH_LOCKS_DIR") or os.path.join(
+        tempfile.gettempdir(), "bgq-bench-locks"
+    )
     app = Flask(__name__, instance_path=locks_dir)
     app.config.update(
         SECRET_KEY="bench",

@@ -112,9 +112,7 @@ def environment(engine_by_db: dict[str, sa.Engine]) -> dict[str, Any]:
             elif db == "postgresql":
                 info["postgresql"] = {
                     "version": conn.exec_driver_sql("SHOW server_version").scalar(),
-                    "synchronous_commit": conn.exec_driver_sql(
-                        "SHOW synchronous_commit"
-                    ).scalar(),
+                    "synchronous_commit": conn.exec_driver_sql("SHOW synchronous_commit").scalar(),
                     "fsync": conn.exec_driver_sql("SHOW fsync").scalar(),
                 }
             elif db == "mysql":

@@ -28,8 +28,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import sqlalchemy as sa  # noqa: E402
-from common import (  # noqa: E402
+import sqlalchemy as sa
+from common import (
     database,
     drop_tables,
     environment,
@@ -40,7 +40,7 @@ from common import (  # noqa: E402
     sql_datetime,
 )
 
-from flask_bgqueue import schema  # noqa: E402
+from flask_bgqueue import schema
 
 COLUMNS = (
     "queue",
@@ -129,7 +129,21 @@ class Plain:
     def row(self, i: int) -> tuple[Any, ...]:
         now = sql_datetime(self.engine, utcnow())
         params_json = json.dumps(parameters(i), separators=(",", ":"))
-        return ("default", 1, "send_mail", None, params_json, 1, now, now, now, 0, None, None, False)
+        return (
+            "default",
+            1,
+            "send_mail",
+            None,
+            params_json,
+            1,
+            now,
+            now,
+            now,
+            0,
+            None,
+            None,
+            False,
+        )
 
     def single(self, start: int, n: int) -> float:
         raw, sql = self.raw, self.single_sql
