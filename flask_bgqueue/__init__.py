@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from . import schema as schema
 from . import signals as signals
 from .exceptions import (
     BgQueueError,

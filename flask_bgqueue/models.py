@@ -79,6 +79,14 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Index(f"ix_{name}_serial_group", "serial_group", "priority", "id"),
         sa.Index(f"ix_{name}_finished_at", "finished_at"),
         sa.Index(f"ix_{name}_last_attempt_at", "last_attempt_at"),
+        # PostgreSQL and SQLite only (see migration 0004): the runnable jobs in claim order.
+        sa.Index(
+            f"ix_{name}_claim",
+            "priority",
+            "id",
+            postgresql_where=sa.text("state IN (1, 4, 6, 8)"),
+            sqlite_where=sa.text("state IN (1, 4, 6, 8)"),
+        ),
     )
 
 

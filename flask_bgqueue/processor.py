@@ -235,7 +235,7 @@ class Processor:
         with self.app.app_context():
             outcome, measured = self._attempt(claim)
         values = {**outcome.values, **measured, "updated_at": utcnow(), "heartbeat_at": None}
-        if not self.store.update_claimed(claim, state=outcome.state, **values):
+        if not self.store.save_outcome(claim, outcome.state, **values):
             self.logger.error(
                 "bgqueue: job %s was taken from this worker while it ran (its heartbeat"
                 " stopped?); its outcome %s was not saved",

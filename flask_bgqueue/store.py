@@ -20,6 +20,20 @@ import sqlalchemy as sa
 from .models import DONE_STATES, PENDING_STATES, RUNNABLE_STATES, Job, JobState, job_table
 
 
+#: What an attempt's outcome writes (see :meth:`Store.save_outcome`).
+OUTCOME_COLUMNS = (
+    "updated_at",
+    "heartbeat_at",
+    "execution_time",
+    "memory",
+    "error_message",
+    "traceback",
+    "finished_at",
+    "available_at",
+    "number_of_attempts",
+)
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job this worker moved to ``PROCESSING``; its guard for every later update."""
@@ -33,10 +47,6 @@ class Store:
 
     def __init__(self, engine: sa.Engine, table_name: str, queue: str) -> None:
         self.dialect = engine.dialect.name
-        if self.dialect in ("mysql", "mariadb", "postgresql"):
-            # Each statement sees what others committed before it: the serial-group check
-            # must see a claim committed while this transaction waited for the group lock.
-            engine = engine.execution_options(isolation_level="READ COMMITTED")
         self.engine = engine
         self.table = t = job_table(table_name)
         self.queue = queue
@@ -46,6 +56,16 @@ class Store:
             t.c.queue == queue, t.c.queue.startswith(f"{queue}_", autoescape=True)
         )
         self._insert = t.insert()
+        self._insert_returning = t.insert().returning(t.c.id, sort_by_parameter_order=True)
+        self._save_outcome = (
+            t.update()
+            .where(
+                t.c.id == sa.bindparam("b_id"),
+                t.c.state == JobState.PROCESSING,
+                t.c.number_of_attempts == sa.bindparam("b_attempts"),
+            )
+            .values({c: sa.bindparam(f"v_{c}") for c in ("state", *OUTCOME_COLUMNS)})
+        )
         self._group_lock_prefix = f"bgq:{table_name}:"
 
     # -- publishing ---------------------------------------------------------------------
@@ -57,9 +77,14 @@ class Store:
                 self.notify(conn)
             if len(rows) == 1:
                 return [self._insert_one(conn, rows[0])]
+            if self.dialect != "sqlite" and self.engine.dialect.insert_returning:
+                # SQLAlchemy's "insertmanyvalues": one multi-row INSERT ... RETURNING, compiled
+                # once, with the ids in the order of the rows.
+                return list(conn.execute(self._insert_returning, list(rows)).scalars())
             if self.engine.dialect.insert_returning:
-                # One multi-row INSERT. Within one statement the autoincrement ids are handed
-                # out in VALUES order, so the sorted returned ids line up with the rows.
+                # SQLite cannot promise the order of RETURNING rows to insertmanyvalues, which
+                # would then insert row by row: one multi-row INSERT, whose autoincrement ids
+                # are handed out in VALUES order, so the sorted ids line up with the rows.
                 stmt = self._insert.values(list(rows)).returning(self.table.c.id)
                 return sorted(conn.execute(stmt).scalars())
             # No RETURNING for several rows (MySQL 8): one statement per row, same transaction.
@@ -225,8 +250,13 @@ class Store:
         states: Sequence[JobState] = RUNNABLE_STATES,
     ) -> Any:
         t = self.table
+        # States rendered as literals: PostgreSQL uses the partial index ix_<table>_claim
+        # only when it can see that the query's states fall inside the index's.
+        literal_states = sa.bindparam(
+            "bgq_states", [int(s) for s in states], expanding=True, literal_execute=True
+        )
         clause = sa.and_(
-            t.c.state.in_(states), self.in_queue, t.c.callback_name.in_(list(callbacks))
+            t.c.state.in_(literal_states), self.in_queue, t.c.callback_name.in_(list(callbacks))
         )
         if priorities is not None:
             clause = sa.and_(clause, t.c.priority.in_(list(priorities)))
@@ -292,6 +322,12 @@ class Store:
             if self.dialect == "sqlite":
                 # Take the write lock up front: claims are serialized, never upgraded mid-way.
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif self.dialect in ("mysql", "mariadb"):
+                # Each statement must see what others committed before it (the serial-group
+                # check reads after taking the group lock); InnoDB defaults to REPEATABLE
+                # READ. This applies to the next transaction only. PostgreSQL's default,
+                # READ COMMITTED, already does.
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             conn.info["bgq_locks"] = []
             try:
                 yield conn
@@ -329,9 +365,23 @@ class Store:
     # -- after a claim ------------------------------------------------------------------
 
     def update_claimed(self, claim: Claim, **values: Any) -> bool:
-        """Store an attempt's outcome, if the job is still this attempt's; else ``False``."""
+        """Change a claimed job, if it is still this attempt's; else ``False``."""
         with self.engine.begin() as conn:
             return self._guarded(conn, claim, **values)
+
+    def save_outcome(self, claim: Claim, state: JobState, **values: Any) -> bool:
+        """Store an attempt's outcome, if the job is still this attempt's; else ``False``.
+
+        The hot path of every job: one statement built once, the columns an outcome does
+        not name keep the values the claim saw.
+        """
+        job = claim.job
+        params = {f"v_{c}": None for c in OUTCOME_COLUMNS}
+        params.update(v_available_at=job.available_at, v_number_of_attempts=job.number_of_attempts)
+        params.update({f"v_{k}": v for k, v in values.items()})
+        params.update(v_state=int(state), b_id=job.id, b_attempts=job.number_of_attempts)
+        with self.engine.begin() as conn:
+            return conn.execute(self._save_outcome, params).rowcount == 1
 
     def release(self, claims: Sequence[Claim], now: datetime) -> None:
         """Give back claimed jobs that were not started (the worker is stopping)."""

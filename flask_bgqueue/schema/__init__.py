@@ -13,19 +13,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlalchemy as sa
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
-from alembic.script import ScriptDirectory
+from typing import Any
 
-_SCRIPTS = ScriptDirectory(str(Path(__file__).parent))
+import sqlalchemy as sa
+
+#: The newest revision in ``versions/`` (a test checks it against Alembic's view), so that a
+#: process whose table is up to date never needs to import Alembic.
+HEAD_REVISION = "0004"
+
+
+def _scripts() -> Any:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(Path(__file__).parent))
 
 
 def head_revision() -> str:
     """The newest revision this version of Flask-BgQueue knows."""
-    head = _SCRIPTS.get_current_head()
-    assert head is not None
-    return head
+    return HEAD_REVISION
 
 
 def version_table(table_name: str) -> str:
@@ -34,10 +39,10 @@ def version_table(table_name: str) -> str:
 
 def current_revision(connection: sa.Connection, table_name: str) -> str | None:
     """The revision the database is at, ``None`` for a database without the table."""
-    context = MigrationContext.configure(
-        connection, opts={"version_table": version_table(table_name)}
-    )
-    return context.get_current_revision()
+    table = sa.table(version_table(table_name), sa.column("version_num"))
+    if not sa.inspect(connection).has_table(table.name):
+        return None
+    return connection.execute(sa.select(table.c.version_num)).scalar()
 
 
 def upgrade(engine: sa.Engine, table_name: str, revision: str = "head") -> bool:
@@ -57,8 +62,13 @@ def upgrade(engine: sa.Engine, table_name: str, revision: str = "head") -> bool:
             if start == target:
                 return False
 
+            from alembic.migration import MigrationContext
+            from alembic.operations import Operations
+
+            scripts = _scripts()
+
             def steps(rev, context):  # type: ignore[no-untyped-def]
-                return _SCRIPTS._upgrade_revs(target, rev)
+                return scripts._upgrade_revs(target, rev)
 
             context = MigrationContext.configure(
                 connection,
