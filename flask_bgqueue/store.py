@@ -19,7 +19,6 @@ import sqlalchemy as sa
 
 from .models import DONE_STATES, PENDING_STATES, RUNNABLE_STATES, Job, JobState, job_table
 
-
 #: What an attempt's outcome writes (see :meth:`Store.save_outcome`).
 OUTCOME_COLUMNS = (
     "updated_at",
@@ -252,7 +251,7 @@ class Store:
         t = self.table
         # States rendered as literals: PostgreSQL uses the partial index ix_<table>_claim
         # only when it can see that the query's states fall inside the index's.
-        literal_states = sa.bindparam(
+        literal_states: Any = sa.bindparam(
             "bgq_states", [int(s) for s in states], expanding=True, literal_execute=True
         )
         clause = sa.and_(
@@ -376,7 +375,7 @@ class Store:
         not name keep the values the claim saw.
         """
         job = claim.job
-        params = {f"v_{c}": None for c in OUTCOME_COLUMNS}
+        params: dict[str, Any] = {f"v_{c}": None for c in OUTCOME_COLUMNS}
         params.update(v_available_at=job.available_at, v_number_of_attempts=job.number_of_attempts)
         params.update({f"v_{k}": v for k, v in values.items()})
         params.update(v_state=int(state), b_id=job.id, b_attempts=job.number_of_attempts)
