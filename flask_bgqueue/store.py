@@ -72,8 +72,6 @@ class Store:
     def insert(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Write rows in one transaction, one multi-row INSERT; return their ids in order."""
         with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                self.notify(conn)
             if len(rows) == 1:
                 return [self._insert_one(conn, rows[0])]
             if self.dialect != "sqlite" and self.engine.dialect.insert_returning:
@@ -506,12 +504,9 @@ class Store:
                     taken.append(job)
         return taken
 
-    def notify(self, conn: sa.Connection) -> None:
-        """PostgreSQL: wake consumers LISTENing for new jobs (sent when the insert commits)."""
-        conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
-
     @property
     def channel(self) -> str:
+        """PostgreSQL: the channel a trigger NOTIFYs when jobs are inserted (migration 0005)."""
         return f"bgq_{self.table.name}"
 
     def clear_finished(self, before: datetime | None) -> int:

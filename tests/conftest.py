@@ -75,6 +75,8 @@ def drop_tables(db_url: str, table_name: str) -> Iterator[None]:
     with engine.begin() as conn:
         for name in (table_name, f"{table_name}_alembic_version"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+        if db_url.startswith("postgresql"):
+            conn.execute(sa.text(f'DROP FUNCTION IF EXISTS "{table_name}_notify"()'))
     engine.dispose()
 
 
