@@ -55,6 +55,10 @@ class Store:
             t.c.queue == queue, t.c.queue.startswith(f"{queue}_", autoescape=True)
         )
         self._insert = t.insert()
+        self._multi_row_cache: dict[tuple[Any, ...], str] = {}
+        self._bind_processors = {
+            c.name: c.type._cached_bind_processor(engine.dialect) for c in t.columns
+        }
         self._insert_returning = t.insert().returning(t.c.id, sort_by_parameter_order=True)
         self._save_outcome = (
             t.update()
@@ -82,10 +86,36 @@ class Store:
                 # SQLite cannot promise the order of RETURNING rows to insertmanyvalues, which
                 # would then insert row by row: one multi-row INSERT, whose autoincrement ids
                 # are handed out in VALUES order, so the sorted ids line up with the rows.
-                stmt = self._insert.values(list(rows)).returning(self.table.c.id)
-                return sorted(conn.execute(stmt).scalars())
+                sql, params = self._multi_row_insert(rows)
+                return sorted(conn.exec_driver_sql(sql, params).scalars())
             # No RETURNING for several rows (MySQL 8): one statement per row, same transaction.
             return [self._insert_one(conn, row) for row in rows]
+
+    def _multi_row_insert(self, rows: Sequence[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
+        """A multi-row ``INSERT ... RETURNING id`` in SQLite's own SQL, built once per size.
+
+        SQLAlchemy compiles a multi-row VALUES statement anew for every chunk, which costs
+        more than the insert; so this statement is written once per chunk size, and each
+        value goes through its column type's bind processor as SQLAlchemy would send it.
+        """
+        columns = tuple(rows[0])
+        key = (len(rows), columns)
+        sql = self._multi_row_cache.get(key)
+        if sql is None:
+            one = "(" + ", ".join("?" for _ in columns) + ")"
+            sql = (
+                f'INSERT INTO "{self.table.name}" ({", ".join(columns)}) VALUES '
+                + ", ".join(one for _ in rows)
+                + " RETURNING id"
+            )
+            self._multi_row_cache[key] = sql
+        processors = [self._bind_processors[c] for c in columns]
+        params = tuple(
+            value if process is None or value is None else process(value)
+            for row in rows
+            for process, value in zip(processors, (row[c] for c in columns), strict=True)
+        )
+        return sql, params
 
     def _insert_one(self, conn: sa.Connection, row: dict[str, Any]) -> int:
         key = conn.execute(self._insert, row).inserted_primary_key
