@@ -397,18 +397,29 @@ class Store:
             return self._guarded(conn, claim, **values)
 
     def save_outcome(self, claim: Claim, state: JobState, **values: Any) -> bool:
-        """Store an attempt's outcome, if the job is still this attempt's; else ``False``.
+        """Store an attempt's outcome, if the job is still this attempt's; else ``False``."""
+        return self.save_outcomes([(claim, state, values)])[0]
 
-        The hot path of every job: one statement built once, the columns an outcome does
+    def save_outcomes(
+        self, outcomes: Sequence[tuple[Claim, JobState, dict[str, Any]]]
+    ) -> list[bool]:
+        """Store several attempts' outcomes in one transaction; which ones were still ours.
+
+        The hot path of every job: one statement built once; the columns an outcome does
         not name keep the values the claim saw.
         """
-        job = claim.job
-        params: dict[str, Any] = {f"v_{c}": None for c in OUTCOME_COLUMNS}
-        params.update(v_available_at=job.available_at, v_number_of_attempts=job.number_of_attempts)
-        params.update({f"v_{k}": v for k, v in values.items()})
-        params.update(v_state=int(state), b_id=job.id, b_attempts=job.number_of_attempts)
+        saved = []
         with self.engine.begin() as conn:
-            return conn.execute(self._save_outcome, params).rowcount == 1
+            for claim, state, values in outcomes:
+                job = claim.job
+                params: dict[str, Any] = {f"v_{c}": None for c in OUTCOME_COLUMNS}
+                params.update(
+                    v_available_at=job.available_at, v_number_of_attempts=job.number_of_attempts
+                )
+                params.update({f"v_{k}": v for k, v in values.items()})
+                params.update(v_state=int(state), b_id=job.id, b_attempts=job.number_of_attempts)
+                saved.append(conn.execute(self._save_outcome, params).rowcount == 1)
+        return saved
 
     def release(self, claims: Sequence[Claim], now: datetime) -> None:
         """Give back claimed jobs that were not started (the worker is stopping)."""

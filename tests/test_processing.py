@@ -417,3 +417,38 @@ def test_the_due_job_query_is_served_by_the_due_index(qapp: Flask) -> None:
         else:
             plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
     assert f"ix_{t.name}_due" in plan
+
+
+def test_an_outcome_is_saved_at_once_even_while_a_later_job_of_its_batch_runs(qapp: Flask) -> None:
+    """Outcomes of a batch are saved together, but never wait for a slow job after them."""
+    import threading
+
+    from tests.test_workers import wait_for
+
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    release = threading.Event()
+    bgq.callback("fast")(lambda: None)
+    bgq.callback("slow")(lambda: release.wait(30))
+    fast = bgq.publish("fast")
+    slow = bgq.publish("slow")
+    sweep = threading.Thread(target=lambda: qapp.app_context().push() or bgq.process())
+    sweep.start()
+    try:
+        wait_for(
+            lambda: bgq.get_job(fast).state is JobState.FINISHED, timeout=5, what="the fast one"
+        )
+        assert bgq.get_job(slow).state is JobState.PROCESSING
+    finally:
+        release.set()
+        sweep.join(30)
+    assert bgq.get_job(slow).state is JobState.FINISHED
+
+
+def test_the_sweep_claims_more_at_once_only_while_jobs_are_quick(qapp: Flask) -> None:
+    from flask_bgqueue.processor import Processor
+
+    processor = Processor(qapp.extensions["bgqueue"], qapp)
+    assert processor._next_batch_size(10, 10, 0.005) == 20  # a full batch of 0.5 ms jobs
+    assert processor._next_batch_size(80, 80, 0.01) == 100  # at most ten times the setting
+    assert processor._next_batch_size(40, 7, 0.001) == 40  # not full: the queue is draining
+    assert processor._next_batch_size(40, 40, 1.0) == 10  # 25 ms a job: back to the setting
