@@ -1,0 +1,697 @@
+"""Broker mode (PostgreSQL + RabbitMQ) next to the broker-less consumer and plain pika loops.
+
+    .venv/bin/python benchmarks/broker.py [--jobs 10000] [--procs 1,2] [--latency-jobs 200]
+        [--memory-jobs 100000] [--sections publish,drain,latency,memory] > broker.json
+
+Sections (see BROKER.md for what each figure means):
+
+``publish``  ``--jobs`` ``bgq.publish()`` calls one by one in broker mode (INSERT + COMMIT,
+             then a confirmed persistent AMQP publish of the id), next to a plain pika loop
+             (BlockingConnection, ``confirm_delivery``, one persistent publish per message to
+             a durable queue) and the same loop plus a plain ``INSERT ... RETURNING id`` +
+             ``COMMIT`` per message on a raw DBAPI connection (the floor).
+``drain``    ``--jobs`` due no-op jobs drained by 1 and 2 ``flask bgq consume -j N``
+             subprocesses (the N add up to ``--jobs``): with RabbitMQ, and without a broker
+             (table polling + LISTEN/NOTIFY); next to a plain pika consumer (``basic_consume``,
+             prefetch 1, one ack per message) in 1 and 2 processes.
+``latency``  one idle consumer; ``--latency-jobs`` jobs published one after the other, each
+             recording ``time.time()`` when its callback starts; latency = start - publish.
+``memory``   one consumer runs ``--memory-jobs`` no-op jobs (published in bulk, broker mode);
+             its VmRSS is sampled every 10 % of them.
+
+Every run uses fresh tables (``bench_<random>``) and fresh ``BGQUEUE_QUEUE`` names
+(``bb<run>_<trial>``); the tables, their NOTIFY trigger functions and every RabbitMQ queue of
+those names are removed at the end, even when the run fails. Prints one JSON document on
+stdout; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pika
+import sqlalchemy as sa
+from common import HERE, SERVER_URLS, environment, log, new_table_name
+
+import brokerapp
+from flask_bgqueue.broker.amqp import TIERS_MS, control_queue, delay_queue, work_queue
+
+PG_URL = SERVER_URLS["postgresql"]
+AMQP_URL = os.environ.get("BGQUEUE_TEST_AMQP_URL", "amqp://bgqueue:bgqueue@127.0.0.1:5672/%2F")
+FLASK = os.path.join(os.path.dirname(sys.executable), "flask")
+PRIORITY = 1  # BGQUEUE_PRIORITIES is left at its default, [1]
+FINISHED = 3
+SECTIONS = ("publish", "drain", "latency", "memory")
+
+TARGETS = {
+    "drain_2_consumers_jobs_per_s_min": 3000,
+    "latency_p50_ms_rabbitmq_max": 1.0,
+    "latency_p50_ms_listen_notify_max": 5.0,
+    "memory_last_5_samples_spread_max": 0.05,
+}
+COLUMNS = (
+    "queue, priority, callback_name, parameters, parameters_json, state, created_at,"
+    " updated_at, available_at, number_of_attempts, serial_group, identifier, is_unique"
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (``p`` in 0..100)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+# -- names, processes and clean-up ------------------------------------------------------
+
+
+class Run:
+    """What this run creates: tables, queue names, RabbitMQ queues, subprocesses."""
+
+    def __init__(self, tmp: str) -> None:
+        self.id = uuid.uuid4().hex[:8]
+        self.tmp = tmp
+        self.tables: list[str] = []
+        self.queues: list[str] = []  # BGQUEUE_QUEUE names
+        self.amqp_queues: list[str] = []  # plain RabbitMQ queues of the plain loops
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def table(self) -> str:
+        name = new_table_name()
+        self.tables.append(name)
+        return name
+
+    def queue(self, tag: str) -> str:
+        name = f"bb{self.id}_{tag}"
+        self.queues.append(name)
+        return name
+
+    def amqp_queue(self, tag: str) -> str:
+        name = f"bbplain.{self.id}.{tag}"
+        self.amqp_queues.append(name)
+        return name
+
+    def env(self, table: str, queue: str, broker: bool, **extra: str) -> dict[str, str]:
+        return {
+            "BROKERBENCH_DB_URL": PG_URL,
+            "BROKERBENCH_TABLE": table,
+            "BROKERBENCH_QUEUE": queue,
+            "BROKERBENCH_BROKER_URL": AMQP_URL if broker else "",
+            "BROKERBENCH_DIR": os.path.join(self.tmp, "instance"),
+            "BROKERBENCH_CONFIG": os.environ.get("BROKERBENCH_CONFIG", "{}"),
+            **extra,
+        }
+
+    def consumer(self, env: dict[str, str], max_jobs: int | None, name: str) -> Any:
+        """Start ``flask bgq consume [-j N]`` with ``env``; output goes to files."""
+        full = dict(os.environ)
+        full.update(env)
+        full["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, full.get("PYTHONPATH")) if p)
+        cmd = [FLASK, "--app", "brokerapp:create_app", "bgq", "consume"]
+        if max_jobs is not None:
+            cmd += ["-j", str(max_jobs)]
+        out = open(os.path.join(self.tmp, f"{name}.out"), "wb")
+        err = open(os.path.join(self.tmp, f"{name}.err"), "wb")
+        proc = subprocess.Popen(cmd, env=full, stdout=out, stderr=err)
+        proc.out_path, proc.err_path = out.name, err.name  # type: ignore[attr-defined]
+        out.close()
+        err.close()
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.procs:  # only the processes this run started, by their own pid
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+            channel = connection.channel()
+            for q in self.queues:
+                for name in (
+                    work_queue(q, PRIORITY),
+                    *(delay_queue(q, PRIORITY, t) for t in TIERS_MS),
+                    control_queue(q),
+                ):
+                    channel.queue_delete(name)
+            for name in self.amqp_queues:
+                channel.queue_delete(name)
+            connection.close()
+        except Exception as exc:  # report, and still drop the tables
+            log(f"could not delete the RabbitMQ queues of run {self.id}: {exc!r}")
+        engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
+        try:
+            with engine.begin() as conn:
+                for t in self.tables:
+                    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{t}"')
+                    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{t}_alembic_version"')
+                    conn.exec_driver_sql(f'DROP FUNCTION IF EXISTS "{t}_notify"()')
+        finally:
+            engine.dispose()
+
+
+def wait_consumers(procs: list[Any], timeout: float) -> list[int]:
+    """Wait for consumers to exit; return what each reports (``consumed N job(s)``)."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"consumer {p.pid} still running after {timeout} s") from None
+    counts = []
+    for p in procs:
+        with open(p.out_path) as f:
+            out = f.read()
+        with open(p.err_path) as f:
+            err = f.read()
+        m = re.search(r"consumed (\d+) job", out)
+        if p.returncode != 0 or m is None:
+            raise RuntimeError(f"consumer exited {p.returncode}: {out[-500:]!r} {err[-2000:]}")
+        counts.append(int(m.group(1)))
+    return counts
+
+
+def stop_consumer(proc: Any) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return wait_consumers([proc], 30)[0]
+
+
+def open_app(env: dict[str, str]) -> Any:
+    """A publishing app of its own, with its job table created (schema upgraded)."""
+    app = brokerapp.create_app(env)
+    with app.app_context():
+        app.extensions["bgqueue"].store  # noqa: B018 - creates the table before any consumer
+    return app
+
+
+def close_app(app: Any) -> None:
+    state = app.extensions["bgqueue"]
+    if state.broker is not None:
+        state.broker.close()
+    state.engine.dispose()
+
+
+def fill(app: Any, n: int) -> float:
+    """Publish ``n`` no-op jobs in bulk (in broker mode each id is sent, confirmed)."""
+    t0 = time.perf_counter()
+    with app.app_context():
+        with brokerapp.bgq.bulk():
+            for _ in range(n):
+                brokerapp.bgq.publish("noop")
+    return time.perf_counter() - t0
+
+
+def table_states(table: str) -> tuple[dict[int, int], datetime | None, datetime | None]:
+    """Jobs per state, the first claim and the last finish the consumers wrote."""
+    engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            states = dict(
+                conn.exec_driver_sql(f'SELECT state, COUNT(*) FROM "{table}" GROUP BY state').all()
+            )
+            first, last = conn.exec_driver_sql(
+                f'SELECT MIN(last_attempt_at), MAX(finished_at) FROM "{table}"'
+            ).one()
+    finally:
+        engine.dispose()
+    return states, first, last
+
+
+def check_finished(table: str, n: int) -> tuple[datetime, datetime]:
+    states, first, last = table_states(table)
+    if states != {FINISHED: n}:
+        raise AssertionError(f"{table}: expected {n} FINISHED jobs, found {states} by state")
+    assert first is not None and last is not None
+    return first, last
+
+
+def claim_times(table: str, job_ids: list[int]) -> dict[int, float]:
+    """Each job's ``last_attempt_at`` (naive UTC, written by the claim) as a Unix time."""
+    engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                f'SELECT id, last_attempt_at FROM "{table}" WHERE id = ANY(%(ids)s)',
+                {"ids": job_ids},
+            ).all()
+    finally:
+        engine.dispose()
+    return {i: t.replace(tzinfo=timezone.utc).timestamp() for i, t in rows}
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+# -- 1. publishing ------------------------------------------------------------------------
+
+
+def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict[str, Any]:
+    """bgq.publish (broker mode) vs. plain pika vs. plain pika + INSERT, interleaved."""
+    queue = run.queue("pub")
+    app = open_app(run.env(run.table(), queue, broker=True))
+    plain_table = run.table()
+    plain_app = open_app(run.env(plain_table, run.queue("pubsql"), broker=False))
+    engine = plain_app.extensions["bgqueue"].engine  # same engine options as the library's
+    raw = engine.raw_connection()
+    cur = raw.cursor()
+    insert = (
+        f'INSERT INTO "{plain_table}" ({COLUMNS}) VALUES'
+        " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+    )
+
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    q_pika, q_pika_sql = run.amqp_queue("pub"), run.amqp_queue("pubsql")
+    for q in (q_pika, q_pika_sql):
+        channel.queue_declare(q, durable=True)
+    props = pika.BasicProperties(delivery_mode=2)
+    counter = iter(range(10**9))
+
+    def bgq_loop(k: int) -> None:
+        for _ in range(k):
+            i = next(counter)
+            brokerapp.bgq.publish("send_mail", {"n": i, "to": "user@example.com"})
+
+    def pika_loop(k: int) -> None:
+        for _ in range(k):
+            i = next(counter)
+            channel.basic_publish("", q_pika, str(i).encode(), props, mandatory=True)
+
+    def pika_sql_loop(k: int) -> None:
+        for _ in range(k):
+            i = next(counter)
+            now = utcnow()
+            cur.execute(
+                insert,
+                (
+                    queue, PRIORITY, "send_mail", None, json.dumps(
+                        {"n": i, "to": "user@example.com"}, separators=(",", ":")
+                    ), 1, now, now, now, 0, None, None, False,
+                ),
+            )
+            job_id = cur.fetchone()[0]
+            raw.commit()
+            channel.basic_publish("", q_pika_sql, str(job_id).encode(), props, mandatory=True)
+
+    loops = {
+        "bgq_publish": bgq_loop,
+        "plain_pika": pika_loop,
+        "plain_pika_plus_insert": pika_sql_loop,
+    }
+    spent = dict.fromkeys(loops, 0.0)
+    try:
+        with app.app_context():
+            log(f"[publish] warm-up: {warmup} of each")
+            for loop in loops.values():
+                loop(warmup)
+            per_round = [n // rounds + (1 if r < n % rounds else 0) for r in range(rounds)]
+            for r, k in enumerate(per_round):
+                for name, loop in loops.items():
+                    t0 = time.perf_counter()
+                    loop(k)
+                    spent[name] += time.perf_counter() - t0
+                log(f"[publish] round {r + 1}/{rounds}: " + ", ".join(
+                    f"{name} {round(n * (r + 1) / rounds / s)}/s" for name, s in spent.items()
+                ))
+    finally:
+        cur.close()
+        raw.close()
+        connection.close()
+        close_app(app)
+        close_app(plain_app)
+    result: dict[str, Any] = {
+        name: {"jobs_per_s": round(n / s), "seconds": round(s, 3), "ms_per_job": ms(s / n)}
+        for name, s in spent.items()
+    }
+    result["ratio_bgq_to_plain_pika"] = round(spent["plain_pika"] / spent["bgq_publish"], 3)
+    result["ratio_bgq_to_plain_pika_plus_insert"] = round(
+        spent["plain_pika_plus_insert"] / spent["bgq_publish"], 3
+    )
+    return result
+
+
+# -- 2. draining --------------------------------------------------------------------------
+
+
+def split(n: int, procs: int) -> list[int]:
+    return [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+
+
+def drain_bgq(run: Run, n: int, procs: int, broker: bool) -> dict[str, Any]:
+    kind = "rabbitmq" if broker else "no_broker"
+    tag = f"d{'r' if broker else 'n'}{procs}"
+    table, queue = run.table(), run.queue(tag)
+    env = run.env(table, queue, broker)
+    app = open_app(env)
+    log(f"[drain] {kind}, {procs} consumer(s): publishing {n} jobs in bulk")
+    fill(app, n)
+    close_app(app)
+    log(f"[drain] {kind}, {procs} consumer(s): draining")
+    started_wall = utcnow()
+    t0 = time.perf_counter()
+    consumers = [run.consumer(env, share, f"{tag}_{i}") for i, share in enumerate(split(n, procs))]
+    counts = wait_consumers(consumers, 1800)
+    until_exit = time.perf_counter() - t0
+    if sum(counts) != n:
+        raise AssertionError(f"consumers report {counts} jobs, expected {n} in all")
+    first, last = check_finished(table, n)
+    to_finished = (last - started_wall).total_seconds()
+    after_claim = (last - first).total_seconds()
+    figures = {
+        "jobs_per_s": round(n / to_finished),
+        "seconds": round(to_finished, 3),
+        "jobs_per_s_after_first_claim": round(n / after_claim),
+        "startup_seconds": round((first - started_wall).total_seconds(), 3),
+        "jobs_per_s_until_exit": round(n / until_exit),
+        "jobs_per_consumer": counts,
+    }
+    log(f"[drain]     {figures['jobs_per_s']} jobs/s"
+        f" ({figures['jobs_per_s_after_first_claim']} after the first claim)")
+    return figures
+
+
+def plain_consumer(queue: str, share: int, out: Any) -> None:
+    """basic_consume, prefetch 1, one ack per message, until ``share`` messages are acked."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1)
+    count = 0
+    last = 0.0
+
+    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        nonlocal count, last
+        int(body)
+        ch.basic_ack(method.delivery_tag)
+        count += 1
+        if count >= share:
+            last = time.time()
+            ch.stop_consuming()
+
+    channel.basic_consume(queue, on_message)
+    channel.start_consuming()
+    connection.close()
+    out.put((count, last))
+
+
+def drain_plain(run: Run, n: int, procs: int) -> dict[str, Any]:
+    queue = run.amqp_queue(f"drain{procs}")
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True)
+    props = pika.BasicProperties(delivery_mode=2)
+    log(f"[drain] plain pika, {procs} process(es): publishing {n} messages")
+    for i in range(n):
+        channel.basic_publish("", queue, str(i).encode(), props)
+    while channel.queue_declare(queue, durable=True, passive=True).method.message_count < n:
+        connection.sleep(0.05)
+    connection.close()
+    log(f"[drain] plain pika, {procs} process(es): draining")
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    started = time.time()
+    t0 = time.perf_counter()
+    workers = [ctx.Process(target=plain_consumer, args=(queue, s, out)) for s in split(n, procs)]
+    for w in workers:
+        w.start()
+    reports = [out.get(timeout=1800) for _ in workers]
+    for w in workers:
+        w.join()
+    until_exit = time.perf_counter() - t0
+    if any(w.exitcode != 0 for w in workers):
+        raise RuntimeError(f"a plain consumer failed: {[w.exitcode for w in workers]}")
+    counts = [c for c, _ in reports]
+    if sum(counts) != n:
+        raise AssertionError(f"plain consumers report {counts}, expected {n} in all")
+    to_last = max(t for _, t in reports) - started
+    figures = {
+        "jobs_per_s": round(n / to_last),
+        "seconds": round(to_last, 3),
+        "jobs_per_s_until_exit": round(n / until_exit),
+        "messages_per_process": counts,
+    }
+    log(f"[drain]     {figures['jobs_per_s']} messages/s")
+    return figures
+
+
+def bench_drain(run: Run, n: int, procs_list: list[int]) -> dict[str, Any]:
+    result: dict[str, Any] = {"bgq_consume_rabbitmq": {}, "bgq_consume_no_broker": {}, "plain_pika": {}}
+    for procs in procs_list:
+        result["bgq_consume_rabbitmq"][str(procs)] = drain_bgq(run, n, procs, broker=True)
+        result["bgq_consume_no_broker"][str(procs)] = drain_bgq(run, n, procs, broker=False)
+        result["plain_pika"][str(procs)] = drain_plain(run, n, procs)
+    target = TARGETS["drain_2_consumers_jobs_per_s_min"]
+    result["target_2_consumers_jobs_per_s_min"] = target
+    if "2" in result["bgq_consume_rabbitmq"]:
+        result["target_met"] = {
+            kind: result[kind]["2"]["jobs_per_s"] >= target
+            for kind in ("bgq_consume_rabbitmq", "bgq_consume_no_broker")
+        }
+    return result
+
+
+# -- 3. publish-to-start latency ----------------------------------------------------------
+
+
+def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int = 10) -> dict:
+    kind = "rabbitmq" if broker else "listen_notify"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    host, port = sock.getsockname()
+    table, queue = run.table(), run.queue(f"lat{'r' if broker else 'n'}")
+    env = run.env(table, queue, broker, BROKERBENCH_STAMP_ADDR=f"{host}:{port}")
+    app = open_app(env)
+    consumer = run.consumer(env, None, f"lat_{kind}")
+    from_call: list[float] = []
+    from_return: list[float] = []
+    publish_call: list[float] = []
+    job_ids: list[int] = []
+    starts: list[float] = []
+
+    def one(seq: int, timeout: float) -> tuple[float, float, float]:
+        t_call = time.time()
+        job_id = brokerapp.bgq.publish("stamp", {"seq": seq})
+        t_return = time.time()
+        if seq >= 0:
+            job_ids.append(job_id)
+        sock.settimeout(timeout)
+        while True:
+            try:
+                data = sock.recv(100)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"[latency {kind}] job {seq} did not start within {timeout} s"
+                ) from None
+            got, started = data.decode().split()
+            if int(got) == seq:
+                return t_call, t_return, float(started)
+
+    try:
+        with app.app_context():
+            log(f"[latency] {kind}: waiting for the consumer, {warmup} warm-up jobs")
+            for i in range(warmup):
+                one(-1 - i, 120 if i == 0 else 10)
+                time.sleep(gap)
+            log(f"[latency] {kind}: {n} sequential jobs, {int(gap * 1000)} ms apart")
+            for i in range(n):
+                t_call, t_return, started = one(i, 10)
+                starts.append(started)
+                from_call.append(started - t_call)
+                from_return.append(started - t_return)
+                publish_call.append(t_return - t_call)
+                time.sleep(gap)  # let the consumer save the outcome and go idle again
+        stop_consumer(consumer)
+    finally:
+        sock.close()
+        close_app(app)
+    check_finished(table, n + warmup)
+    # Where the time goes: the claim's clock reading (last_attempt_at, taken just before the
+    # claim transaction) splits publish -> start into "reaching the consumer" and the rest.
+    claimed_at = claim_times(table, job_ids)
+    to_claim = [claimed_at[j] - (s - d) for j, s, d in zip(job_ids, starts, from_call, strict=True)]
+    claim_to_start = [s - claimed_at[j] for j, s in zip(job_ids, starts, strict=True)]
+    target = TARGETS[f"latency_p50_ms_{kind}_max"]
+    figures = {
+        "p50_ms": ms(percentile(from_call, 50)),
+        "p99_ms": ms(percentile(from_call, 99)),
+        "mean_ms": ms(sum(from_call) / n),
+        "max_ms": ms(max(from_call)),
+        "p50_ms_from_publish_return": ms(percentile(from_return, 50)),
+        "p99_ms_from_publish_return": ms(percentile(from_return, 99)),
+        "publish_call_p50_ms": ms(percentile(publish_call, 50)),
+        "publish_call_p99_ms": ms(percentile(publish_call, 99)),
+        "publish_to_claim_p50_ms": ms(percentile(to_claim, 50)),
+        "claim_to_start_p50_ms": ms(percentile(claim_to_start, 50)),
+        "target_p50_ms_max": target,
+        "target_met": percentile(from_call, 50) * 1000 <= target,
+    }
+    log(f"[latency]     p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
+    return figures
+
+
+# -- 4. consumer memory -------------------------------------------------------------------
+
+
+def bench_memory(run: Run, n: int, samples: int = 10) -> dict[str, Any]:
+    table, queue = run.table(), run.queue("mem")
+    env = run.env(table, queue, broker=True)
+    app = open_app(env)
+    log(f"[memory] publishing {n} jobs in bulk (broker mode)")
+    publish_seconds = fill(app, n)
+    close_app(app)
+    log(f"[memory]     {round(n / publish_seconds)} jobs/s; starting one consumer")
+    every = n // samples
+    engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
+    series: list[dict[str, int]] = []
+    t0 = time.perf_counter()
+    consumer = run.consumer(env, None, "memory")
+    first_rss = None
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            count_sql = f'SELECT COUNT(*) FROM "{table}" WHERE state = {FINISHED}'
+            deadline = time.monotonic() + 3600
+            while len(series) < samples:
+                if consumer.poll() is not None:
+                    raise RuntimeError(f"the memory consumer exited {consumer.returncode}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the memory consumer did not finish within an hour")
+                done = conn.exec_driver_sql(count_sql).scalar()
+                if first_rss is None and done:
+                    first_rss = {"finished": done, "rss_kb": rss_kb(consumer.pid)}
+                if done >= every * (len(series) + 1):
+                    series.append({"finished": done, "rss_kb": rss_kb(consumer.pid)})
+                    log(f"[memory]     {done} finished: VmRSS {series[-1]['rss_kb']} kB")
+                    continue
+                time.sleep(0.2)
+        elapsed = time.perf_counter() - t0
+        consumed = stop_consumer(consumer)
+    finally:
+        engine.dispose()
+    check_finished(table, n)
+    last5 = [s["rss_kb"] for s in series[-5:]]
+    spread = max(last5) / min(last5) - 1
+    growth = series[-1]["rss_kb"] - series[len(series) // 2 - 1]["rss_kb"]
+    return {
+        "jobs": n,
+        "consumed": consumed,
+        "bulk_publish_jobs_per_s": round(n / publish_seconds),
+        "consume_jobs_per_s": round(n / elapsed),
+        "rss_kb_at_first_job": first_rss,
+        "samples": series,
+        "last_5_spread": round(spread, 4),
+        "rss_kb_growth_second_half": growth,
+        "stops_growing": spread <= TARGETS["memory_last_5_samples_spread_max"],
+        "target_last_5_spread_max": TARGETS["memory_last_5_samples_spread_max"],
+    }
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, Any]:
+    engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
+    try:
+        info = environment({"postgresql": engine})
+    finally:
+        engine.dispose()
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    props = connection._impl.server_properties
+    connection.close()
+    version = props.get("version", "?")
+    info["rabbitmq"] = version.decode() if isinstance(version, bytes) else version
+    info["pika"] = pika.__version__
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10000, help="publish/drain jobs (10000)")
+    parser.add_argument("--procs", default="1,2", help="consumer counts for drain (1,2)")
+    parser.add_argument("--latency-jobs", type=int, default=200, help="latency jobs (200)")
+    parser.add_argument("--memory-jobs", type=int, default=100000, help="memory jobs (100000)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=",".join(SECTIONS))
+    args = parser.parse_args()
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    procs_list = [int(p) for p in args.procs.split(",") if p.strip()]
+    if args.memory_jobs < 10 * 5 and "memory" in sections:
+        parser.error("--memory-jobs must be at least 50")
+
+    out: dict[str, Any] = {
+        "benchmark": "broker",
+        "jobs": args.jobs,
+        "database": PG_URL.split("@")[-1],
+        "broker": AMQP_URL.split("@")[-1],
+        "targets": TARGETS,
+    }
+    with tempfile.TemporaryDirectory(prefix="bgq-bench-broker-") as tmp:
+        run = Run(tmp)
+        out["run_id"] = run.id
+        log(f"run {run.id}: queues bb{run.id}_*, temp folder {tmp}")
+        try:
+            if "publish" in sections:
+                out["publish"] = bench_publish(run, args.jobs)
+            if "drain" in sections:
+                out["drain"] = bench_drain(run, args.jobs, procs_list)
+            if "latency" in sections:
+                out["latency"] = {
+                    "jobs": args.latency_jobs,
+                    "rabbitmq": bench_latency(run, args.latency_jobs, broker=True),
+                    "listen_notify": bench_latency(run, args.latency_jobs, broker=False),
+                }
+            if "memory" in sections:
+                out["memory"] = bench_memory(run, args.memory_jobs)
+        finally:
+            log(f"cleaning up run {run.id}: {len(run.tables)} table(s), {len(run.queues)} queue name(s)")
+            run.cleanup()
+    met: dict[str, bool] = {}
+    if "drain" in out and "target_met" in out["drain"]:
+        met["drain_2_consumers_rabbitmq"] = out["drain"]["target_met"]["bgq_consume_rabbitmq"]
+        met["drain_2_consumers_no_broker"] = out["drain"]["target_met"]["bgq_consume_no_broker"]
+    if "latency" in out:
+        met["latency_p50_rabbitmq"] = out["latency"]["rabbitmq"]["target_met"]
+        met["latency_p50_listen_notify"] = out["latency"]["listen_notify"]["target_met"]
+    if "memory" in out:
+        met["memory_stops_growing"] = out["memory"]["stops_growing"]
+    out["target_met"] = met
+    out["environment"] = versions()
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
