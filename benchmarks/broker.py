@@ -45,11 +45,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import brokerapp
 import pika
 import sqlalchemy as sa
 from common import HERE, SERVER_URLS, environment, log, new_table_name
 
-import brokerapp
 from flask_bgqueue.broker.amqp import TIERS_MS, control_queue, delay_queue, work_queue
 
 PG_URL = SERVER_URLS["postgresql"]
