@@ -317,9 +317,19 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
             cur.execute(
                 insert,
                 (
-                    queue, PRIORITY, "send_mail", None, json.dumps(
-                        {"n": i, "to": "user@example.com"}, separators=(",", ":")
-                    ), 1, now, now, now, 0, None, None, False,
+                    queue,
+                    PRIORITY,
+                    "send_mail",
+                    None,
+                    json.dumps({"n": i, "to": "user@example.com"}, separators=(",", ":")),
+                    1,
+                    now,
+                    now,
+                    now,
+                    0,
+                    None,
+                    None,
+                    False,
                 ),
             )
             job_id = cur.fetchone()[0]
@@ -343,9 +353,12 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
                     t0 = time.perf_counter()
                     loop(k)
                     spent[name] += time.perf_counter() - t0
-                log(f"[publish] round {r + 1}/{rounds}: " + ", ".join(
-                    f"{name} {round(n * (r + 1) / rounds / s)}/s" for name, s in spent.items()
-                ))
+                log(
+                    f"[publish] round {r + 1}/{rounds}: "
+                    + ", ".join(
+                        f"{name} {round(n * (r + 1) / rounds / s)}/s" for name, s in spent.items()
+                    )
+                )
     finally:
         cur.close()
         raw.close()
@@ -398,8 +411,10 @@ def drain_bgq(run: Run, n: int, procs: int, broker: bool) -> dict[str, Any]:
         "jobs_per_s_until_exit": round(n / until_exit),
         "jobs_per_consumer": counts,
     }
-    log(f"[drain]     {figures['jobs_per_s']} jobs/s"
-        f" ({figures['jobs_per_s_after_first_claim']} after the first claim)")
+    log(
+        f"[drain]     {figures['jobs_per_s']} jobs/s"
+        f" ({figures['jobs_per_s_after_first_claim']} after the first claim)"
+    )
     return figures
 
 
@@ -467,7 +482,11 @@ def drain_plain(run: Run, n: int, procs: int) -> dict[str, Any]:
 
 
 def bench_drain(run: Run, n: int, procs_list: list[int]) -> dict[str, Any]:
-    result: dict[str, Any] = {"bgq_consume_rabbitmq": {}, "bgq_consume_no_broker": {}, "plain_pika": {}}
+    result: dict[str, Any] = {
+        "bgq_consume_rabbitmq": {},
+        "bgq_consume_no_broker": {},
+        "plain_pika": {},
+    }
     for procs in procs_list:
         result["bgq_consume_rabbitmq"][str(procs)] = drain_bgq(run, n, procs, broker=True)
         result["bgq_consume_no_broker"][str(procs)] = drain_bgq(run, n, procs, broker=False)
@@ -677,7 +696,9 @@ def main() -> None:
             if "memory" in sections:
                 out["memory"] = bench_memory(run, args.memory_jobs)
         finally:
-            log(f"cleaning up run {run.id}: {len(run.tables)} table(s), {len(run.queues)} queue name(s)")
+            log(
+                f"cleaning up run {run.id}: {len(run.tables)} table(s), {len(run.queues)} queue name(s)"
+            )
             run.cleanup()
     met: dict[str, bool] = {}
     if "drain" in out and "target_met" in out["drain"]:
