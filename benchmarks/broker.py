@@ -697,7 +697,8 @@ def main() -> None:
                 out["memory"] = bench_memory(run, args.memory_jobs)
         finally:
             log(
-                f"cleaning up run {run.id}: {len(run.tables)} table(s), {len(run.queues)} queue name(s)"
+                f"cleaning up run {run.id}: {len(run.tables)} table(s),"
+                f" {len(run.queues)} queue name(s)"
             )
             run.cleanup()
     met: dict[str, bool] = {}
