@@ -281,13 +281,33 @@ class Inspector:
         Only jobs in ``TEMPORARILY_FAILED``, ``PERMANENTLY_FAILED``, ``WAITING`` or
         ``BROKER_FAILED`` change (to ``READY``, due now); returns their ids.
         """
-        return self._app.store.retry_now(job_ids, utcnow())
+        return self._announce(self._app.store.retry_now(job_ids, utcnow()))
 
     def retry_matching(self, flt: JobFilter, max_id: int | None = None) -> list[int]:
         """:meth:`retry` every retryable job the filter matches (with an id up to ``max_id``,
         so jobs that arrived after a person looked are left alone)."""
         store = self._app.store
-        return store.retry_now(store.retryable_ids(max_id=max_id, **flt.as_kwargs()), utcnow())
+        ids = store.retry_now(store.retryable_ids(max_id=max_id, **flt.as_kwargs()), utcnow())
+        return self._announce(ids)
+
+    def _announce(self, job_ids: list[int]) -> list[int]:
+        """Broker mode: send the retried jobs' ids at once (a failed send leaves them
+        ``BROKER_FAILED`` for ``flask bgq process``)."""
+        if self._app.broker is not None and job_ids:
+            from .extension import send_to_broker
+
+            jobs = [j for j in (self._app.store.get(i) for i in job_ids) if j is not None]
+            send_to_broker(
+                self._app,
+                [
+                    (
+                        j.id,
+                        {"queue": j.queue, "priority": j.priority, "available_at": j.available_at},
+                    )
+                    for j in jobs
+                ],
+            )
+        return job_ids
 
     def discard(self, job_ids: Iterable[int]) -> list[int]:
         """Delete these jobs if FINISHED, REDUNDANT or failed (never PROCESSING ones)."""

@@ -228,3 +228,16 @@ def test_a_job_of_a_rolled_back_transaction_is_never_sent(committed_env: Any) ->
     db.session.commit()
     [(_, job_id, _)] = broker(app).sent
     assert bgq.load_parameters(bgq.get_job(job_id)) == [2]
+
+
+def test_an_operator_retry_in_broker_mode_sends_the_id_again(bapp: Flask) -> None:
+    from flask_bgqueue.inspection import Inspector
+
+    bgq = bapp.bgq  # type: ignore[attr-defined]
+    job_id = bgq.publish("work", [1])
+    set_columns(bgq, job_id, state=JobState.PERMANENTLY_FAILED)
+    broker(bapp).sent.clear()
+    assert Inspector(bgq).retry([job_id]) == [job_id]
+    assert [sent_id for _, sent_id, _ in broker(bapp).sent] == [job_id]
+    assert bgq.consume(max_jobs=1).jobs == 1
+    assert bgq.get_job(job_id).state is JobState.FINISHED
