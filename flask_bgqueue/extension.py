@@ -458,3 +458,9 @@ def send_to_broker(state: _AppState, jobs: list[tuple[int, dict[str, Any]]]) -> 
     if failed:
         state.logger.error("bgqueue: %d job(s) saved as BROKER_FAILED: %s", len(failed), error)
         state.store.mark_broker_failed(failed, now, f"broker: {error}")
+
+
+def send_jobs_to_broker(state: _AppState, jobs: list[Job]) -> None:
+    """Send the ids of jobs already in the table (resent by ``process``, retried by a person)."""
+    columns = ("queue", "priority", "available_at")
+    send_to_broker(state, [(j.id, {c: getattr(j, c) for c in columns}) for j in jobs])

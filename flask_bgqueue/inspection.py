@@ -294,19 +294,10 @@ class Inspector:
         """Broker mode: send the retried jobs' ids at once (a failed send leaves them
         ``BROKER_FAILED`` for ``flask bgq process``)."""
         if self._app.broker is not None and job_ids:
-            from .extension import send_to_broker
+            from .extension import send_jobs_to_broker
 
             jobs = [j for j in (self._app.store.get(i) for i in job_ids) if j is not None]
-            send_to_broker(
-                self._app,
-                [
-                    (
-                        j.id,
-                        {"queue": j.queue, "priority": j.priority, "available_at": j.available_at},
-                    )
-                    for j in jobs
-                ],
-            )
+            send_jobs_to_broker(self._app, jobs)
         return job_ids
 
     def discard(self, job_ids: Iterable[int]) -> list[int]:

@@ -246,21 +246,12 @@ class Processor:
 
     def resend(self, now: Any) -> int:
         """Broker mode: send due ids again (state ``READY``); failures become ``BROKER_FAILED``."""
-        from .extension import send_to_broker
+        from .extension import send_jobs_to_broker
 
         lost_before = now - timedelta(seconds=self.settings.broker_resend_after_seconds)
         jobs = self.store.take_for_resending(now, lost_before)
         if jobs:
-            send_to_broker(
-                self.state,
-                [
-                    (
-                        j.id,
-                        {"queue": j.queue, "priority": j.priority, "available_at": j.available_at},
-                    )
-                    for j in jobs
-                ],
-            )
+            send_jobs_to_broker(self.state, jobs)
         return len(jobs)
 
     def claim(
