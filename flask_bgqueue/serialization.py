@@ -50,6 +50,8 @@ class Stored:
 def dump(value: Any, fmt: str, keys: tuple[bytes, ...]) -> Stored:
     """Encode parameters for the table, or raise :class:`ParametersError`."""
     if fmt != "pickle":
+        if type(value) is dict and TAG not in value and _flat(value):
+            return Stored(None, json.dumps(value, separators=(",", ":")))
         try:
             return Stored(None, json.dumps(_encode(value, "parameters"), separators=(",", ":")))
         except _NotJson as exc:
@@ -127,6 +129,15 @@ def _sign(key: bytes, data: bytes) -> bytes:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _flat(value: dict[Any, Any]) -> bool:
+    """Whether a dict holds only ``str`` keys and str/int/bool/None values: plain JSON as is."""
+    scalars = _SCALARS
+    return all(type(k) is str and type(v) in scalars for k, v in value.items())
 
 
 def _tagged(kind: str, v: Any) -> dict[str, Any]:

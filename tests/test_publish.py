@@ -255,3 +255,49 @@ def test_exception_in_bulk_block_discards_rows_not_yet_written(make_app: AppFact
 def test_end_bulk_without_start_is_an_error(queue_app: Flask) -> None:
     with queue_app.app_context(), pytest.raises(RuntimeError, match="without start_bulk"):
         queue_app.bgq.end_bulk()  # type: ignore[attr-defined]
+
+
+def test_a_failed_insert_raises_sqlalchemys_error_and_returns_the_connection(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(BGQUEUE_ENGINE_OPTIONS={"poolclass": sa.QueuePool})
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda: None)
+    with app.app_context():
+        store = bgq._state().store
+        assert bgq.publish("f") is not None
+        with store.engine.begin() as conn:  # the table goes away under the queue
+            conn.execute(sa.text(f"DROP TABLE {store.table.name}"))
+        pool = store.engine.pool
+        for publish in (lambda: bgq.publish("f"), lambda: _publish_bulk(bgq, 3)):
+            with pytest.raises(sa.exc.DBAPIError) as info:
+                publish()
+            assert store.table.name in str(info.value) or "exist" in str(info.value)
+            assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def _publish_bulk(bgq: BackgroundQueue, n: int) -> None:
+    with bgq.bulk():
+        for _ in range(n):
+            bgq.publish("f")
+
+
+def test_publishing_leaves_no_transaction_open_on_pooled_connections(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(BGQUEUE_ENGINE_OPTIONS={"poolclass": sa.QueuePool})
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda: None)
+    with app.app_context():
+        first = bgq.publish("f")
+        _publish_bulk(bgq, 3)
+        store = bgq._state().store
+        assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # Another connection sees every row: each was committed, not left in a transaction.
+        other = sa.create_engine(store.engine.url)
+        try:
+            with other.connect() as conn:
+                ids = conn.execute(sa.select(store.table.c.id).order_by("id")).scalars().all()
+        finally:
+            other.dispose()
+    assert ids[0] == first and len(ids) == 4
