@@ -2,9 +2,10 @@
 
 With a broker it takes job ids from it; without one it claims due jobs from the table,
 waking up through PostgreSQL ``LISTEN``/``NOTIFY`` or every ``BGQUEUE_POLL_INTERVAL_MS``.
-Either way a job is claimed by the same guarded UPDATE as in cron mode, a stop request
-(SIGTERM, SIGINT, ``-j N`` reached, ``DieException``, ``reload-consumers``) is honoured
-between two jobs, and jobs claimed but not started are given back.
+Either way jobs are claimed by the same guarded UPDATE as in cron mode, several at once
+while they are quick, a stop request (SIGTERM, SIGINT, ``-j N`` reached, ``DieException``)
+is honoured between two jobs, and jobs claimed but not started are given back (and, with a
+broker, their ids sent again). ``reload-consumers`` is honoured between two batches.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flask import Flask
 
 from .broker import BrokerError, Delivery
 from .models import RUNNABLE_STATES, JobState
-from .processor import Heartbeat, Outcome, Processor
+from .processor import Heartbeat, Outcome, OutcomeWriter, Processor
 from .retry import utcnow
 from .store import Claim
 
@@ -32,6 +33,8 @@ EARLY_MS = 100
 #: How long the id of a job whose callback is unknown here waits before it is offered again.
 UNKNOWN_CALLBACK_DELAY_MS = 60_000
 CLAIMABLE = (*RUNNABLE_STATES, JobState.BACK_TO_BROKER)
+#: At most this many jobs are claimed in one transaction.
+MAX_BATCH = 128
 
 
 @dataclass
@@ -76,7 +79,12 @@ class Worker:
                 self._poll()
             else:
                 broker.consume(
-                    self.queue, self.priorities, self._handle, self.stop.is_set, self._reap
+                    self.queue,
+                    self.priorities,
+                    self._handle,
+                    self.stop.is_set,
+                    self._reap,
+                    self._batch_limit,
                 )
                 self.result.reloaded = not self.stop.is_set()
         finally:
@@ -84,6 +92,46 @@ class Worker:
         return self.result
 
     # -- shared -------------------------------------------------------------------------
+
+    def _batch_limit(self) -> int:
+        """How many jobs the next claim may take: all it likes, but ``-j N`` caps it."""
+        if self.max_jobs is None:
+            return MAX_BATCH
+        return max(1, min(MAX_BATCH, self.max_jobs - self.result.jobs))
+
+    def _run(self, claims: list[Claim]) -> None:
+        """Run claimed jobs in order; a stop request gives back those not started.
+
+        The outcomes of a batch are saved together by an :class:`OutcomeWriter` (each
+        within its flush delay), and flushed before the ids of jobs to retry are sent, so a
+        consumer never gets the id of a job still ``PROCESSING`` here.
+        """
+        writer = OutcomeWriter(self.processor) if len(claims) > 1 else None
+        again: list[tuple[Any, float]] = []
+        done = 0
+        try:
+            for claim in claims:
+                if self.stop.is_set():
+                    break
+                done += 1
+                outcome = self.processor.run(claim, writer)
+                if outcome.state in (JobState.TEMPORARILY_FAILED, JobState.WAITING):
+                    due = outcome.values.get("available_at") or utcnow()
+                    again.append((claim.job, (due - utcnow()).total_seconds() * 1000))
+                self._ran(claim, outcome)
+        finally:
+            if writer is not None:
+                writer.flush()
+            rest = claims[done:]
+            if rest:
+                self.store.release(rest, utcnow())
+                for claim in rest:
+                    self.heartbeat.drop(claim)
+                    if self.state.broker is not None:  # its message was acknowledged
+                        again.append((claim.job, 0))
+            if self.state.broker is not None:
+                for job, delay_ms in again:
+                    self._send(job, delay_ms)
 
     def _ran(self, claim: Claim, outcome: Outcome) -> None:
         self.heartbeat.drop(claim)
@@ -115,64 +163,62 @@ class Worker:
 
     def _poll(self) -> None:
         known = self.state.callback_names()
+        limit = self.settings.claim_batch_size
         with _Wakeup(self.store, self.settings.poll_interval_ms / 1000) as wakeup:
             while not self.stop.is_set():
                 self._reap()
-                limit = self.settings.claim_batch_size
-                if self.max_jobs is not None:
-                    limit = min(limit, self.max_jobs - self.result.jobs)
-                claims = self.processor.claim(self.priorities, known, limit=limit)
+                claims = self.processor.claim(
+                    self.priorities, known, limit=min(limit, self._batch_limit())
+                )
                 if not claims:
                     wakeup.wait(self.stop)
                     continue
                 self.heartbeat.hold(claims)
-                for i, claim in enumerate(claims):
-                    self._ran(claim, self.processor.run(claim))
-                    if self.stop.is_set():
-                        self.store.release(claims[i + 1 :], utcnow())
-                        for rest in claims[i + 1 :]:
-                            self.heartbeat.drop(rest)
-                        break
+                started = time.perf_counter()
+                self._run(claims)
+                # Like the cron sweep: claim more at once while jobs are quick.
+                limit = self.processor._next_batch_size(
+                    limit, len(claims), time.perf_counter() - started
+                )
 
     # -- with a broker ------------------------------------------------------------------
 
-    def _handle(self, delivery: Delivery) -> Callable[[], None] | None:
-        """Claim the delivered job (then the message is acknowledged) or send it on."""
-        claims = self._claim(delivery.job_id)
+    def _handle(self, deliveries: Sequence[Delivery]) -> Callable[[], None] | None:
+        """Claim the delivered jobs (then the messages are acknowledged) or send them on."""
+        ids = list(dict.fromkeys(d.job_id for d in deliveries))
+        claims = self._claim(ids)
+        claimed = {c.job.id for c in claims}
+        for job_id in ids:
+            if job_id in claimed:
+                continue
+            job = self.store.get(job_id)
+            if job is None or job.state not in CLAIMABLE:
+                continue  # finished, running elsewhere or gone: a stale message
+            delay_ms = (job.available_at - utcnow()).total_seconds() * 1000
+            if delay_ms <= EARLY_MS:  # (nearly) due now: it was just not due at the claim
+                time.sleep(max(0.0, delay_ms) / 1000)
+                more = self._claim([job_id])
+                if more:
+                    claims += more
+                    continue
+            self._redirect(job, delay_ms)
         if not claims:
-            job = self.store.get(delivery.job_id)
-            if job is not None and job.state in CLAIMABLE:
-                delay_ms = (job.available_at - utcnow()).total_seconds() * 1000
-                if delay_ms <= EARLY_MS:  # (nearly) due now: it was just not due at the claim
-                    time.sleep(max(0.0, delay_ms) / 1000)
-                    claims = self._claim(delivery.job_id)
-                if not claims:
-                    self._redirect(job, delay_ms)
-                    return None
-            else:
-                return None  # finished, running elsewhere or gone: a stale message
-        claim = claims[0]
+            return None
+        order = {job_id: i for i, job_id in enumerate(ids)}
+        claims.sort(key=lambda c: order[c.job.id])  # as the broker delivered them
         self.heartbeat.hold(claims)
+        return lambda: self._run(claims)
 
-        def work() -> None:
-            outcome = self.processor.run(claim)
-            if outcome.state in (JobState.TEMPORARILY_FAILED, JobState.WAITING):
-                due = outcome.values.get("available_at") or utcnow()
-                self._send(claim.job, (due - utcnow()).total_seconds() * 1000)
-            self._ran(claim, outcome)
-
-        return work
-
-    def _claim(self, job_id: int) -> list[Claim]:
+    def _claim(self, job_ids: list[int]) -> list[Claim]:
         return self.store.claim(
             now=utcnow(),
-            limit=1,
+            limit=len(job_ids),
             priorities=None,
             callbacks=self.state.callback_names(),
             pid=self.processor.pid,
             hostname=self.processor.hostname,
             waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
-            job_ids=[job_id],
+            job_ids=job_ids,
             states=CLAIMABLE,
         )
 

@@ -10,9 +10,10 @@ Topology, all durable and declared with ``BGQUEUE_AMQP_QUEUE_ARGUMENTS``:
   message needs about log2(delay / 100 ms) hops;
 - ``bgq.<queue>.control``: ``reload`` requests, each taken by exactly one consumer.
 
-Publishes are persistent and confirmed. A consumer has at most one unacknowledged message
-per queue (prefetch 1), runs jobs in a thread while the connection keeps serving
-heartbeats, and reconnects by itself after a broker restart.
+Publishes are persistent and confirmed. A consumer starts with one unacknowledged message
+per queue (prefetch 1) and takes more at once while jobs are quick (see :class:`_Consumer`),
+runs jobs in a thread of its own while the connection keeps serving heartbeats, and
+reconnects by itself after a broker restart.
 """
 
 from __future__ import annotations
@@ -164,46 +165,160 @@ class AmqpBroker(Broker):
         handler: Handler,
         should_stop: Callable[[], bool],
         idle: Callable[[], None] | None = None,
+        batch_limit: Callable[[], int] | None = None,
     ) -> None:
         started = time.time()
-        while not should_stop():
+        runner = _JobThread()
+        try:
+            while not should_stop():
+                try:
+                    consumer = _Consumer(self, queue, sorted(priorities), started, runner)
+                    if consumer.run(handler, should_stop, idle, batch_limit or (lambda: 1)):
+                        return
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    log.warning("bgqueue: lost RabbitMQ (%r); reconnecting in 1 s", exc)
+                    if should_stop():
+                        return
+                    time.sleep(1)
+        finally:
+            runner.close()
+
+
+class _JobThread:
+    """The one thread that runs jobs, so the consuming thread can serve the connection.
+
+    pika is not thread-safe: the consuming thread alone touches the connection, pumping its
+    events (heartbeats, deliveries) while a job runs here. One long-lived thread rather than
+    one per job: handing work over costs a wake-up, not a thread start.
+    """
+
+    def __init__(self) -> None:
+        self._work: Callable[[], None] | None = None
+        self._failure: BaseException | None = None
+        self._ready = threading.Condition()
+        self._done = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="bgqueue-job", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while self._work is None and not self._closed:
+                    self._ready.wait()
+                if self._work is None:
+                    return
+                work, self._work = self._work, None
             try:
-                if _Consumer(self, queue, sorted(priorities), started).run(
-                    handler, should_stop, idle
-                ):
-                    return
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                log.warning("bgqueue: lost RabbitMQ (%r); reconnecting in 1 s", exc)
-                if should_stop():
-                    return
-                time.sleep(1)
+                work()
+            except BaseException as exc:  # surfaced in the consuming thread by run()
+                self._failure = exc
+            finally:
+                self._done.set()
+
+    def run(self, work: Callable[[], None], pump: Callable[[], None]) -> None:
+        """Run ``work`` in the job thread, calling ``pump`` every 50 ms until it is done.
+
+        If ``pump`` raises (the connection dropped), the job still runs to its end (its
+        claim is committed and its outcome must be saved) before the error goes up.
+        """
+        self._done.clear()
+        self._failure = None
+        with self._ready:
+            self._work = work
+            self._ready.notify()
+        try:
+            while not self._done.wait(0.05):  # returns at once when a short job is done
+                pump()
+        finally:
+            self._done.wait()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+
+
+#: The prefetch (per queue) grows while jobs are quick, up to this many messages.
+MAX_PREFETCH = 128
+#: Jobs quicker than this on average let the prefetch double (as the cron sweep's batches).
+QUICK_JOB_SECONDS = 0.002
+#: A batch slower than this per job brings the prefetch back to one message per queue.
+SLOW_JOB_SECONDS = 0.02
 
 
 class _Consumer:
-    """One connection's worth of consuming; :meth:`run` raises when the connection drops."""
+    """One connection's worth of consuming; :meth:`run` raises when the connection drops.
+
+    Prefetch: one message per queue at first, so slow jobs spread over all consumers. While
+    jobs take under :data:`QUICK_JOB_SECONDS` each and the buffer of a queue fills up, the
+    prefetch doubles (up to :data:`MAX_PREFETCH`) and the buffered ids of the most urgent
+    priority are handed over together (claimed in one transaction, acknowledged at once).
+    A slow batch brings it back to one, and the ids held beyond one per queue go back to
+    RabbitMQ for the other consumers.
+    """
 
     def __init__(
-        self, broker: AmqpBroker, queue: str, priorities: list[int], started: float
+        self,
+        broker: AmqpBroker,
+        queue: str,
+        priorities: list[int],
+        started: float,
+        runner: _JobThread,
     ) -> None:
         self.ch = _Channel(broker.url, broker.arguments)
         self.queue, self.priorities, self.started = queue, priorities, started
-        self.buffered: dict[int, tuple[int, int]] = {}  # priority -> (delivery tag, job id)
+        self.runner = runner
+        # priority -> [(delivery tag, job id)], in the order they came
+        self.buffered: dict[int, list[tuple[int, int]]] = {p: [] for p in priorities}
+        self.unacked: set[int] = set()  # delivery tags received and not yet acked
         self.reload_tag: int | None = None
+        self.prefetch = 0
+        self.consumer_tags: list[str] = []
+        try:
+            for p in priorities:
+                self.ch.declare_work(queue, p)
+            self._subscribe(1)
+            self.ch.declare(control_queue(queue))
+            self.ch.channel.basic_consume(control_queue(queue), self._on_control)
+        except BaseException:
+            self.ch.close()
+            raise
+
+    def _subscribe(self, prefetch: int) -> None:
+        """(Re)subscribe to the work queues with ``prefetch`` messages each.
+
+        RabbitMQ applies a ``basic.qos`` to consumers started after it, so the new
+        subscriptions start before the old ones are cancelled; messages already delivered
+        stay buffered here, those pika holds undelivered go back to the queue.
+        """
         channel = self.ch.channel
-        channel.basic_qos(prefetch_count=1)
-        for p in priorities:
-            name = self.ch.declare_work(queue, p)
-            channel.basic_consume(name, self._on_message(p))
-        self.ch.declare(control_queue(queue))
-        channel.basic_consume(control_queue(queue), self._on_control)
+        channel.basic_qos(prefetch_count=prefetch)
+        old, self.consumer_tags = (
+            self.consumer_tags,
+            [
+                channel.basic_consume(work_queue(self.queue, p), self._on_message(p))
+                for p in self.priorities
+            ],
+        )
+        for tag in old:
+            channel.basic_cancel(tag)
+        self.prefetch = prefetch
 
     def _on_message(self, priority: int) -> Callable[..., None]:
         def callback(channel: Any, method: Any, properties: Any, body: bytes) -> None:
             try:
-                self.buffered[priority] = (method.delivery_tag, int(body))
+                job_id = int(body)
             except ValueError:  # not a job id: nothing can come of it
                 log.error("bgqueue: dropping a malformed message %r", body[:100])
                 channel.basic_ack(method.delivery_tag)
+                return
+            self.buffered[priority].append((method.delivery_tag, job_id))
+            self.unacked.add(method.delivery_tag)
 
         return callback
 
@@ -213,9 +328,14 @@ class _Consumer:
             channel.basic_ack(method.delivery_tag)
         else:
             self.reload_tag = method.delivery_tag
+            self.unacked.add(method.delivery_tag)
 
     def run(
-        self, handler: Handler, should_stop: Callable[[], bool], idle: Callable[[], None] | None
+        self,
+        handler: Handler,
+        should_stop: Callable[[], bool],
+        idle: Callable[[], None] | None,
+        batch_limit: Callable[[], int],
     ) -> bool:
         """Consume until told to stop (``False``) or asked to reload (``True``)."""
         connection, channel = self.ch.connection, self.ch.channel
@@ -223,44 +343,79 @@ class _Consumer:
             while not should_stop():
                 connection.process_data_events(time_limit=0)
                 if self.reload_tag is not None:
-                    channel.basic_ack(self.reload_tag)
+                    self._ack([self.reload_tag])
                     return True
-                if not self.buffered:
+                waiting = [p for p in self.priorities if self.buffered[p]]
+                if not waiting:
                     connection.process_data_events(time_limit=1)
-                    if not self.buffered and idle is not None:
+                    if not any(self.buffered.values()) and idle is not None:
                         idle()
                     continue
-                priority = min(self.buffered)
+                priority = waiting[0]
                 if self._more_urgent_waiting(priority):
                     continue
-                tag, job_id = self.buffered.pop(priority)
+                limit = max(1, min(self.prefetch, batch_limit()))
+                batch = self.buffered[priority][:limit]
+                del self.buffered[priority][:limit]
+                tags = [tag for tag, _ in batch]
                 try:
-                    work = handler(Delivery(job_id, priority))
+                    work = handler([Delivery(job_id, priority) for _, job_id in batch])
                 except Exception:
                     log.exception(
-                        "bgqueue: could not take job %s; it will be delivered again", job_id
+                        "bgqueue: could not take jobs %s; they will be delivered again",
+                        [job_id for _, job_id in batch],
                     )
-                    channel.basic_nack(tag, requeue=True)
+                    for tag in tags:
+                        channel.basic_nack(tag, requeue=True)
+                        self.unacked.discard(tag)
                     connection.sleep(1)
                     continue
                 try:
-                    channel.basic_ack(tag)
+                    self._ack(tags)
                 except (pika.exceptions.AMQPError, OSError):
-                    if work is not None:  # the claim is committed: the job runs all the same
+                    if work is not None:  # the claims are committed: the jobs run all the same
                         work()
                     raise
                 if work is not None:
-                    self._run_alive(work)
+                    began = time.perf_counter()
+                    self.runner.run(work, self._pump)
+                    self._adapt(len(batch), full=len(batch) == self.prefetch, began=began)
             return False
         finally:
             self.ch.close()
+
+    def _pump(self) -> None:
+        self.ch.connection.process_data_events(time_limit=0)
+
+    def _ack(self, tags: list[int]) -> None:
+        """Acknowledge ``tags``: in one frame when they are all the oldest unacknowledged."""
+        last = max(tags)
+        self.unacked.difference_update(tags)
+        if len(tags) > 1 and not any(t < last for t in self.unacked):
+            self.ch.channel.basic_ack(last, multiple=True)
+        else:
+            for tag in tags:
+                self.ch.channel.basic_ack(tag)
+
+    def _adapt(self, jobs: int, full: bool, began: float) -> None:
+        """Grow the prefetch while jobs are quick; back to one after a slow batch."""
+        per_job = (time.perf_counter() - began) / jobs
+        if per_job >= SLOW_JOB_SECONDS and self.prefetch > 1:
+            self._subscribe(1)
+            for p in self.priorities:  # keep one per queue; the others serve other consumers
+                for tag, _ in self.buffered[p][1:]:
+                    self.ch.channel.basic_nack(tag, requeue=True)
+                    self.unacked.discard(tag)
+                del self.buffered[p][1:]
+        elif per_job < QUICK_JOB_SECONDS and full and self.prefetch < MAX_PREFETCH:
+            self._subscribe(min(self.prefetch * 2, MAX_PREFETCH))
 
     def _more_urgent_waiting(self, priority: int) -> bool:
         """Whether a more urgent queue holds messages not delivered to us yet."""
         for p in self.priorities:
             if p >= priority:
                 return False
-            if p not in self.buffered:
+            if not self.buffered[p]:
                 declared = self.ch.channel.queue_declare(
                     work_queue(self.queue, p), durable=True, passive=True
                 )
@@ -268,26 +423,3 @@ class _Consumer:
                     self.ch.connection.process_data_events(time_limit=0.01)
                     return True
         return False
-
-    def _run_alive(self, work: Callable[[], None]) -> None:
-        """Run a job in a thread while this thread keeps the connection's heartbeats going."""
-        failure: list[BaseException] = []
-        done = threading.Event()
-
-        def target() -> None:
-            try:
-                work()
-            except BaseException as exc:  # surfaced in the consuming thread below
-                failure.append(exc)
-            finally:
-                done.set()
-
-        thread = threading.Thread(target=target, name="bgqueue-job", daemon=True)
-        thread.start()
-        try:
-            while not done.wait(0.05):  # returns at once when a short job is done
-                self.ch.connection.process_data_events(time_limit=0)
-        finally:
-            thread.join()  # even when the connection dropped: the job's outcome gets saved
-        if failure:
-            raise failure[0]

@@ -2,9 +2,10 @@
 
 Only job ids travel. A producer sends an id to the queue of a (queue, priority), possibly
 delayed; a consumer takes ids from the queues of its priorities, most urgent first, hands
-each to a handler, and acknowledges the message once the handler returns (the job's claim
-is committed by then). The handler may return work to run after the acknowledgement; the
-broker runs it while keeping its connection alive.
+them to a handler a batch at a time (ids of one priority), and acknowledges the messages
+once the handler returns (the jobs' claims are committed by then). The handler may return
+work to run after the acknowledgement; the broker runs it while keeping its connection
+alive.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ class Delivery:
     priority: int
 
 
-#: Takes a delivery and returns work to run after the acknowledgement, or ``None``.
-Handler = Callable[[Delivery], Callable[[], None] | None]
+#: Takes deliveries of one priority, in the order they came, and returns work to run after
+#: their acknowledgement, or ``None``.
+Handler = Callable[[Sequence[Delivery]], Callable[[], None] | None]
 
 
 class Broker(abc.ABC):
@@ -45,11 +47,14 @@ class Broker(abc.ABC):
         handler: Handler,
         should_stop: Callable[[], bool],
         idle: Callable[[], None] | None = None,
+        batch_limit: Callable[[], int] | None = None,
     ) -> None:
         """Deliver ids of ``queue`` to ``handler``, most urgent priority first.
 
-        Returns when ``should_stop()`` is true between two messages. ``idle`` is called
-        about once a second while nothing arrives. Connection losses are survived.
+        Returns when ``should_stop()`` is true between two batches. ``idle`` is called
+        about once a second while nothing arrives. ``batch_limit()`` caps the next batch
+        (default: one delivery at a time); a broker may hand over fewer. Connection losses
+        are survived.
         """
 
     @abc.abstractmethod

@@ -62,6 +62,7 @@ class MemoryBroker(Broker):
         handler: Handler,
         should_stop: Callable[[], bool],
         idle: Callable[[], None] | None = None,
+        batch_limit: Callable[[], int] | None = None,
     ) -> None:
         while not should_stop():
             with self._cond:
@@ -81,7 +82,7 @@ class MemoryBroker(Broker):
                 if idle is not None:
                     idle()
                 continue
-            work = handler(delivery)
+            work = handler([delivery])
             if work is not None:
                 work()
 
