@@ -6,11 +6,12 @@ from __future__ import annotations
 import itertools
 import signal
 import time
+import uuid
 
 import pytest
 
 from flask_bgqueue import JobState
-from tests.conftest import AMQP_URL, ProcEnv
+from tests.conftest import AMQP_URL, AppFactory, ProcEnv
 from tests.helpers import all_jobs
 from tests.test_serial_unique import CANONICAL
 from tests.test_workers import wait_for
@@ -155,3 +156,31 @@ def test_four_rabbitmq_consumers_keep_serial_groups_in_order_without_overlap(
         assert [r[0] for r in runs] == list("abdegcf"), group
         for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
             assert end <= next_start, f"two jobs of {group} overlapped"
+
+
+def test_a_batch_of_delivered_ids_is_claimed_with_groups_twins_and_duplicates_checked(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(
+        BGQUEUE_BROKER_URL=f"memory://{uuid.uuid4().hex}", BGQUEUE_WAITING_JOB_EXPIRATION_MS=50
+    )
+    ran: list[str] = []
+    app.bgq.callback("work")(ran.append)  # type: ignore[attr-defined]
+    state = app.extensions["bgqueue"]
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        plain = [bgq.publish("work", f"p{n}") for n in range(3)]
+        first, second = (bgq.publish("work", f"g{n}", serial_group="g") for n in (1, 2))
+        twin, duplicate = (bgq.publish("work", u, identifier="u", is_unique=True) for u in "uv")
+        state.broker.publish(state.settings.queue, state.settings.priorities[0], plain[0])
+        result = bgq.consume(max_jobs=6)  # the memory broker hands over up to 6 ids at once
+        jobs = {i: bgq.get_job(i) for i in (*plain, first, second, twin, duplicate)}
+    assert result.jobs == 6
+    assert sorted(ran) == ["g1", "g2", "p0", "p1", "p2", "u"]
+    assert ran.index("g1") < ran.index("g2")
+    assert jobs[duplicate].state is JobState.REDUNDANT
+    assert all(
+        j.state is JobState.FINISHED and j.number_of_attempts == 1
+        for i, j in jobs.items()
+        if i != duplicate
+    )

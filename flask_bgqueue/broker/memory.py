@@ -70,19 +70,21 @@ class MemoryBroker(Broker):
                     self.reloads[queue] -= 1
                     return
                 self._release_due()
-                delivery = None
+                batch: list[Delivery] = []
                 for p in sorted(priorities):
                     ids = self.queues.get(self.queue_name(queue, p))
                     if ids:
-                        delivery = Delivery(ids.pop(0), p)
+                        n = batch_limit() if batch_limit is not None else 1
+                        batch = [Delivery(job_id, p) for job_id in ids[:n]]
+                        del ids[:n]
                         break
-                if delivery is None:
+                if not batch:
                     self._cond.wait(0.05)
-            if delivery is None:
+            if not batch:
                 if idle is not None:
                     idle()
                 continue
-            work = handler([delivery])
+            work = handler(batch)
             if work is not None:
                 work()
 
