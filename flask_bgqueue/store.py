@@ -79,6 +79,7 @@ class Store:
             t.c.queue == queue, t.c.queue.startswith(f"{queue}_", autoescape=True)
         )
         self._raw_insert_cache: dict[tuple[Any, ...], str] = {}
+        self._claim_cache: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         # A one-row INSERT reads its id with RETURNING where the driver's lastrowid does not
         # give it (PostgreSQL), as SQLAlchemy does.
         self._single_returning = not getattr(engine.dialect, "postfetch_lastrowid", True)
@@ -277,21 +278,20 @@ class Store:
         restricts the claim to those jobs (a broker delivered them), ``states`` to the
         states a job may be claimed from.
         """
-        t = self.table
         if not callbacks:
             return []
+        select, update = self._claim_statements(priorities is None, job_ids is None, states)
+        params: dict[str, Any] = {
+            "bgq_callbacks": list(callbacks),
+            "bgq_now": now,
+            "bgq_limit": limit,
+        }
+        if priorities is not None:
+            params["bgq_priorities"] = list(priorities)
+        if job_ids is not None:
+            params["bgq_job_ids"] = list(job_ids)
         with self._claim_transaction() as conn:
-            query = (
-                sa.select(t)
-                .where(self._runnable(priorities, callbacks, states), t.c.available_at <= now)
-                .order_by(t.c.priority, t.c.id)
-                .limit(limit)
-            )
-            if job_ids is not None:
-                query = query.where(t.c.id.in_(list(job_ids)))
-            if self.dialect != "sqlite":
-                query = query.with_for_update(skip_locked=True)
-            candidates = [Job.from_row(r) for r in conn.execute(query)]
+            candidates = [Job.from_row(r) for r in conn.execute(select, params)]
             chosen: list[Job] = []
             groups_seen: set[str] = set()
             for job in candidates:
@@ -313,19 +313,14 @@ class Store:
                 chosen.append(job)
             if not chosen:
                 return []
-            values = dict(
-                state=JobState.PROCESSING,
-                number_of_attempts=t.c.number_of_attempts + 1,
-                last_attempt_at=now,
-                heartbeat_at=now,
-                updated_at=now,
-                pid=pid,
-                hostname=hostname,
-            )
             conn.execute(
-                t.update()
-                .where(t.c.id.in_([j.id for j in chosen]), t.c.state.in_(states))
-                .values(**values)
+                update,
+                {
+                    "bgq_ids": [j.id for j in chosen],
+                    "bgq_now": now,
+                    "bgq_pid": pid,
+                    "bgq_hostname": hostname,
+                },
             )
         return [
             Claim(
@@ -343,6 +338,55 @@ class Store:
             )
             for job in chosen
         ]
+
+    def _claim_statements(
+        self, all_priorities: bool, any_job: bool, states: Sequence[JobState]
+    ) -> tuple[Any, Any]:
+        """The claim's SELECT and UPDATE, built once per shape (values are bound later)."""
+        key = (all_priorities, any_job, tuple(states))
+        cached = self._claim_cache.get(key)
+        if cached is not None:
+            return cached
+        t = self.table
+        literal_states: Any = sa.bindparam(
+            "bgq_states", [int(s) for s in states], expanding=True, literal_execute=True
+        )
+        where = [
+            t.c.state.in_(literal_states),
+            self.in_queue,
+            t.c.callback_name.in_(sa.bindparam("bgq_callbacks", expanding=True)),
+            t.c.available_at <= sa.bindparam("bgq_now"),
+        ]
+        if not all_priorities:
+            where.append(t.c.priority.in_(sa.bindparam("bgq_priorities", expanding=True)))
+        if not any_job:
+            where.append(t.c.id.in_(sa.bindparam("bgq_job_ids", expanding=True)))
+        select = (
+            sa.select(t)
+            .where(*where)
+            .order_by(t.c.priority, t.c.id)
+            .limit(sa.bindparam("bgq_limit", type_=sa.Integer, literal_execute=True))
+        )
+        if self.dialect != "sqlite":
+            select = select.with_for_update(skip_locked=True)
+        update = (
+            t.update()
+            .where(
+                t.c.id.in_(sa.bindparam("bgq_ids", expanding=True)),
+                t.c.state.in_([int(s) for s in states]),
+            )
+            .values(
+                state=JobState.PROCESSING,
+                number_of_attempts=t.c.number_of_attempts + 1,
+                last_attempt_at=sa.bindparam("bgq_now"),
+                heartbeat_at=sa.bindparam("bgq_now"),
+                updated_at=sa.bindparam("bgq_now"),
+                pid=sa.bindparam("bgq_pid"),
+                hostname=sa.bindparam("bgq_hostname"),
+            )
+        )
+        self._claim_cache[key] = (select, update)
+        return select, update
 
     def claim_delivered(
         self,
