@@ -348,9 +348,7 @@ class Store:
         if cached is not None:
             return cached
         t = self.table
-        literal_states: Any = sa.bindparam(
-            "bgq_states", [int(s) for s in states], expanding=True, literal_execute=True
-        )
+        literal_states = _literal_states(states)
         where = [
             t.c.state.in_(literal_states),
             self.in_queue,
@@ -467,11 +465,7 @@ class Store:
         states: Sequence[JobState] = RUNNABLE_STATES,
     ) -> Any:
         t = self.table
-        # States rendered as literals: PostgreSQL uses the partial index ix_<table>_claim
-        # only when it can see that the query's states fall inside the index's.
-        literal_states: Any = sa.bindparam(
-            "bgq_states", [int(s) for s in states], expanding=True, literal_execute=True
-        )
+        literal_states = _literal_states(states)
         clause = sa.and_(
             t.c.state.in_(literal_states), self.in_queue, t.c.callback_name.in_(list(callbacks))
         )
@@ -1043,3 +1037,11 @@ def _fast_sqlite_datetime(process: Any) -> Any:
     if process is not None and all(process(v) == fast(v) for v in samples):
         return fast
     return process
+
+
+def _literal_states(states: Sequence[JobState]) -> Any:
+    """States rendered as literals: PostgreSQL uses the partial index ix_<table>_claim only
+    when it can see that the query's states fall inside the index's."""
+    return sa.bindparam(
+        "bgq_states", [int(s) for s in states], expanding=True, literal_execute=True
+    )

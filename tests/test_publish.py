@@ -257,12 +257,19 @@ def test_end_bulk_without_start_is_an_error(queue_app: Flask) -> None:
         queue_app.bgq.end_bulk()  # type: ignore[attr-defined]
 
 
-def test_a_failed_insert_raises_sqlalchemys_error_and_returns_the_connection(
-    make_app: AppFactory,
-) -> None:
+@pytest.fixture
+def pooled_app(make_app: AppFactory) -> Flask:
+    """An app whose queue engine pools its connections (even on SQLite), with callback f."""
     app = make_app(BGQUEUE_ENGINE_OPTIONS={"poolclass": sa.QueuePool})
+    app.bgq.callback("f")(lambda: None)  # type: ignore[attr-defined]
+    return app
+
+
+def test_a_failed_insert_raises_sqlalchemys_error_and_returns_the_connection(
+    pooled_app: Flask,
+) -> None:
+    app = pooled_app
     bgq = app.bgq  # type: ignore[attr-defined]
-    bgq.callback("f")(lambda: None)
     with app.app_context():
         store = bgq._state().store
         assert bgq.publish("f") is not None
@@ -283,11 +290,10 @@ def _publish_bulk(bgq: BackgroundQueue, n: int) -> None:
 
 
 def test_publishing_leaves_no_transaction_open_on_pooled_connections(
-    make_app: AppFactory,
+    pooled_app: Flask,
 ) -> None:
-    app = make_app(BGQUEUE_ENGINE_OPTIONS={"poolclass": sa.QueuePool})
+    app = pooled_app
     bgq = app.bgq  # type: ignore[attr-defined]
-    bgq.callback("f")(lambda: None)
     with app.app_context():
         first = bgq.publish("f")
         _publish_bulk(bgq, 3)
