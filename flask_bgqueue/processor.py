@@ -221,7 +221,7 @@ class Processor:
                 batch = SweepResult()
                 started = time.perf_counter()
                 died = self.run_claims(claims, heartbeat, batch)
-                limit = self._next_batch_size(limit, len(claims), time.perf_counter() - started)
+                limit = self.next_batch_size(limit, len(claims), time.perf_counter() - started)
                 result.merge(batch)
                 if died:
                     result.died = True
@@ -230,7 +230,7 @@ class Processor:
         finally:
             heartbeat.stop()
 
-    def _next_batch_size(self, limit: int, claimed: int, seconds: float) -> int:
+    def next_batch_size(self, limit: int, claimed: int, seconds: float) -> int:
         """Claim more at once while jobs take under 2 ms each, up to ten times the setting.
 
         A full batch of quick jobs doubles the next claim; slow jobs (20 ms or more) bring

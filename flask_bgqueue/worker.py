@@ -177,7 +177,7 @@ class Worker:
                 started = time.perf_counter()
                 self._run(claims)
                 # Like the cron sweep: claim more at once while jobs are quick.
-                limit = self.processor._next_batch_size(
+                limit = self.processor.next_batch_size(
                     limit, len(claims), time.perf_counter() - started
                 )
 

@@ -448,7 +448,7 @@ def test_the_sweep_claims_more_at_once_only_while_jobs_are_quick(qapp: Flask) ->
     from flask_bgqueue.processor import Processor
 
     processor = Processor(qapp.extensions["bgqueue"], qapp)
-    assert processor._next_batch_size(10, 10, 0.005) == 20  # a full batch of 0.5 ms jobs
-    assert processor._next_batch_size(80, 80, 0.01) == 100  # at most ten times the setting
-    assert processor._next_batch_size(40, 7, 0.001) == 40  # not full: the queue is draining
-    assert processor._next_batch_size(40, 40, 1.0) == 10  # 25 ms a job: back to the setting
+    assert processor.next_batch_size(10, 10, 0.005) == 20  # a full batch of 0.5 ms jobs
+    assert processor.next_batch_size(80, 80, 0.01) == 100  # at most ten times the setting
+    assert processor.next_batch_size(40, 7, 0.001) == 40  # not full: the queue is draining
+    assert processor.next_batch_size(40, 40, 1.0) == 10  # 25 ms a job: back to the setting
