@@ -33,6 +33,10 @@ OUTCOME_COLUMNS = (
 )
 
 
+class _NotAllOurs(Exception):
+    """Rolls back a batch of outcomes of which some job was no longer this worker's."""
+
+
 class _ResultCursor:
     """The part of a DBAPI cursor :meth:`Store.insert` uses, on a SQLAlchemy connection."""
 
@@ -100,6 +104,7 @@ class Store:
         )
         self._group_lock_prefix = f"bgq:{table_name}:"
         self._claim_delivered: Any = None  # built by claim_delivered() on first use
+        self._save_many_statements: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -589,21 +594,81 @@ class Store:
     ) -> list[bool]:
         """Store several attempts' outcomes in one transaction; which ones were still ours.
 
-        The hot path of every job: one statement built once; the columns an outcome does
-        not name keep the values the claim saw.
+        The hot path of every job. Several outcomes go to the server together: one
+        ``executemany`` (psycopg sends it as one pipeline, sqlite3 loops in C) or, on
+        MySQL/MariaDB, whose driver sends an UPDATE per row, one UPDATE with a ``CASE`` per
+        column. When fewer rows match than were sent (a job was taken from this worker
+        while it ran), that transaction is rolled back and the outcomes are saved one by
+        one, to learn which were still ours. The columns an outcome does not name keep the
+        values the claim saw.
         """
-        saved = []
+        params = [self._outcome_params(c, state, values) for c, state, values in outcomes]
+        if len(params) > 1:
+            try:
+                with self.engine.begin() as conn:
+                    if self._save_many(conn, params) != len(params):
+                        raise _NotAllOurs
+                return [True] * len(params)
+            except _NotAllOurs:
+                pass
         with self.engine.begin() as conn:
-            for claim, state, values in outcomes:
-                job = claim.job
-                params: dict[str, Any] = {f"v_{c}": None for c in OUTCOME_COLUMNS}
-                params.update(
-                    v_available_at=job.available_at, v_number_of_attempts=job.number_of_attempts
-                )
-                params.update({f"v_{k}": v for k, v in values.items()})
-                params.update(v_state=int(state), b_id=job.id, b_attempts=job.number_of_attempts)
-                saved.append(conn.execute(self._save_outcome, params).rowcount == 1)
-        return saved
+            return [conn.execute(self._save_outcome, p).rowcount == 1 for p in params]
+
+    @staticmethod
+    def _outcome_params(claim: Claim, state: JobState, values: dict[str, Any]) -> dict[str, Any]:
+        job = claim.job
+        params: dict[str, Any] = {f"v_{c}": None for c in OUTCOME_COLUMNS}
+        params.update(v_available_at=job.available_at, v_number_of_attempts=job.number_of_attempts)
+        params.update({f"v_{k}": v for k, v in values.items()})
+        params.update(v_state=int(state), b_id=job.id, b_attempts=job.number_of_attempts)
+        return params
+
+    def _save_many(self, conn: sa.Connection, params: list[dict[str, Any]]) -> int:
+        """Save several outcomes with one round trip; how many rows matched."""
+        if self.dialect not in ("mysql", "mariadb"):
+            return conn.execute(self._save_outcome, params).rowcount
+        # A column whose value is the same in every outcome is bound once; the others
+        # get a CASE on the id. SQLAlchemy's pymysql dialect counts matched rows.
+        names = ["v_state", *(f"v_{c}" for c in OUTCOME_COLUMNS), "b_attempts"]
+        first = params[0]
+        varying = tuple(n for n in names if any(p[n] != first[n] for p in params))
+        stmt = self._save_many_statements.get((len(params), varying))
+        if stmt is None:
+            if len(self._save_many_statements) >= 256:
+                self._save_many_statements.clear()
+            stmt = self._build_save_many(len(params), varying)
+            self._save_many_statements[(len(params), varying)] = stmt
+        bound = {n: first[n] for n in names if n not in varying}
+        for k, p in enumerate(params):
+            bound[f"id_{k}"] = p["b_id"]
+            bound.update((f"{n}_{k}", p[n]) for n in varying)
+        return conn.execute(stmt, bound).rowcount
+
+    def _build_save_many(self, n: int, varying: tuple[str, ...]) -> Any:
+        t = self.table
+
+        def value(name: str, column: sa.Column[Any]) -> Any:
+            if name not in varying:
+                return sa.bindparam(name, type_=column.type)
+            return sa.case(
+                *(
+                    (
+                        t.c.id == sa.bindparam(f"id_{k}"),
+                        sa.bindparam(f"{name}_{k}", type_=column.type),
+                    )
+                    for k in range(n)
+                ),
+            )
+
+        return (
+            t.update()
+            .where(
+                t.c.id.in_([sa.bindparam(f"id_{k}") for k in range(n)]),
+                t.c.state == JobState.PROCESSING,
+                t.c.number_of_attempts == value("b_attempts", t.c.number_of_attempts),
+            )
+            .values({c: value(f"v_{c}", t.c[c]) for c in ("state", *OUTCOME_COLUMNS)})
+        )
 
     def release(self, claims: Sequence[Claim], now: datetime) -> None:
         """Give back claimed jobs that were not started (the worker is stopping)."""

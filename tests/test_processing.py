@@ -452,3 +452,69 @@ def test_the_sweep_claims_more_at_once_only_while_jobs_are_quick(qapp: Flask) ->
     assert processor.next_batch_size(80, 80, 0.01) == 100  # at most ten times the setting
     assert processor.next_batch_size(40, 7, 0.001) == 40  # not full: the queue is draining
     assert processor.next_batch_size(40, 40, 1.0) == 10  # 25 ms a job: back to the setting
+
+
+def test_a_batch_of_different_outcomes_is_saved_together_each_with_its_own_values(
+    qapp: Flask,
+) -> None:
+    """One UPDATE (or one pipeline) for the batch, yet every row gets its own outcome."""
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("ok")(lambda n: None)
+    bgq.callback("permanent")(lambda n: (_ for _ in ()).throw(PermanentError(f"no {n}")))
+    bgq.callback("temporary")(lambda n: (_ for _ in ()).throw(RuntimeError(f"later {n}")))
+    bgq.callback("waits")(lambda n: (_ for _ in ()).throw(WaitingException(f"wait {n}")))
+    names = ["ok", "permanent", "temporary", "waits"] * 3
+    ids = [bgq.publish(name, {"n": i}) for i, name in enumerate(names)]
+    started = utcnow()
+    result = bgq.process()
+    waited = result.outcomes.pop("WAITING")  # a waiting job may come round again
+    assert waited >= 3
+    assert result.outcomes == {"FINISHED": 3, "PERMANENTLY_FAILED": 3, "TEMPORARILY_FAILED": 3}
+    for i, (name, job_id) in enumerate(zip(names, ids, strict=True)):
+        job = bgq.get_job(job_id)
+        assert job.pid == os.getpid() and job.memory["after"] > 0
+        if name == "ok":
+            assert job.state is JobState.FINISHED and job.error_message is None
+            assert job.finished_at is not None and job.number_of_attempts == 1
+        elif name == "permanent":
+            assert job.state is JobState.PERMANENTLY_FAILED
+            assert job.error_message == f"PermanentError: no {i}"
+        elif name == "temporary":
+            assert job.state is JobState.TEMPORARILY_FAILED and job.number_of_attempts == 1
+            assert job.error_message == f"RuntimeError: later {i}"
+            assert job.available_at >= started + timedelta(seconds=59)
+        else:
+            assert job.state is JobState.WAITING and job.number_of_attempts == 0
+            assert job.error_message == f"wait {i}"
+        if name in ("permanent", "temporary"):
+            assert f"{job.error_message.split(':')[0]}:" in job.traceback
+
+
+def test_a_batch_saves_the_outcomes_still_ours_and_not_the_one_taken_away(qapp: Flask) -> None:
+    """A job taken from the worker mid-batch keeps its new state; the others are saved."""
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    ids: list[int] = []
+
+    def taken(n: int) -> None:
+        if n == 1:  # what the reaper does to a job it thinks lost (due in an hour)
+            set_columns(
+                bgq,
+                ids[1],
+                state=JobState.TEMPORARILY_FAILED,
+                number_of_attempts=2,
+                error_message="worker lost",
+                available_at=utcnow() + timedelta(hours=1),
+            )
+
+    bgq.callback("taken")(taken)
+    ids.extend(bgq.publish("taken", {"n": i}) for i in range(4))
+    bgq.process()
+    states = [bgq.get_job(i).state for i in ids]
+    assert states == [
+        JobState.FINISHED,
+        JobState.TEMPORARILY_FAILED,
+        JobState.FINISHED,
+        JobState.FINISHED,
+    ]
+    lost = bgq.get_job(ids[1])
+    assert lost.error_message == "worker lost" and lost.finished_at is None
