@@ -508,7 +508,10 @@ def test_a_batch_saves_the_outcomes_still_ours_and_not_the_one_taken_away(qapp: 
 
     bgq.callback("taken")(taken)
     ids.extend(bgq.publish("taken", {"n": i}) for i in range(4))
-    bgq.process()
+    finished: list[int] = []
+    with signals.job_finished.connected_to(lambda app, job: finished.append(job.id)):
+        bgq.process()
+    assert finished == [ids[0], ids[2], ids[3]]  # the worker knows which were still its own
     states = [bgq.get_job(i).state for i in ids]
     assert states == [
         JobState.FINISHED,
