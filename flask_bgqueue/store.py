@@ -31,10 +31,8 @@ OUTCOME_COLUMNS = (
     "available_at",
     "number_of_attempts",
 )
-
-
-class _NotAllOurs(Exception):
-    """Rolls back a batch of outcomes of which some job was no longer this worker's."""
+#: The parameters of an outcome's UPDATE other than the job's id.
+_OUTCOME_PARAMS = ("v_state", *(f"v_{c}" for c in OUTCOME_COLUMNS), "b_attempts")
 
 
 class _ResultCursor:
@@ -603,16 +601,14 @@ class Store:
         values the claim saw.
         """
         params = [self._outcome_params(c, state, values) for c, state, values in outcomes]
-        if len(params) > 1:
-            try:
-                with self.engine.begin() as conn:
-                    if self._save_many(conn, params) != len(params):
-                        raise _NotAllOurs
-                return [True] * len(params)
-            except _NotAllOurs:
-                pass
-        with self.engine.begin() as conn:
-            return [conn.execute(self._save_outcome, p).rowcount == 1 for p in params]
+        with self.engine.connect() as conn:
+            if len(params) > 1:
+                with conn.begin() as transaction:
+                    if self._save_many(conn, params) == len(params):
+                        return [True] * len(params)
+                    transaction.rollback()
+            with conn.begin():
+                return [conn.execute(self._save_outcome, p).rowcount == 1 for p in params]
 
     @staticmethod
     def _outcome_params(claim: Claim, state: JobState, values: dict[str, Any]) -> dict[str, Any]:
@@ -629,16 +625,15 @@ class Store:
             return conn.execute(self._save_outcome, params).rowcount
         # A column whose value is the same in every outcome is bound once; the others
         # get a CASE on the id. SQLAlchemy's pymysql dialect counts matched rows.
-        names = ["v_state", *(f"v_{c}" for c in OUTCOME_COLUMNS), "b_attempts"]
         first = params[0]
-        varying = tuple(n for n in names if any(p[n] != first[n] for p in params))
+        varying = tuple(n for n in _OUTCOME_PARAMS if any(p[n] != first[n] for p in params))
         stmt = self._save_many_statements.get((len(params), varying))
         if stmt is None:
             if len(self._save_many_statements) >= 256:
                 self._save_many_statements.clear()
             stmt = self._build_save_many(len(params), varying)
             self._save_many_statements[(len(params), varying)] = stmt
-        bound = {n: first[n] for n in names if n not in varying}
+        bound = {n: first[n] for n in _OUTCOME_PARAMS if n not in varying}
         for k, p in enumerate(params):
             bound[f"id_{k}"] = p["b_id"]
             bound.update((f"{n}_{k}", p[n]) for n in varying)
