@@ -18,7 +18,10 @@ no-op jobs published in bulk beforehand (not timed):
                  same engine, looping: claim ONE due job (PostgreSQL/MariaDB: ``SELECT ...
                  FOR UPDATE SKIP LOCKED LIMIT 1``; SQLite: ``BEGIN IMMEDIATE`` + ``SELECT ...
                  LIMIT 1``), ``UPDATE`` it to PROCESSING, COMMIT; ``UPDATE`` it to FINISHED,
-                 COMMIT. Timed from process start to the last exit.
+                 COMMIT. Timed from process start to the last exit. On PostgreSQL the
+                 table is analyzed before timing (the library's workers analyze a table
+                 that never was themselves, within the timed run): without statistics the
+                 planner sorts every runnable job for each claim.
 
 Afterwards every job must be FINISHED (counted per state; anything else fails the run).
 Prints one JSON document on stdout; progress on stderr.
@@ -79,8 +82,15 @@ def make_app(url: str, table: str, locks_dir: str) -> Any:
     return benchapp.create_app()
 
 
-def prepare(url: str, table: str, n: int, tmp: str, table_sql: str = "") -> dict[str, Any]:
-    """Create the table, publish ``n`` due no-op jobs in bulk, run ``table_sql`` (not timed)."""
+def prepare(
+    url: str, table: str, n: int, tmp: str, table_sql: str = "", analyze: bool = False
+) -> dict[str, Any]:
+    """Create the table, publish ``n`` due no-op jobs in bulk, run ``table_sql`` (not timed).
+
+    ``analyze``: PostgreSQL only, ``ANALYZE`` the table too (for the plain loop, which has
+    nothing of its own to give the planner statistics; the library's workers analyze a
+    never-analyzed table themselves, inside the timed run).
+    """
     app = make_app(url, table, os.path.join(tmp, "setup"))
     with app.app_context():
         import benchapp
@@ -95,6 +105,9 @@ def prepare(url: str, table: str, n: int, tmp: str, table_sql: str = "") -> dict
                 for statement in table_sql.split(";"):
                     if statement.strip():
                         conn.exec_driver_sql(statement.replace("{table}", table))
+        if analyze and state.engine.dialect.name == "postgresql":
+            with state.engine.begin() as conn:
+                conn.exec_driver_sql(f"ANALYZE {table}")
         state.engine.dispose()  # no pooled connection crosses a fork
     return info
 
@@ -255,7 +268,7 @@ def bench_database(
                 table = new_table_name()
                 try:
                     log(f"[{db}] {kind}, {procs} process(es): publishing {n} jobs in bulk")
-                    info = prepare(url, table, n, tmp, table_sql)
+                    info = prepare(url, table, n, tmp, table_sql, analyze=kind == "plain_sql")
                     result["claim_batch_size"] = info["claim_batch_size"]
                     log(f"[{db}] {kind}, {procs} process(es): draining")
                     figures = runner(url, table, n, procs, tmp)

@@ -178,6 +178,7 @@ class Processor:
         """Run due jobs until none is due (see :meth:`BackgroundQueue.process`)."""
         s = self.settings
         result = SweepResult()
+        self.store.ensure_statistics()
         now = utcnow()
         result.reaped = self.store.reap_lost(
             now, timedelta(seconds=s.worker_lost_after_seconds), s.max_attempts

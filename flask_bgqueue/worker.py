@@ -72,6 +72,7 @@ class Worker:
         self._last_reap = 0.0
 
     def run(self) -> ConsumeResult:
+        self.store.ensure_statistics()
         self.heartbeat.start()
         try:
             broker = self.state.broker

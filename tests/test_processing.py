@@ -419,6 +419,30 @@ def test_the_due_job_query_is_served_by_the_due_index(qapp: Flask) -> None:
     assert f"ix_{t.name}_due" in plan
 
 
+def test_a_sweep_analyzes_a_job_table_that_never_was(qapp: Flask) -> None:
+    """PostgreSQL: without statistics each claim would read and sort every runnable job."""
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda: None)
+    for _ in range(30):
+        bgq.publish("f")
+    store = bgq._state().store
+
+    def reltuples() -> float:
+        with store.engine.connect() as conn:
+            return conn.exec_driver_sql(
+                f"SELECT reltuples FROM pg_class WHERE oid = '{store.table.name}'::regclass"
+            ).scalar()
+
+    if store.dialect != "postgresql":
+        assert bgq.process().processed == 30
+        assert store.ensure_statistics() is False  # nothing to do elsewhere
+        return
+    assert reltuples() < 0  # never analyzed
+    assert bgq.process().processed == 30
+    assert reltuples() == 30  # analyzed before the first claim, with the 30 jobs in it
+    assert store.ensure_statistics() is False  # once is enough; autovacuum keeps it fresh
+
+
 def test_an_outcome_is_saved_at_once_even_while_a_later_job_of_its_batch_runs(qapp: Flask) -> None:
     """Outcomes of a batch are saved together, but never wait for a slow job after them."""
     import threading
