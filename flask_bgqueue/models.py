@@ -126,9 +126,23 @@ class Job:
     @classmethod
     def from_row(cls, row: Any) -> Job:
         m = row._mapping
-        values = {f.name: m[f.name] for f in fields(cls)}
+        values = {name: m[name] for name in _JOB_FIELDS}
         values["state"] = JobState(values["state"])
         values["is_unique"] = bool(values["is_unique"])
         if values["parameters"] is not None:
             values["parameters"] = bytes(values["parameters"])
         return cls(**values)
+
+    def evolve(self, **changes: Any) -> Job:
+        """A copy with ``changes``: :func:`dataclasses.replace` without its per-call
+        introspection (each claimed job goes through here)."""
+        unknown = changes.keys() - _JOB_FIELD_SET
+        if unknown:
+            raise TypeError(f"Job has no field {', '.join(sorted(unknown))}")
+        job = object.__new__(Job)
+        job.__dict__.update(self.__dict__, **changes)
+        return job
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
+_JOB_FIELD_SET = frozenset(_JOB_FIELDS)

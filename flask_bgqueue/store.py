@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -351,8 +351,7 @@ class Store:
             )
         return [
             Claim(
-                replace(
-                    job,
+                job.evolve(
                     state=JobState.PROCESSING,
                     number_of_attempts=job.number_of_attempts + 1,
                     last_attempt_at=now,
