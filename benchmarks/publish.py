@@ -11,6 +11,10 @@ Per database, in one run, on the same engine and durability settings:
 (d) ``plain_multi``   raw DBAPI connection: one INSERT of BGQUEUE_BULK_SIZE rows + COMMIT per
                       statement
 
+(a) and (c) alternate in ten slices of N/10 rows (each timed, then summed), as do (b) and
+(d): commit times drift during a run (the disk's fsync, the server's checkpoints), and each
+pair should meet the same conditions.
+
 The plain loops write the same 13 columns with the same values and types into a table made
 by the same migrations (``schema.upgrade(engine, <other name>)``: same columns and indexes),
 and fetch the new ids exactly when the library does (RETURNING where SQLAlchemy uses it,
@@ -60,6 +64,7 @@ COLUMNS = (
 GOAL_PUBLISH = 0.70  # publish >= 70 % of plain single-row INSERT + COMMIT
 GOAL_BULK = 0.50  # bulk >= 50 % of plain multi-row INSERT + COMMIT
 WARMUP = 200  # rows written by each variant before its timed run (imports, caches, prepares)
+ROUNDS = 10  # each pair of variants alternates in this many slices of the --jobs rows
 
 
 def utcnow() -> datetime:
@@ -223,19 +228,22 @@ def bench_database(db: str, url: str, n: int) -> tuple[dict[str, Any], dict[str,
                 plain.multi(0, WARMUP, bulk_size)
                 before_job, before_plain = count(engine, table), count(engine, plain_table)
 
-                # Interleaved, so each pair meets a table of the same size.
-                log(f"[{db}] (a) publish one by one: {n} jobs")
-                t_publish = run_publish(bgq, 0, n)
-                log(f"[{db}]     {n / t_publish:.0f} jobs/s")
-                log(f"[{db}] (c) plain single-row INSERT + COMMIT: {n} rows")
-                t_single = plain.single(0, n)
-                log(f"[{db}]     {n / t_single:.0f} rows/s")
-                log(f"[{db}] (b) bulk (BGQUEUE_BULK_SIZE={bulk_size}): {n} jobs")
-                t_bulk = run_bulk(bgq, 0, n)
-                log(f"[{db}]     {n / t_bulk:.0f} jobs/s")
-                log(f"[{db}] (d) plain {bulk_size}-row INSERT + COMMIT: {n} rows")
-                t_multi = plain.multi(0, n, bulk_size)
-                log(f"[{db}]     {n / t_multi:.0f} rows/s")
+                # Interleaved in ROUNDS slices, so that both sides of a pair meet a table
+                # of the same size and the same disk: commit (fsync) times drift over a run.
+                t_publish = t_single = t_bulk = t_multi = 0.0
+                slices = [(r * n // ROUNDS, (r + 1) * n // ROUNDS) for r in range(ROUNDS)]
+                log(f"[{db}] (a) publish one by one / (c) plain single-row INSERT + COMMIT:")
+                log(f"[{db}]     {n} each, alternating in {ROUNDS} slices")
+                for lo, hi in slices:
+                    t_publish += run_publish(bgq, lo, hi - lo)
+                    t_single += plain.single(lo, hi - lo)
+                log(f"[{db}]     {n / t_publish:.0f} jobs/s, plain {n / t_single:.0f} rows/s")
+                log(f"[{db}] (b) bulk (BGQUEUE_BULK_SIZE={bulk_size}) / (d) plain {bulk_size}-row")
+                log(f"[{db}]     INSERT + COMMIT: {n} each, alternating in {ROUNDS} slices")
+                for lo, hi in slices:
+                    t_bulk += run_bulk(bgq, lo, hi - lo)
+                    t_multi += plain.multi(lo, hi - lo, bulk_size)
+                log(f"[{db}]     {n / t_bulk:.0f} jobs/s, plain {n / t_multi:.0f} rows/s")
             finally:
                 plain.close()
             assert count(engine, table) == before_job + 2 * n

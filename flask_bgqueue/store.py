@@ -116,7 +116,14 @@ class Store:
         """
         engine = self.engine
         instrumented = engine.dispatch.before_cursor_execute or engine.dispatch.after_cursor_execute
-        with self._sqlalchemy_transaction() if instrumented else self._raw_transaction() as cursor:
+        # One statement either way (one row, or several with RETURNING): on PostgreSQL it
+        # commits by itself, without a COMMIT round trip of its own.
+        single = len(rows) == 1 or bool(engine.dialect.insert_returning)
+        if instrumented:
+            transaction = self._sqlalchemy_transaction()
+        else:
+            transaction = self._raw_transaction(single_statement=single)
+        with transaction as cursor:
             if len(rows) > 1 and engine.dialect.insert_returning:
                 # Autoincrement ids are handed out in VALUES order, so the sorted ids line
                 # up with the rows whatever order RETURNING lists them in.
@@ -136,20 +143,29 @@ class Store:
             yield _ResultCursor(conn)
 
     @contextmanager
-    def _raw_transaction(self) -> Iterator[Any]:
+    def _raw_transaction(self, single_statement: bool = False) -> Iterator[Any]:
         """A DBAPI cursor on a pooled connection, committed on success.
 
-        Driver errors come out as SQLAlchemy's (``sa.exc.OperationalError`` ...), and a
-        connection the server dropped is thrown away rather than put back in the pool.
+        ``single_statement``: the caller sends one statement only, which on PostgreSQL
+        then runs in autocommit mode (a client-side switch in psycopg): one round trip
+        instead of two, the same durability. Driver errors come out as SQLAlchemy's
+        (``sa.exc.OperationalError`` ...), and a connection the server dropped is thrown
+        away rather than put back in the pool.
         """
         dialect = self.engine.dialect
         raw: Any = self.engine.raw_connection()
+        autocommit = single_statement and self.dialect == "postgresql"
         cursor = None
         try:
+            if autocommit:
+                raw.driver_connection.autocommit = True
             cursor = raw.cursor()
             yield cursor
             cursor.close()
-            raw.commit()
+            if autocommit:
+                raw.driver_connection.autocommit = False  # as the pool hands it out
+            else:
+                raw.commit()
             # Committed: the pool need not send a ROLLBACK on return (one round trip less on
             # MySQL, whose driver sends it even with no transaction open).
             close = getattr(raw, "_close_special", None)
@@ -170,6 +186,12 @@ class Store:
             ) from exc
         finally:
             if raw is not None:
+                driver = raw.driver_connection
+                if autocommit and driver is not None and driver.autocommit:  # it failed
+                    try:
+                        driver.autocommit = False
+                    except dialect.loaded_dbapi.Error:
+                        raw.invalidate()
                 raw.close()  # back to the pool, which rolls back anything left uncommitted
 
     def _raw_insert(
@@ -443,7 +465,9 @@ class Store:
             "cd_pid": pid,
             "cd_hostname": hostname,
         }
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
+            # One statement: it commits by itself, without a COMMIT round trip.
+            conn.execution_options(isolation_level="AUTOCOMMIT")
             rows = conn.execute(self._claim_delivered, params).all()
         return [Claim(Job.from_row(r), JobState(r.bgq_previous_state)) for r in rows]
 
@@ -630,6 +654,9 @@ class Store:
                     if self._save_many(conn, params) == len(params):
                         return [True] * len(params)
                     transaction.rollback()
+            elif self.dialect == "postgresql":  # one statement: it commits by itself
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                return [conn.execute(self._save_outcome, params[0]).rowcount == 1]
             with conn.begin():
                 return [conn.execute(self._save_outcome, p).rowcount == 1 for p in params]
 

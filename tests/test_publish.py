@@ -307,3 +307,34 @@ def test_publishing_leaves_no_transaction_open_on_pooled_connections(
         finally:
             other.dispose()
     assert ids[0] == first and len(ids) == 4
+
+
+def test_a_failed_publish_hands_back_a_connection_whose_transactions_still_roll_back(
+    make_app: AppFactory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL writes one-statement publishes in autocommit mode; a failure must not leave
+    the pooled connection in it (the next transaction on it could not roll back)."""
+    one_connection = {"pool_size": 1, "max_overflow": 0}
+    app = make_app(
+        BGQUEUE_ENGINE_OPTIONS={"poolclass": sa.NullPool}
+        if db_url.startswith("sqlite")
+        else one_connection
+    )
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("cb")(lambda: None)
+    with app.app_context():
+        store = bgq._state().store
+        bgq.publish("cb")
+        monkeypatch.setattr(
+            store, "_raw_insert", lambda rows, returning: ("SELECT * FROM bgq_no_such_table", ())
+        )
+        with pytest.raises(sa.exc.DBAPIError):
+            bgq.publish("cb")
+        monkeypatch.undo()
+        with store.engine.connect() as conn:  # the same connection: the pool holds one
+            with conn.begin() as transaction:
+                conn.execute(store.table.delete())
+                transaction.rollback()
+        assert count_rows(bgq) == 1
+        assert bgq.publish("cb") is not None
+        assert count_rows(bgq) == 2
