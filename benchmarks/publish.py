@@ -11,7 +11,10 @@ Per database, in one run, on the same engine and durability settings:
 (d) ``plain_multi``   raw DBAPI connection: one INSERT of BGQUEUE_BULK_SIZE rows + COMMIT per
                       statement
 
-(a) and (c) alternate in ten slices of N/10 rows (each timed, then summed), as do (b) and
+(c') ``plain_single_autocommit`` (PostgreSQL only) the same INSERTs in autocommit mode, no
+                      COMMIT: what the library sends for one job there (one round trip)
+
+(a) and (c) (and (c')) alternate in ten slices of N/10 rows (each timed, then summed), as do (b) and
 (d): commit times drift during a run (the disk's fsync, the server's checkpoints), and each
 pair should meet the same conditions.
 
@@ -150,17 +153,23 @@ class Plain:
             False,
         )
 
-    def single(self, start: int, n: int) -> float:
+    def single(self, start: int, n: int, autocommit: bool = False) -> float:
+        """``autocommit`` (PostgreSQL): no COMMIT, each INSERT commits by itself."""
         raw, sql = self.raw, self.single_sql
         ids = []
+        if autocommit:
+            raw.driver_connection.autocommit = True
         t0 = time.perf_counter()
         cur = raw.cursor()
         for i in range(start, start + n):
             cur.execute(sql, self.row(i))
             ids.append(cur.fetchone()[0] if self.single_returning else cur.lastrowid)
-            raw.commit()
+            if not autocommit:
+                raw.commit()
         cur.close()
         elapsed = time.perf_counter() - t0
+        if autocommit:
+            raw.driver_connection.autocommit = False
         assert len(ids) == n and all(ids)
         return elapsed
 
@@ -234,10 +243,16 @@ def bench_database(db: str, url: str, n: int) -> tuple[dict[str, Any], dict[str,
                 slices = [(r * n // ROUNDS, (r + 1) * n // ROUNDS) for r in range(ROUNDS)]
                 log(f"[{db}] (a) publish one by one / (c) plain single-row INSERT + COMMIT:")
                 log(f"[{db}]     {n} each, alternating in {ROUNDS} slices")
+                autocommit = db == "postgresql"
+                t_autocommit = 0.0
                 for lo, hi in slices:
                     t_publish += run_publish(bgq, lo, hi - lo)
                     t_single += plain.single(lo, hi - lo)
+                    if autocommit:
+                        t_autocommit += plain.single(lo, hi - lo, autocommit=True)
                 log(f"[{db}]     {n / t_publish:.0f} jobs/s, plain {n / t_single:.0f} rows/s")
+                if autocommit:
+                    log(f"[{db}]     plain in autocommit mode {n / t_autocommit:.0f} rows/s")
                 log(f"[{db}] (b) bulk (BGQUEUE_BULK_SIZE={bulk_size}) / (d) plain {bulk_size}-row")
                 log(f"[{db}]     INSERT + COMMIT: {n} each, alternating in {ROUNDS} slices")
                 for lo, hi in slices:
@@ -247,7 +262,7 @@ def bench_database(db: str, url: str, n: int) -> tuple[dict[str, Any], dict[str,
             finally:
                 plain.close()
             assert count(engine, table) == before_job + 2 * n
-            assert count(engine, plain_table) == before_plain + 2 * n
+            assert count(engine, plain_table) == before_plain + (3 if autocommit else 2) * n
             env = environment({db: engine})
             engine.dispose()
     finally:
@@ -255,7 +270,7 @@ def bench_database(db: str, url: str, n: int) -> tuple[dict[str, Any], dict[str,
 
     r_publish = (n / t_publish) / (n / t_single)
     r_bulk = (n / t_bulk) / (n / t_multi)
-    result = {
+    result: dict[str, Any] = {
         "bulk_size": bulk_size,
         "jobs_per_s": {
             "publish_one_by_one": round(n / t_publish),
@@ -273,6 +288,16 @@ def bench_database(db: str, url: str, n: int) -> tuple[dict[str, Any], dict[str,
             "publish_to_plain_single": round(r_publish, 3),
             "bulk_to_plain_multi": round(r_bulk, 3),
         },
+        **(
+            {
+                "postgresql_autocommit": {
+                    "plain_single_row_autocommit_jobs_per_s": round(n / t_autocommit),
+                    "publish_to_plain_single_autocommit": round(t_autocommit / t_publish, 3),
+                }
+            }
+            if autocommit
+            else {}
+        ),
         "goals": {
             "publish_to_plain_single_min": GOAL_PUBLISH,
             "publish_to_plain_single_met": r_publish >= GOAL_PUBLISH,
