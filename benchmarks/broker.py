@@ -16,6 +16,9 @@ Sections (see BROKER.md for what each figure means):
              prefetch 1, one ack per message) in 1 and 2 processes.
 ``latency``  one idle consumer; ``--latency-jobs`` jobs published one after the other, each
              recording ``time.time()`` when its callback starts; latency = start - publish.
+             With RabbitMQ, also ``plain_floor``: the same sequence with no library (row
+             committed, id published with a confirm, claimed by a committed UPDATE in a
+             plain pika consumer, acknowledged, start), the least such a design pays.
 ``memory``   one consumer runs ``--memory-jobs`` no-op jobs (published in bulk, broker mode);
              its VmRSS is sampled every 10 % of them.
 
@@ -50,6 +53,7 @@ import pika
 import sqlalchemy as sa
 from common import HERE, SERVER_URLS, environment, log, new_table_name
 
+from flask_bgqueue import schema
 from flask_bgqueue.broker.amqp import TIERS_MS, control_queue, delay_queue, work_queue
 
 PG_URL = SERVER_URLS["postgresql"]
@@ -504,6 +508,112 @@ def bench_drain(run: Run, n: int, procs_list: list[int]) -> dict[str, Any]:
 # -- 3. publish-to-start latency ----------------------------------------------------------
 
 
+def plain_latency_consumer(queue: str, table: str, stamp: tuple[str, int], ready: Any) -> None:
+    """The floor's consumer: per message, claim the row (one autocommit ``UPDATE``), ack,
+    take ``time.time()`` and send it by UDP, then mark the row finished."""
+    engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
+    raw: Any = engine.raw_connection()
+    raw.driver_connection.autocommit = True
+    cur = raw.cursor()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    claim = (
+        f'UPDATE "{table}" SET state = 2, number_of_attempts = number_of_attempts + 1,'
+        f" last_attempt_at = %s, heartbeat_at = %s, updated_at = %s, pid = %s, hostname = %s"
+        f" WHERE id = %s AND state = 1 RETURNING id"
+    )
+    finish = f'UPDATE "{table}" SET state = {FINISHED}, finished_at = %s WHERE id = %s'
+    pid, host = os.getpid(), socket.gethostname()
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1)
+
+    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        if body == b"stop":
+            ch.basic_ack(method.delivery_tag)
+            ch.stop_consuming()
+            return
+        job_id = int(body)
+        now = utcnow()
+        cur.execute(claim, (now, now, now, pid, host, job_id))
+        claimed = cur.fetchone() is not None
+        ch.basic_ack(method.delivery_tag)
+        if claimed:
+            started = time.time()
+            sock.sendto(f"{job_id} {started!r}".encode(), stamp)
+            cur.execute(finish, (utcnow(), job_id))
+
+    channel.basic_consume(queue, on_message)
+    ready.set()
+    channel.start_consuming()
+    connection.close()
+    raw.close()
+    engine.dispose()
+
+
+def bench_latency_floor(run: Run, n: int, gap: float, warmup: int) -> dict[str, Any]:
+    """The least a job queue that keeps jobs in PostgreSQL and wakes consumers through
+    RabbitMQ must do between publish and start, with no library: the job row committed
+    (``INSERT ... RETURNING id`` in autocommit, one round trip), its id published
+    (persistent, confirmed, durable queue), received by a consumer in another process,
+    claimed by a committed ``UPDATE`` (autocommit), acknowledged; then the start time."""
+    table, queue = run.table(), run.amqp_queue("latfloor")
+    engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
+    schema.upgrade(engine, table)  # the library's own table: same columns and indexes
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True)
+    channel.confirm_delivery()
+    props = pika.BasicProperties(delivery_mode=2)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    consumer = ctx.Process(
+        target=plain_latency_consumer, args=(queue, table, sock.getsockname(), ready)
+    )
+    consumer.start()
+    raw: Any = engine.raw_connection()
+    raw.driver_connection.autocommit = True
+    cur = raw.cursor()
+    insert = (
+        f'INSERT INTO "{table}" (queue, priority, callback_name, parameters_json, state,'
+        f" created_at, updated_at, available_at, number_of_attempts, is_unique)"
+        f" VALUES (%s, %s, %s, %s, 1, %s, %s, %s, 0, false) RETURNING id"
+    )
+    latencies: list[float] = []
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("[latency floor] the plain consumer did not start")
+        log(f"[latency] floor (no library): {warmup} warm-up + {n} sequential jobs")
+        for i in range(warmup + n):
+            t_call = time.time()
+            now = utcnow()
+            cur.execute(insert, ("floor", PRIORITY, "stamp", json.dumps({"seq": i}), now, now, now))
+            job_id = cur.fetchone()[0]
+            channel.basic_publish("", queue, str(job_id).encode(), props)
+            sock.settimeout(10)
+            while True:
+                got, started = sock.recv(100).decode().split()
+                if int(got) == job_id:
+                    break
+            if i >= warmup:
+                latencies.append(float(started) - t_call)
+            time.sleep(gap)
+        channel.basic_publish("", queue, b"stop", props)
+        consumer.join(30)
+    finally:
+        if consumer.is_alive():
+            consumer.terminate()
+            consumer.join()
+        sock.close()
+        raw.close()
+        connection.close()
+        engine.dispose()
+    figures = {"p50_ms": ms(percentile(latencies, 50)), "p99_ms": ms(percentile(latencies, 99))}
+    log(f"[latency]     floor p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
+    return figures
+
+
 def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int = 10) -> dict:
     kind = "rabbitmq" if broker else "listen_notify"
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -577,6 +687,8 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
         "target_met": percentile(from_call, 50) * 1000 <= target,
     }
     log(f"[latency]     p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
+    if broker:
+        figures["plain_floor"] = bench_latency_floor(run, n, gap, warmup)
     return figures
 
 
