@@ -125,7 +125,11 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
-        m = row._mapping
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Any) -> Job:
+        """From a mapping of column names to values (a row's ``_mapping``, or a dict)."""
         values = {name: m[name] for name in _JOB_FIELDS}
         values["state"] = JobState(values["state"])
         values["is_unique"] = bool(values["is_unique"])

@@ -101,7 +101,8 @@ class Store:
             .values({c: sa.bindparam(f"v_{c}") for c in ("state", *OUTCOME_COLUMNS)})
         )
         self._group_lock_prefix = f"bgq:{table_name}:"
-        self._claim_delivered: Any = None  # built by claim_delivered() on first use
+        # (statement, SQL, constant parameters), built by claim_delivered() on first use
+        self._claim_delivered: tuple[Any, str, dict[str, Any]] | None = None
         self._save_many_statements: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     # -- publishing ---------------------------------------------------------------------
@@ -115,7 +116,7 @@ class Store:
         through SQLAlchemy instead, so that those listeners see the INSERT.
         """
         engine = self.engine
-        instrumented = engine.dispatch.before_cursor_execute or engine.dispatch.after_cursor_execute
+        instrumented = self._instrumented()
         # One statement either way (one row, or several with RETURNING): on PostgreSQL it
         # commits by itself, without a COMMIT round trip of its own.
         single = len(rows) == 1 or bool(engine.dialect.insert_returning)
@@ -136,6 +137,11 @@ class Store:
                     int(cursor.fetchone()[0] if self._single_returning else cursor.lastrowid)
                 )
             return ids
+
+    def _instrumented(self) -> bool:
+        """Whether the engine has cursor listeners (query recording, tracing)."""
+        dispatch = self.engine.dispatch
+        return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
 
     @contextmanager
     def _sqlalchemy_transaction(self) -> Iterator[_ResultCursor]:
@@ -457,6 +463,7 @@ class Store:
             return None
         if self._claim_delivered is None:
             self._claim_delivered = self._build_claim_delivered()
+        statement, sql, constants = self._claim_delivered
         params = {
             "cd_ids": list(job_ids),
             "cd_states": [int(s) for s in states],
@@ -465,13 +472,33 @@ class Store:
             "cd_pid": pid,
             "cd_hostname": hostname,
         }
-        with self.engine.connect() as conn:
-            # One statement: it commits by itself, without a COMMIT round trip.
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-            rows = conn.execute(self._claim_delivered, params).all()
-        return [Claim(Job.from_row(r), JobState(r.bgq_previous_state)) for r in rows]
+        # One statement: it commits by itself (autocommit), without a COMMIT round trip.
+        rows: list[Any]
+        if self._instrumented():  # cursor listeners must see it: through SQLAlchemy
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                rows = [r._mapping for r in conn.execute(statement, params)]
+        else:  # straight to the driver, in SQL compiled once
+            with self._raw_transaction(single_statement=True) as cursor:
+                cursor.execute(sql, {**constants, **params})
+                names = [d.name for d in cursor.description]
+                rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+        return [Claim(Job.from_mapping(m), JobState(m["bgq_previous_state"])) for m in rows]
 
-    def _build_claim_delivered(self) -> Any:
+    def _build_claim_delivered(self) -> tuple[Any, str, dict[str, Any]]:
+        """The statement, its SQL for psycopg, and the values of its constant parameters."""
+        statement = self._claim_delivered_statement()
+        compiled = statement.compile(dialect=self.engine.dialect)
+        placeholders = dict.fromkeys(("cd_ids", "cd_states", "cd_callbacks", "cd_now"))
+        values = compiled.construct_params({**placeholders, "cd_pid": 0, "cd_hostname": ""})
+        constants = {
+            k: int(v) if isinstance(v, JobState) else v
+            for k, v in values.items()
+            if not k.startswith("cd_")
+        }
+        return statement, str(compiled), constants
+
+    def _claim_delivered_statement(self) -> Any:
         from sqlalchemy.dialects import postgresql
 
         t = self.table

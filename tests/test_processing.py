@@ -443,6 +443,54 @@ def test_a_sweep_analyzes_a_job_table_that_never_was(qapp: Flask) -> None:
     assert store.ensure_statistics() is False  # once is enough; autovacuum keeps it fresh
 
 
+def test_a_delivered_claim_reads_the_same_job_through_the_driver_and_through_sqlalchemy(
+    qapp: Flask,
+) -> None:
+    """PostgreSQL claims delivered jobs with one statement, sent straight to the driver, or
+    through SQLAlchemy when the engine has cursor listeners; both give the row as stored."""
+    import sqlalchemy as sa
+
+    from flask_bgqueue.models import RUNNABLE_STATES
+    from flask_bgqueue.store import Claim
+
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda: None)
+    store = bgq._state().store
+    plain = [bgq.publish("f", {"n": n}) for n in range(2)]
+    grouped = bgq.publish("f", serial_group="g")
+    for job_id in plain:
+        set_columns(bgq, job_id, metadata={"tag": job_id}, parameters=b"\x00\xff")
+
+    def claim(job_ids: list[int]) -> list[Claim] | None:
+        return store.claim_delivered(
+            now=utcnow(),
+            job_ids=job_ids,
+            callbacks=["f"],
+            pid=4242,
+            hostname="claimer",
+            states=RUNNABLE_STATES,
+        )
+
+    if store.dialect != "postgresql":
+        assert claim(plain) is None  # the other databases use claim()
+        return
+    direct = claim([plain[0], grouped])  # a serial group is left for claim() to check
+    statements: list[str] = []
+    sa.event.listen(
+        store.engine, "before_cursor_execute", lambda c, cur, sql, *a: statements.append(sql)
+    )
+    recorded = claim([plain[1]])
+    assert any("bgq_claimable" in sql for sql in statements)
+    for claims, job_id in ((direct, plain[0]), (recorded, plain[1])):
+        assert claims is not None and len(claims) == 1
+        [c] = claims
+        assert c.previous_state is JobState.READY
+        assert c.job == bgq.get_job(job_id)
+        assert c.job.state is JobState.PROCESSING and c.job.pid == 4242
+        assert c.job.metadata == {"tag": job_id} and c.job.parameters == b"\x00\xff"
+    assert bgq.get_job(grouped).state is JobState.READY
+
+
 def test_an_outcome_is_saved_at_once_even_while_a_later_job_of_its_batch_runs(qapp: Flask) -> None:
     """Outcomes of a batch are saved together, but never wait for a slow job after them."""
     import threading
