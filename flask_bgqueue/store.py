@@ -379,15 +379,7 @@ class Store:
             )
         return [
             Claim(
-                job.evolve(
-                    state=JobState.PROCESSING,
-                    number_of_attempts=job.number_of_attempts + 1,
-                    last_attempt_at=now,
-                    heartbeat_at=now,
-                    updated_at=now,
-                    pid=pid,
-                    hostname=hostname,
-                ),
+                job.evolve(**_claimed(job.number_of_attempts, now, pid, hostname)),
                 job.state,
             )
             for job in chosen
@@ -428,13 +420,12 @@ class Store:
             t.update()
             .where(t.c.id.in_(sa.bindparam("bgq_ids", expanding=True)))
             .values(
-                state=JobState.PROCESSING,
-                number_of_attempts=t.c.number_of_attempts + 1,
-                last_attempt_at=sa.bindparam("bgq_now"),
-                heartbeat_at=sa.bindparam("bgq_now"),
-                updated_at=sa.bindparam("bgq_now"),
-                pid=sa.bindparam("bgq_pid"),
-                hostname=sa.bindparam("bgq_hostname"),
+                _claimed(
+                    t.c.number_of_attempts,
+                    sa.bindparam("bgq_now"),
+                    sa.bindparam("bgq_pid"),
+                    sa.bindparam("bgq_hostname"),
+                )
             )
         )
         self._claim_cache[key] = (select, update)
@@ -524,13 +515,12 @@ class Store:
             t.update()
             .where(t.c.id == old.c.id)
             .values(
-                state=JobState.PROCESSING,
-                number_of_attempts=t.c.number_of_attempts + 1,
-                last_attempt_at=now,
-                heartbeat_at=now,
-                updated_at=now,
-                pid=sa.bindparam("cd_pid"),
-                hostname=sa.bindparam("cd_hostname"),
+                _claimed(
+                    t.c.number_of_attempts,
+                    now,
+                    sa.bindparam("cd_pid"),
+                    sa.bindparam("cd_hostname"),
+                )
             )
             .returning(*t.c, old.c.bgq_previous_state)
         )
@@ -1158,6 +1148,20 @@ class Store:
                 if conn.execute(stmt).rowcount == 1:
                     deleted.append(job_id)
         return deleted
+
+
+def _claimed(attempts: Any, now: Any, pid: Any, hostname: Any) -> dict[str, Any]:
+    """The columns a claim sets, for both claim statements (SQL expressions) and for the
+    claimed job's snapshot (values)."""
+    return {
+        "state": JobState.PROCESSING,
+        "number_of_attempts": attempts + 1,
+        "last_attempt_at": now,
+        "heartbeat_at": now,
+        "updated_at": now,
+        "pid": pid,
+        "hostname": hostname,
+    }
 
 
 def _fast_sqlite_datetime(process: Any) -> Any:
