@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -221,7 +222,7 @@ class Processor:
                 heartbeat.hold(claims)
                 batch = SweepResult()
                 started = time.perf_counter()
-                died = self.run_claims(claims, heartbeat, batch)
+                died = self.run_claims(claims, heartbeat, _counting(batch))
                 limit = self.next_batch_size(limit, len(claims), time.perf_counter() - started)
                 result.merge(batch)
                 if died:
@@ -269,31 +270,50 @@ class Processor:
             waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
         )
 
-    def run_claims(self, claims: list[Claim], heartbeat: Heartbeat, result: SweepResult) -> bool:
-        """Run claimed jobs in order; on a ``DieException`` give back the rest, return True.
+    def run_claims(
+        self,
+        claims: list[Claim],
+        heartbeat: Heartbeat,
+        ran: Callable[[Claim, Outcome], None],
+        should_stop: Callable[[], bool] | None = None,
+        given_back: Callable[[list[Claim]], None] | None = None,
+    ) -> bool:
+        """Run claimed jobs in order; return whether a ``DieException`` ended the batch.
 
-        Outcomes are saved by an :class:`OutcomeWriter`: together at the end of the batch,
-        or within ``OutcomeWriter.FLUSH_AFTER_SECONDS`` when a later job runs longer.
+        ``ran`` hears of each job once it has run, ``should_stop()`` (checked before each
+        job) may end the batch early. The jobs not started then go back to the state they
+        were claimed from and ``given_back`` hears of them, even when a job raised
+        ``KeyboardInterrupt`` or ``SystemExit``. Outcomes are saved by an
+        :class:`OutcomeWriter`: together at the end of the batch, or within
+        ``OutcomeWriter.FLUSH_AFTER_SECONDS`` when a later job runs longer.
         """
-        writer = OutcomeWriter(self)
+        writer = OutcomeWriter(self) if len(claims) > 1 else None
+        started = 0
+        died = False
         try:
-            for i, claim in enumerate(claims):
+            for claim in claims:
+                if should_stop is not None and should_stop():
+                    break
+                started += 1
                 try:
                     outcome = self.run(claim, writer)
-                except BaseException:  # KeyboardInterrupt, SystemExit: nothing else starts
-                    writer.flush()
-                    self.store.release(claims[i + 1 :], utcnow())
-                    raise
                 finally:
                     heartbeat.drop(claim)
-                result.count(outcome.state)
+                ran(claim, outcome)
                 if outcome.die:
-                    writer.flush()
-                    self.store.release(claims[i + 1 :], utcnow())
-                    return True
-            return False
+                    died = True
+                    break
         finally:
-            writer.flush()
+            if writer is not None:
+                writer.flush()
+            rest = claims[started:]
+            if rest:
+                self.store.release(rest, utcnow())
+                for claim in rest:
+                    heartbeat.drop(claim)
+                if given_back is not None:
+                    given_back(rest)
+        return died
 
     # -- one job ------------------------------------------------------------------------
 
@@ -445,6 +465,15 @@ class Processor:
             self.logger.exception(
                 "bgqueue: an observer of job %s failed (the outcome is saved)", job.id
             )
+
+
+def _counting(result: SweepResult) -> Callable[[Claim, Outcome], None]:
+    """A :meth:`Processor.run_claims` listener that counts outcomes into ``result``."""
+
+    def ran(claim: Claim, outcome: Outcome) -> None:
+        result.count(outcome.state)
+
+    return ran
 
 
 def _call(func: Any, parameters: Any) -> Any:

@@ -21,7 +21,7 @@ from flask import Flask
 
 from .broker import BrokerError, Delivery
 from .models import RUNNABLE_STATES, JobState
-from .processor import Heartbeat, Outcome, OutcomeWriter, Processor
+from .processor import Heartbeat, Outcome, Processor
 from .retry import utcnow
 from .store import Claim
 
@@ -103,39 +103,32 @@ class Worker:
     def _run(self, claims: list[Claim]) -> None:
         """Run claimed jobs in order; a stop request gives back those not started.
 
-        The outcomes of a batch are saved together by an :class:`OutcomeWriter` (each
-        within its flush delay), and flushed before the ids of jobs to retry are sent, so a
-        consumer never gets the id of a job still ``PROCESSING`` here.
+        With a broker, the ids of jobs to retry and of jobs given back are sent once the
+        batch's outcomes are saved, so a consumer never gets the id of a job still
+        ``PROCESSING`` here.
         """
-        writer = OutcomeWriter(self.processor) if len(claims) > 1 else None
         again: list[tuple[Any, float]] = []
-        done = 0
+
+        def ran(claim: Claim, outcome: Outcome) -> None:
+            if outcome.state in (JobState.TEMPORARILY_FAILED, JobState.WAITING):
+                due = outcome.values.get("available_at") or utcnow()
+                again.append((claim.job, (due - utcnow()).total_seconds() * 1000))
+            self._ran(claim, outcome)
+
+        def given_back(rest: list[Claim]) -> None:
+            again.extend((claim.job, 0) for claim in rest)  # their messages were acknowledged
+
+        broker = self.state.broker is not None
         try:
-            for claim in claims:
-                if self.stop.is_set():
-                    break
-                done += 1
-                outcome = self.processor.run(claim, writer)
-                if outcome.state in (JobState.TEMPORARILY_FAILED, JobState.WAITING):
-                    due = outcome.values.get("available_at") or utcnow()
-                    again.append((claim.job, (due - utcnow()).total_seconds() * 1000))
-                self._ran(claim, outcome)
+            self.processor.run_claims(
+                claims, self.heartbeat, ran, self.stop.is_set, given_back if broker else None
+            )
         finally:
-            if writer is not None:
-                writer.flush()
-            rest = claims[done:]
-            if rest:
-                self.store.release(rest, utcnow())
-                for claim in rest:
-                    self.heartbeat.drop(claim)
-                    if self.state.broker is not None:  # its message was acknowledged
-                        again.append((claim.job, 0))
-            if self.state.broker is not None:
+            if broker:
                 for job, delay_ms in again:
                     self._send(job, delay_ms)
 
     def _ran(self, claim: Claim, outcome: Outcome) -> None:
-        self.heartbeat.drop(claim)
         self.result.jobs += 1
         if outcome.die:
             self.result.died = True
