@@ -29,6 +29,7 @@ from .exceptions import (
     WaitingException,
 )
 from .models import JobState
+from .pacing import QUICK_JOB_SECONDS, SLOW_JOB_SECONDS
 from .resources import memory_usage
 from .retry import backoff, utcnow
 from .store import Claim, Store
@@ -240,9 +241,9 @@ class Processor:
         """
         configured = self.settings.claim_batch_size
         per_job = seconds / max(1, claimed)
-        if per_job >= 0.02:
+        if per_job >= SLOW_JOB_SECONDS:
             return configured
-        if per_job < 0.002 and claimed == limit:
+        if per_job < QUICK_JOB_SECONDS and claimed == limit:
             return min(limit * 2, configured * 10)
         return limit
 

@@ -27,6 +27,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from ..pacing import QUICK_JOB_SECONDS, SLOW_JOB_SECONDS
 from .base import Broker, BrokerError, Delivery, Handler
 
 log = logging.getLogger("flask_bgqueue.broker")
@@ -245,10 +246,6 @@ class _JobThread:
 
 #: The prefetch (per queue) grows while jobs are quick, up to this many messages.
 MAX_PREFETCH = 128
-#: Jobs quicker than this on average let the prefetch double (as the cron sweep's batches).
-QUICK_JOB_SECONDS = 0.002
-#: A batch slower than this per job brings the prefetch back to one message per queue.
-SLOW_JOB_SECONDS = 0.02
 
 
 class _Consumer:
