@@ -405,10 +405,17 @@ class Store:
             where.append(t.c.priority.in_(sa.bindparam("bgq_priorities", expanding=True)))
         if not any_job:
             where.append(t.c.id.in_(sa.bindparam("bgq_job_ids", expanding=True)))
+        order: list[Any] = [t.c.priority, t.c.id]
+        if self.dialect in ("mysql", "mariadb") and any_job and set(states) <= set(RUNNABLE_STATES):
+            # The runnable jobs' index (migration 0006) yields them in claim order, so the
+            # claim reads, and locks, only the rows it takes; not the whole backlog.
+            claim_priority: Any = sa.literal_column("bgq_claim_priority")
+            where.append(claim_priority.is_not(None))
+            order = [claim_priority, t.c.id]
         select = (
             sa.select(t)
             .where(*where)
-            .order_by(t.c.priority, t.c.id)
+            .order_by(*order)
             .limit(sa.bindparam("bgq_limit", type_=sa.Integer, literal_execute=True))
         )
         if self.dialect != "sqlite":

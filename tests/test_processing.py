@@ -419,6 +419,40 @@ def test_the_due_job_query_is_served_by_the_due_index(qapp: Flask) -> None:
     assert f"ix_{t.name}_due" in plan
 
 
+@pytest.mark.parametrize("db_url", ["postgresql", "mysql"], indirect=True)
+def test_a_claim_locks_only_the_jobs_it_takes(qapp: Flask) -> None:
+    """While one worker's claim is open, another claims the next jobs: the first holds its
+    own rows only, not the whole backlog (SQLite claims one at a time by design)."""
+    import sqlalchemy as sa
+
+    from flask_bgqueue.models import RUNNABLE_STATES
+
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda: None)
+    with bgq.bulk():
+        for _ in range(300):
+            bgq.publish("f")
+    store = bgq._state().store
+    with store.engine.connect() as conn:
+        all_ids = [r[0] for r in conn.execute(sa.select(store.table.c.id).order_by("id"))]
+    select, _ = store._claim_statements(True, True, RUNNABLE_STATES)
+    with store._claim_transaction() as held_conn:
+        params = {"bgq_callbacks": ["f"], "bgq_now": utcnow(), "bgq_limit": 10}
+        held = [r.id for r in held_conn.execute(select, params)]
+        claims = store.claim(
+            now=utcnow(),
+            limit=10,
+            priorities=None,
+            callbacks=["f"],
+            pid=1,
+            hostname="other worker",
+            waiting_expiration=timedelta(seconds=1),
+        )
+        held_conn.rollback()
+    assert held == all_ids[:10]
+    assert sorted(c.job.id for c in claims) == all_ids[10:20]
+
+
 def test_a_sweep_analyzes_a_job_table_that_never_was(qapp: Flask) -> None:
     """PostgreSQL: without statistics each claim would read and sort every runnable job."""
     bgq = qapp.bgq  # type: ignore[attr-defined]
