@@ -7,11 +7,11 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
-import flask_bgqueue  # noqa: E402
+import flask_bgqueue
 
 project = "Flask-BgQueue"
 author = "Flask-BgQueue contributors"
-copyright = "Flask-BgQueue contributors"  # noqa: A001
+copyright = "Flask-BgQueue contributors"
 version = release = flask_bgqueue.__version__
 
 extensions = ["sphinx.ext.autodoc"]
