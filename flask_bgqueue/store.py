@@ -406,9 +406,11 @@ class Store:
         if not any_job:
             where.append(t.c.id.in_(sa.bindparam("bgq_job_ids", expanding=True)))
         order: list[Any] = [t.c.priority, t.c.id]
-        if self.dialect in ("mysql", "mariadb") and any_job and set(states) <= set(RUNNABLE_STATES):
+        if self.dialect in ("mysql", "mariadb") and any_job and set(states) == set(RUNNABLE_STATES):
             # The runnable jobs' index (migration 0006) yields them in claim order, so the
-            # claim reads, and locks, only the rows it takes; not the whole backlog.
+            # claim reads, and locks, only the rows it takes; not the whole backlog. (A claim
+            # of some runnable states only, BROKER_FAILED in broker mode, reads those
+            # through ix_<table>_due instead of walking every runnable job.)
             claim_priority: Any = sa.literal_column("bgq_claim_priority")
             where.append(claim_priority.is_not(None))
             order = [claim_priority, t.c.id]
