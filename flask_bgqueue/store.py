@@ -115,17 +115,16 @@ class Store:
         INSERT. When the engine has cursor listeners (query recording, tracing), the rows go
         through SQLAlchemy instead, so that those listeners see the INSERT.
         """
-        engine = self.engine
-        instrumented = self._instrumented()
-        # One statement either way (one row, or several with RETURNING): on PostgreSQL it
-        # commits by itself, without a COMMIT round trip of its own.
-        single = len(rows) == 1 or bool(engine.dialect.insert_returning)
-        if instrumented:
+        many_returning = len(rows) > 1 and bool(self.engine.dialect.insert_returning)
+        if self._instrumented():
             transaction = self._sqlalchemy_transaction()
         else:
+            # One row, or several with RETURNING, is one statement: on PostgreSQL it then
+            # commits by itself, without a COMMIT round trip of its own.
+            single = len(rows) == 1 or many_returning
             transaction = self._raw_transaction(single_statement=single)
         with transaction as cursor:
-            if len(rows) > 1 and engine.dialect.insert_returning:
+            if many_returning:
                 # Autoincrement ids are handed out in VALUES order, so the sorted ids line
                 # up with the rows whatever order RETURNING lists them in.
                 cursor.execute(*self._raw_insert(rows, returning=True))
