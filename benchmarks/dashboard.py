@@ -30,7 +30,7 @@ from flask import Flask
 
 from flask_bgqueue import BackgroundQueue, JobState, schema
 from flask_bgqueue.models import job_table
-from flask_bgqueue.retry import utcnow
+from flask_bgqueue.clock import utcnow
 
 GOAL_MS = 200
 CALLBACKS = [f"task_{i}" for i in range(12)]

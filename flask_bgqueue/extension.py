@@ -1,4 +1,9 @@
-"""The :class:`BackgroundQueue` extension: registration, publishing, reading."""
+"""The :class:`BackgroundQueue` extension: the facade a Flask app talks to.
+
+It registers callbacks and the app (``init_app``), and hands each call to the room that
+does the work: :mod:`.publishing`, :mod:`.processor`, :mod:`.worker`, the store. The
+per-app state lives in :class:`~flask_bgqueue.runtime.Runtime`.
+"""
 
 from __future__ import annotations
 
@@ -6,122 +11,20 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
-import sqlalchemy as sa
 from flask import Flask, current_app, g
 
-from . import serialization, signals
-from .broker import Broker, BrokerError, broker_for_url
-from .config import CallbackSpec, Settings, load_settings
-from .exceptions import ConfigurationError, PublishError, SchemaError, UnknownCallbackError
-from .models import Job, JobState
-from .retry import to_utc_naive, utcnow
-from .store import Store
-
-if TYPE_CHECKING:
-    from .processor import SweepResult
-    from .worker import ConsumeResult
+from . import dashboard, publishing, serialization
+from .cli import bgq_command
+from .config import CallbackSpec, load_settings
+from .exceptions import ConfigurationError
+from .models import Job
+from .processor import Processor, SweepResult
+from .runtime import EXTENSION_KEY, Registry, Runtime, current_runtime
+from .worker import ConsumeResult, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXTENSION_KEY = "bgqueue"
-
-
-class _AppState:
-    """What one application needs: its settings, its callbacks and (lazily) its store."""
-
-    def __init__(self, queue: BackgroundQueue, app: Flask, settings: Settings) -> None:
-        self.queue = queue
-        self.settings = settings
-        self.logger = app.logger
-        self._store: Store | None = None
-        self._engine: sa.Engine | None = None
-        self.broker: Broker | None = None
-        if settings.broker_url is not None:  # checks the scheme and that pika is installed
-            self.broker = broker_for_url(settings.broker_url, dict(settings.amqp_queue_arguments))
-        self._lock = threading.Lock()
-
-    def callback(self, name: str) -> CallbackSpec | None:
-        spec = self.settings.callbacks.get(name)
-        return spec if spec is not None else self.queue._callbacks.get(name)
-
-    def callback_names(self) -> list[str]:
-        return sorted({*self.settings.callbacks, *self.queue._callbacks})
-
-    @property
-    def store(self) -> Store:
-        """The store, created on first use, with the schema brought up to date."""
-        if self._store is None:
-            engine = self.engine
-            with self._lock:
-                if self._store is None:
-                    self._store = self._open_store(engine)
-        return self._store
-
-    @property
-    def engine(self) -> sa.Engine:
-        """The queue's engine (private, or the bind's), created on first use."""
-        if self._engine is None:
-            with self._lock:
-                if self._engine is None:
-                    self._engine = _engine(self.settings)
-        return self._engine
-
-    def _open_store(self, engine: sa.Engine) -> Store:
-        from . import schema
-
-        s = self.settings
-        if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-            try:  # persistent per file: readers never block the writer
-                with engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-            except sa.exc.OperationalError as exc:  # another connection is writing right now
-                self.logger.info(
-                    "bgqueue: SQLite WAL mode not set (%s); rollback journal kept", exc
-                )
-        if s.auto_update_schema:
-            schema.upgrade(engine, s.table_name)
-        else:
-            with engine.connect() as conn:
-                current = schema.current_revision(conn, s.table_name)
-            if current != schema.head_revision():
-                raise SchemaError(
-                    f"The job table {s.table_name!r} is at revision {current or 'none'}, this"
-                    f" version needs {schema.head_revision()}. Run 'flask bgq update-schema'"
-                    " (BGQUEUE_AUTO_UPDATE_SCHEMA is off)."
-                )
-        return Store(engine, s.table_name, s.queue)
-
-
-def _engine(settings: Settings) -> sa.Engine:
-    """The queue's engine: a private one for ``BGQUEUE_DATABASE_URI``, else the bind's."""
-    if settings.database_uri is not None:
-        options = dict(settings.engine_options)
-        url = sa.make_url(settings.database_uri)
-        if url.get_backend_name() == "sqlite":
-            options.setdefault("connect_args", {}).setdefault("timeout", 30)
-            if url.database in (None, "", ":memory:"):
-                options.setdefault("poolclass", sa.StaticPool)
-        return sa.create_engine(url, **options)
-    db = current_app.extensions.get("sqlalchemy")
-    if db is None:
-        raise ConfigurationError(
-            f"Flask-BgQueue stores jobs on the SQLAlchemy bind {settings.bind_key!r}, but"
-            " Flask-SQLAlchemy is not initialised on this app. Call db.init_app(app), or set"
-            " BGQUEUE_DATABASE_URI to give the queue its own database.",
-            "BGQUEUE_BIND_KEY",
-        )
-    engine: sa.Engine = db.engines[settings.bind_key]
-    if engine.dialect.name == "sqlite":
-        # On checkout, not connect: the bind's pool may already hold connections.
-        sa.event.listen(engine.pool, "checkout", _sqlite_busy_timeout)
-    return engine
-
-
-def _sqlite_busy_timeout(dbapi_connection: Any, *_: Any) -> None:
-    # Wait for another process's write instead of failing at once with "database is locked".
-    dbapi_connection.execute("PRAGMA busy_timeout = 30000")
 
 
 class BackgroundQueue:
@@ -131,8 +34,7 @@ class BackgroundQueue:
     """
 
     def __init__(self, app: Flask | None = None) -> None:
-        self._callbacks: dict[str, CallbackSpec] = {}
-        self._metadata_func: Callable[[Any], dict[str, Any]] | None = None
+        self._registry = Registry()
         if app is not None:
             self.init_app(app)
 
@@ -153,21 +55,17 @@ class BackgroundQueue:
                 " BGQUEUE_BIND_KEY if you name it otherwise), or set BGQUEUE_DATABASE_URI.",
                 "BGQUEUE_BIND_KEY",
             )
-        clash = sorted(set(settings.callbacks) & set(self._callbacks))
+        clash = sorted(set(settings.callbacks) & set(self._registry.callbacks))
         if clash:
             raise ConfigurationError(
                 f"callback {clash[0]!r} is registered both in BGQUEUE_CALLBACKS and with"
                 " @bgq.callback; give one of them another name.",
                 "BGQUEUE_CALLBACKS",
             )
-        app.extensions[EXTENSION_KEY] = _AppState(self, app, settings)
-        from .cli import bgq_command
-
+        app.extensions[EXTENSION_KEY] = Runtime(self, self._registry, app, settings)
         app.cli.add_command(bgq_command)
         if settings.dashboard_url_prefix is not None:
-            from .dashboard import register
-
-            register(app, settings.dashboard_url_prefix)
+            dashboard.register(app, settings.dashboard_url_prefix)
 
     # -- registration -------------------------------------------------------------------
 
@@ -191,14 +89,15 @@ class BackgroundQueue:
 
         def decorator(func: F) -> F:
             key = name or func.__name__
-            if key in self._callbacks:
+            callbacks = self._registry.callbacks
+            if key in callbacks:
                 raise ConfigurationError(
                     f"a callback named {key!r} is already registered"
-                    f" ({self._callbacks[key].func!r}); give this one another name."
+                    f" ({callbacks[key].func!r}); give this one another name."
                 )
             if queue is not None and (not isinstance(queue, str) or not queue):
                 raise ConfigurationError(f"callback {key!r}: queue must be a non-empty string.")
-            self._callbacks[key] = CallbackSpec(key, func, queue, priority)
+            callbacks[key] = CallbackSpec(key, func, queue, priority)
             return func
 
         return decorator
@@ -210,7 +109,7 @@ class BackgroundQueue:
 
         It receives the job's parameters.
         """
-        self._metadata_func = func
+        self._registry.metadata_func = func
         return func
 
     # -- publishing ---------------------------------------------------------------------
@@ -232,72 +131,26 @@ class BackgroundQueue:
         ``BGQUEUE_PUBLISH_AFTER_APP_COMMIT`` while the app's session has a transaction open.
         Everything is checked before anything is written.
         """
-        state = self._state()
-        s = state.settings
-        if not callback_name or not isinstance(callback_name, str):
-            raise UnknownCallbackError(
-                "callback_name must be a non-empty string.", str(callback_name)
-            )
-        spec = state.callback(callback_name)
-        if spec is None:
-            raise UnknownCallbackError(
-                f"no callback named {callback_name!r} is registered; known:"
-                f" {', '.join(state.callback_names()) or 'none'}. Register it with"
-                " @bgq.callback or BGQUEUE_CALLBACKS.",
-                callback_name,
-            )
-        if is_unique and not identifier:
-            raise PublishError(
-                "is_unique=True needs an identifier: only jobs with one can be unique."
-            )
-        for label, text in (("serial_group", serial_group), ("identifier", identifier)):
-            if text is not None and (not isinstance(text, str) or len(text) > 255):
-                raise PublishError(f"{label} must be a string of at most 255 characters.")
-        if priority is None:
-            priority = spec.priority if spec.priority is not None else s.priorities[0]
-        if priority not in s.priorities:
-            raise PublishError(
-                f"priority {priority!r} is not one of BGQUEUE_PRIORITIES {list(s.priorities)}."
-            )
-        now = utcnow()
-        try:
-            due = to_utc_naive(available_at, now)
-        except TypeError as exc:
-            raise PublishError(str(exc)) from None
-        stored = serialization.dump(parameters, s.parameters_format, s.signing_keys)
-        row = {
-            "queue": s.queue if spec.queue is None else f"{s.queue}_{spec.queue}",
-            "priority": priority,
-            "callback_name": callback_name,
-            "parameters": stored.parameters,
-            "parameters_json": stored.parameters_json,
-            "state": JobState.READY,
-            "created_at": now,
-            "updated_at": now,
-            "available_at": due,
-            "number_of_attempts": 0,
-            "serial_group": serial_group,
-            "identifier": identifier,
-            "is_unique": bool(is_unique),
-        }
+        runtime = self._state()
+        row = publishing.build_row(
+            runtime,
+            callback_name,
+            parameters,
+            serial_group=serial_group,
+            identifier=identifier,
+            is_unique=is_unique,
+            available_at=available_at,
+            priority=priority,
+        )
         bulk = g.get("_bgqueue_bulk")
         if bulk is not None:
             bulk.append(row)
-            if len(bulk) >= s.bulk_size:
-                self._write(state, bulk[:])
+            if len(bulk) >= runtime.settings.bulk_size:
+                publishing.write(runtime, bulk[:])
                 bulk.clear()
             return None
-        ids = self._write(state, [row])
+        ids = publishing.write(runtime, [row])
         return ids[0] if ids else None
-
-    def _write(self, state: _AppState, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert now, or hold the rows until the app's transaction commits."""
-        if state.settings.publish_after_app_commit:
-            from .deferral import defer
-
-            if defer(state, rows):
-                return []
-        return write_rows(state, rows)
 
     def start_bulk(self) -> None:
         """Collect published jobs and write them in multi-row INSERTs until :meth:`end_bulk`."""
@@ -308,11 +161,11 @@ class BackgroundQueue:
 
     def end_bulk(self) -> list[int]:
         """Write what is left of the bulk and close it; return the ids written at the end."""
-        state = self._state()
+        runtime = self._state()
         rows = g.pop("_bgqueue_bulk", None)
         if rows is None:
             raise RuntimeError("end_bulk() without start_bulk(): no bulk is open.")
-        return self._write(state, rows) if rows else []
+        return publishing.write(runtime, rows) if rows else []
 
     def discard_bulk(self) -> int:
         """Close the bulk without writing what it still holds; return how many were dropped."""
@@ -358,9 +211,8 @@ class BackgroundQueue:
 
     def process(self, priorities: Sequence[int] | None = None) -> SweepResult:
         """Run every due job (of ``priorities``, default all) until none is due."""
-        from .processor import Processor
-
-        return Processor(self._state(), current_app._get_current_object()).sweep(priorities)  # type: ignore[attr-defined]
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return Processor(self._state(), app).sweep(priorities)
 
     def consume(
         self,
@@ -374,8 +226,6 @@ class BackgroundQueue:
         With a broker, ids come from it; without one the table is polled (and, on
         PostgreSQL, ``LISTEN``/``NOTIFY`` wakes the consumer at once).
         """
-        from .worker import Worker
-
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         return Worker(
             self._state(), app, queue, priorities, max_jobs, stop or threading.Event()
@@ -383,84 +233,17 @@ class BackgroundQueue:
 
     def reload_consumers(self, queue: str, number: int) -> None:
         """Make ``number`` consumers of ``queue`` exit after their current job."""
-        state = self._state()
-        if state.broker is None:
-            raise RuntimeError(
-                "reload-consumers needs a broker (BGQUEUE_BROKER_URL); without one, send"
-                " SIGTERM to the consumers: each exits after its current job."
-            )
-        state.broker.request_reload(queue, number)
+        self._state().reload_consumers(queue, number)
 
     def clear_finished(self, days: float | None = None) -> int:
         """Delete FINISHED and REDUNDANT jobs (finished more than ``days`` days ago)."""
-        before = None if days is None else utcnow() - timedelta(days=days)
-        return self._state().store.clear_finished(before)
+        return self._state().clear_finished(days)
 
     def update_schema(self) -> bool:
         """Create or upgrade the job table; return whether anything changed."""
-        from . import schema
-
-        state = self._state()
-        return schema.upgrade(state.engine, state.settings.table_name)
+        return self._state().update_schema()
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _state(self) -> _AppState:
-        try:
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
-        except RuntimeError:
-            raise RuntimeError(
-                "Working outside of application context: Flask-BgQueue needs the app. Use"
-                " 'with app.app_context():' around the call (request handlers and"
-                " 'flask' commands already have one)."
-            ) from None
-        state = app.extensions.get(EXTENSION_KEY)
-        if state is None or state.queue is not self:
-            raise RuntimeError(
-                "This BackgroundQueue is not registered on the current app. Did you forget"
-                " to call bgq.init_app(app)?"
-            )
-        return state
-
-
-def write_rows(state: _AppState, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert rows on the queue's own connection (committed at once) and announce them.
-
-    In broker mode each id is sent once its row is committed; when that fails the row
-    becomes ``BROKER_FAILED`` with the error and ``flask bgq process`` runs it later.
-    """
-    ids = state.store.insert(rows)
-    if state.broker is not None:
-        send_to_broker(state, [(job_id, row) for job_id, row in zip(ids, rows, strict=True)])
-    if signals.job_published.receivers:  # observers: they cannot undo the publish
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        for job_id, row in zip(ids, rows, strict=True):
-            try:
-                signals.job_published.send(app, job_id=job_id, callback_name=row["callback_name"])
-            except Exception:
-                state.logger.exception("a job_published receiver failed (the job is stored)")
-    return ids
-
-
-def send_to_broker(state: _AppState, jobs: list[tuple[int, dict[str, Any]]]) -> None:
-    """Send committed jobs' ids, delayed until their ``available_at``."""
-    assert state.broker is not None
-    now = utcnow()
-    failed: list[int] = []
-    error = ""
-    for job_id, row in jobs:
-        delay_ms = max(0, int((row["available_at"] - now).total_seconds() * 1000))
-        try:
-            state.broker.publish(row["queue"], row["priority"], job_id, delay_ms)
-        except BrokerError as exc:
-            failed.append(job_id)
-            error = str(exc)
-    if failed:
-        state.logger.error("bgqueue: %d job(s) saved as BROKER_FAILED: %s", len(failed), error)
-        state.store.mark_broker_failed(failed, now, f"broker: {error}")
-
-
-def send_jobs_to_broker(state: _AppState, jobs: list[Job]) -> None:
-    """Send the ids of jobs already in the table (resent by ``process``, retried by a person)."""
-    columns = ("queue", "priority", "available_at")
-    send_to_broker(state, [(j.id, {c: getattr(j, c) for c in columns}) for j in jobs])
+    def _state(self) -> Runtime:
+        return current_runtime(self)

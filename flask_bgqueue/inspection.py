@@ -17,17 +17,15 @@ import pprint
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from . import serialization
+from .clock import utcnow
 from .exceptions import SignatureError
 from .explain import Reason, explain, span
 from .models import Job, JobState
-from .retry import utcnow
+from .publishing import send_jobs_to_broker
+from .runtime import Runtime, current_runtime
 from .selection import JobFilter
-
-if TYPE_CHECKING:
-    from .extension import BackgroundQueue, _AppState
 
 #: How far back a worker counts as "seen recently" on the overview and in ``stats``.
 WORKERS_WINDOW = timedelta(minutes=15)
@@ -105,14 +103,17 @@ class ParametersView:
 
 
 class Inspector:
-    """Read and act on the jobs of ``bgq`` in the current app (needs an app context)."""
+    """Read and act on the jobs of ``bgq`` in the current app (needs an app context).
 
-    def __init__(self, bgq: BackgroundQueue) -> None:
+    Without ``bgq``: the queue registered on the current app.
+    """
+
+    def __init__(self, bgq: object | None = None) -> None:
         self.bgq = bgq
 
     @property
-    def _app(self) -> _AppState:
-        return self.bgq._state()
+    def _app(self) -> Runtime:
+        return current_runtime(self.bgq)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -144,7 +145,7 @@ class Inspector:
         return JobPage(jobs, has_older, has_newer)
 
     def job(self, job_id: int) -> Job | None:
-        return self.bgq.get_job(job_id)
+        return self._app.store.get(job_id)
 
     def why_not_running(self, job: Job, now: datetime | None = None) -> list[Reason]:
         """Plain sentences saying why ``job`` is not running now (see :mod:`.explain`)."""
@@ -294,8 +295,6 @@ class Inspector:
         """Broker mode: send the retried jobs' ids at once (a failed send leaves them
         ``BROKER_FAILED`` for ``flask bgq process``)."""
         if self._app.broker is not None and job_ids:
-            from .extension import send_jobs_to_broker
-
             jobs = [j for j in (self._app.store.get(i) for i in job_ids) if j is not None]
             send_jobs_to_broker(self._app, jobs)
         return job_ids

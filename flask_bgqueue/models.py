@@ -25,6 +25,8 @@ class JobState(enum.IntEnum):
     BROKER_FAILED = 8
 
 
+# Every set of states the package reasons with is defined here, once.
+
 #: States a job never leaves by itself; everything else is "unfinished".
 DONE_STATES = (JobState.FINISHED, JobState.REDUNDANT)
 #: States from which a worker may claim a due job.
@@ -36,6 +38,20 @@ RUNNABLE_STATES = (
 )
 #: States of a job that still has to run before the next one of its serial group.
 PENDING_STATES = (*RUNNABLE_STATES, JobState.BACK_TO_BROKER)
+#: States from which a consumer may claim a job whose id the broker delivered.
+DELIVERABLE_STATES = PENDING_STATES
+#: Outcomes after which a job runs again by itself, later (broker mode sends its id again).
+AGAIN_STATES = (JobState.TEMPORARILY_FAILED, JobState.WAITING)
+#: The failed states ("failed" in filters, ``retry --failed``).
+FAILED_STATES = (JobState.TEMPORARILY_FAILED, JobState.PERMANENTLY_FAILED)
+#: Outcomes that end an attempt for good or for now (not a wait, not a duplicate).
+ENDED_STATES = (JobState.FINISHED, *FAILED_STATES)
+#: States from which an operator may send a job to run now.
+RETRYABLE_STATES = (*FAILED_STATES, JobState.WAITING, JobState.BROKER_FAILED)
+#: States in which an operator may delete a job (never PROCESSING).
+DISCARDABLE_STATES = (*DONE_STATES, JobState.PERMANENTLY_FAILED, JobState.TEMPORARILY_FAILED)
+#: States whose ids broker mode sends again once due (``READY`` ones only when lost).
+RESEND_STATES = (JobState.BACK_TO_BROKER, JobState.TEMPORARILY_FAILED, JobState.WAITING)
 
 # Portable column types: microsecond times and large payloads on MySQL/MariaDB, and an
 # INTEGER primary key on SQLite (only that type autoincrements there).
@@ -47,6 +63,8 @@ LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
     """The job table as the newest migration leaves it (see ``schema/versions``)."""
+    state = sa.Column("state", sa.SmallInteger, nullable=False)
+    runnable = state.in_(RUNNABLE_STATES)  # rendered "state IN (1, 4, 6, 8)", as in 0004
     return sa.Table(
         name,
         metadata if metadata is not None else sa.MetaData(),
@@ -56,7 +74,7 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Column("callback_name", sa.String(255), nullable=False),
         sa.Column("parameters", Blob),
         sa.Column("parameters_json", LongText),
-        sa.Column("state", sa.SmallInteger, nullable=False),
+        state,
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("updated_at", Timestamp, nullable=False),
         sa.Column("available_at", Timestamp, nullable=False),
@@ -84,8 +102,8 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
             f"ix_{name}_claim",
             "priority",
             "id",
-            postgresql_where=sa.text("state IN (1, 4, 6, 8)"),
-            sqlite_where=sa.text("state IN (1, 4, 6, 8)"),
+            postgresql_where=runnable,
+            sqlite_where=runnable,
         ),
     )
 

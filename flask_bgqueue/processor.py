@@ -16,11 +16,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Flask
 
 from . import serialization, signals
+from .clock import utcnow
 from .exceptions import (
     DieException,
     PermanentError,
@@ -28,14 +29,13 @@ from .exceptions import (
     SkipException,
     WaitingException,
 )
-from .models import JobState
+from .models import ENDED_STATES, FAILED_STATES, JobState
 from .pacing import QUICK_JOB_SECONDS, SLOW_JOB_SECONDS
+from .publishing import send_jobs_to_broker
 from .resources import memory_usage
-from .retry import backoff, utcnow
+from .retry import backoff
+from .runtime import Runtime
 from .store import Claim, Store
-
-if TYPE_CHECKING:
-    from .extension import _AppState
 
 HOSTNAME = socket.gethostname()
 
@@ -61,9 +61,7 @@ class SweepResult:
     @property
     def finished_any(self) -> bool:
         """Whether a job ended (not merely waited or was skipped as a duplicate)."""
-        return any(
-            k in self.outcomes for k in ("FINISHED", "PERMANENTLY_FAILED", "TEMPORARILY_FAILED")
-        )
+        return any(state.name in self.outcomes for state in ENDED_STATES)
 
     def count(self, state: JobState) -> None:
         self.outcomes[state.name] = self.outcomes.get(state.name, 0) + 1
@@ -165,7 +163,7 @@ class OutcomeWriter:
 class Processor:
     """Runs claimed jobs for one application."""
 
-    def __init__(self, state: _AppState, app: Flask) -> None:
+    def __init__(self, state: Runtime, app: Flask) -> None:
         self.state = state
         self.settings = state.settings
         self.app = app
@@ -249,8 +247,6 @@ class Processor:
 
     def resend(self, now: Any) -> int:
         """Broker mode: send due ids again (state ``READY``); failures become ``BROKER_FAILED``."""
-        from .extension import send_jobs_to_broker
-
         lost_before = now - timedelta(seconds=self.settings.broker_resend_after_seconds)
         jobs = self.store.take_for_resending(now, lost_before)
         if jobs:
@@ -359,8 +355,9 @@ class Processor:
         error: BaseException | None = None
         started = time.perf_counter()
         try:
-            if self.state.queue._metadata_func is not None:
-                metadata = self.state.queue._metadata_func(parameters)
+            metadata_func = self.state.registry.metadata_func
+            if metadata_func is not None:
+                metadata = metadata_func(parameters)
                 self.store.update_claimed(claim, metadata=metadata)
             signals.before_process.send(self.app, job=job, parameters=parameters)
             started = time.perf_counter()
@@ -460,7 +457,7 @@ class Processor:
                     signals.attempts_notification.send(self.app, job=job)
             if outcome.state is JobState.FINISHED and signals.job_finished.receivers:
                 signals.job_finished.send(self.app, job=job)
-            if outcome.state in (JobState.TEMPORARILY_FAILED, JobState.PERMANENTLY_FAILED):
+            if outcome.state in FAILED_STATES:
                 signals.job_failed.send(self.app, job=job, exception=outcome.exception)
         except Exception:
             self.logger.exception(

@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .models import JobState
-
-#: What ``failed`` means in a state filter.
-FAILED_STATES = (JobState.TEMPORARILY_FAILED, JobState.PERMANENTLY_FAILED)
+from .models import FAILED_STATES, JobState
 
 
 def parse_states(values: list[str] | tuple[str, ...]) -> tuple[JobState, ...]:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .clock import utcnow
 from .extension import BackgroundQueue
 from .models import Job, JobState
 from .processor import SweepResult
-from .retry import utcnow
 
 _UNSET: Any = object()
 

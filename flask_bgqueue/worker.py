@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from .broker import BrokerError, Delivery
+from .clock import utcnow
 from .models import RUNNABLE_STATES, JobState
 from .processor import Heartbeat, Outcome, Processor
-from .retry import utcnow
 from .store import Claim
 
 if TYPE_CHECKING:
-    from .extension import _AppState
+    from .runtime import Runtime
 
 #: A consumer takes a job a little early rather than send its id around once more.
 EARLY_MS = 100
@@ -51,7 +51,7 @@ class Worker:
 
     def __init__(
         self,
-        state: _AppState,
+        state: Runtime,
         app: Flask,
         queue: str | None,
         priorities: Sequence[int] | None,

@@ -193,7 +193,7 @@ class ProcEnv:
         )
         app.config.update(self.config)
         bgq = BackgroundQueue()
-        for name, spec in procapp.bgq._callbacks.items():
+        for name, spec in procapp.bgq._registry.callbacks.items():
             bgq.callback(name)(spec.func)
         bgq.init_app(app)
         app.bgq = bgq  # type: ignore[attr-defined]

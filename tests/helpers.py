@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from flask_bgqueue import BackgroundQueue
-from flask_bgqueue.retry import utcnow
+from flask_bgqueue.clock import utcnow
 
 
 def make_due(bgq: BackgroundQueue, *job_ids: int) -> None:

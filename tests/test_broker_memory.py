@@ -15,7 +15,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_bgqueue import BackgroundQueue, ConfigurationError, JobState
 from flask_bgqueue.broker.memory import MemoryBroker
-from flask_bgqueue.retry import utcnow
+from flask_bgqueue.clock import utcnow
 from tests.conftest import AppFactory
 from tests.helpers import make_due, set_columns
 

@@ -20,9 +20,9 @@ def test_app_factory_and_direct_forms_both_register_the_extension() -> None:
     bgq = BackgroundQueue()
     app = app_with()
     bgq.init_app(app)
-    assert app.extensions["bgqueue"].queue is bgq
+    assert app.extensions["bgqueue"].owner is bgq
     other = app_with()
-    assert BackgroundQueue(other) is other.extensions["bgqueue"].queue
+    assert BackgroundQueue(other) is other.extensions["bgqueue"].owner
 
 
 def test_extension_does_not_keep_the_app() -> None:
@@ -158,7 +158,7 @@ def test_decorator_name_defaults_to_the_function_name() -> None:
     @bgq.callback
     def resize_image() -> None: ...
 
-    assert bgq._callbacks["resize_image"].func is resize_image
+    assert bgq._registry.callbacks["resize_image"].func is resize_image
 
 
 def test_config_and_decorator_callback_with_one_name_is_an_error() -> None:

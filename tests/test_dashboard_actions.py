@@ -6,7 +6,7 @@ import pytest
 from flask import Flask
 
 from flask_bgqueue import JobState
-from flask_bgqueue.retry import utcnow
+from flask_bgqueue.clock import utcnow
 from tests.conftest import AppFactory
 from tests.dashboard_app import PREFIX, csrf_token, dashboard_app
 from tests.helpers import all_jobs, set_columns

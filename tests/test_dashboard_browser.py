@@ -18,7 +18,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from flask_bgqueue import JobState
-from flask_bgqueue.retry import utcnow
+from flask_bgqueue.clock import utcnow
 from tests.conftest import IN_CI, AppFactory
 from tests.dashboard_app import PREFIX, dashboard_app
 from tests.helpers import all_jobs, set_columns

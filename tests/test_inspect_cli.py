@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from flask_bgqueue import BackgroundQueue, JobState
-from flask_bgqueue.retry import utcnow
+from flask_bgqueue.clock import utcnow
 from tests.conftest import AppFactory, ProcEnv
 from tests.helpers import set_columns
 

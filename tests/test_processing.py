@@ -21,7 +21,7 @@ from flask_bgqueue import (
     WaitingException,
     signals,
 )
-from flask_bgqueue.retry import utcnow
+from flask_bgqueue.clock import utcnow
 from tests.conftest import AppFactory
 from tests.helpers import make_due, set_columns
 
@@ -36,7 +36,7 @@ def qapp(make_app: AppFactory) -> Any:
 def run_one(app: Flask, func: Any, parameters: Any = None, **publish: Any) -> Any:
     """Register ``func``, publish one job for it, run the sweep, return the job."""
     bgq = app.bgq  # type: ignore[attr-defined]
-    name = f"cb_{len(bgq._callbacks)}"
+    name = f"cb_{len(bgq._registry.callbacks)}"
     bgq.callback(name)(func)
     job_id = bgq.publish(name, parameters, **publish)
     bgq.process()

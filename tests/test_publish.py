@@ -17,7 +17,7 @@ from flask_bgqueue import (
     PublishError,
     UnknownCallbackError,
 )
-from flask_bgqueue.retry import utcnow
+from flask_bgqueue.clock import utcnow
 from tests.conftest import AppFactory
 
 

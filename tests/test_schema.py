@@ -58,7 +58,7 @@ def test_an_upgrade_from_the_first_revision_keeps_the_rows(
     assert schema.upgrade(engine, table_name, revision="0001")
     old = sa.Table(table_name, sa.MetaData(), autoload_with=engine)
     assert "traceback" not in old.c and "heartbeat_at" not in old.c
-    from flask_bgqueue.retry import utcnow
+    from flask_bgqueue.clock import utcnow
 
     now = utcnow()
     with engine.begin() as conn:

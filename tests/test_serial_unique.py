@@ -119,7 +119,7 @@ def test_a_unique_job_is_redundant_even_when_the_older_one_finished(gapp: Flask)
 def _later() -> Any:
     from datetime import timedelta
 
-    from flask_bgqueue.retry import utcnow
+    from flask_bgqueue.clock import utcnow
 
     return utcnow() + timedelta(hours=1)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from flask_bgqueue import JobState
-from flask_bgqueue.retry import utcnow
+from flask_bgqueue.clock import utcnow
 from tests.conftest import ProcEnv
 from tests.helpers import set_columns
 

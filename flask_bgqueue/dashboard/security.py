@@ -10,9 +10,10 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from flask import abort, current_app, request, session
+from flask import abort, request, session
 from werkzeug.wrappers import Response
 
+from ..runtime import current_runtime
 from . import blueprint
 
 CSRF_SESSION_KEY = "_bgqueue_csrf"
@@ -21,7 +22,7 @@ CSRF_FIELD = "csrf_token"
 
 @blueprint.before_request
 def guard() -> Response | None:
-    authorize = current_app.extensions["bgqueue"].settings.dashboard_authorize
+    authorize = current_runtime().settings.dashboard_authorize
     if authorize is None:
         abort(403, "The job dashboard is closed until BGQUEUE_DASHBOARD_AUTHORIZE is set.")
     verdict = authorize()

@@ -6,16 +6,16 @@ import json
 from datetime import datetime
 from typing import Any
 
-from flask import abort, current_app, redirect, render_template, request, session, url_for
+from flask import abort, redirect, render_template, request, session, url_for
 from markupsafe import Markup, escape
 from werkzeug.wrappers import Response
 
+from ..clock import utcnow
 from ..explain import Reason, span
 from ..inspection import Inspector
-from ..models import JobState
-from ..retry import utcnow
-from ..selection import FAILED_STATES, JobFilter, parse_states
-from ..store import Store
+from ..models import DISCARDABLE_STATES, FAILED_STATES, RETRYABLE_STATES, JobState
+from ..runtime import current_runtime
+from ..selection import JobFilter, parse_states
 from . import blueprint
 from .chart import throughput_svg
 
@@ -25,7 +25,7 @@ MAX_PAGE_SIZE = 500
 
 
 def _inspector() -> Inspector:
-    return Inspector(current_app.extensions["bgqueue"].queue)
+    return Inspector()
 
 
 @blueprint.context_processor
@@ -35,7 +35,7 @@ def helpers() -> dict[str, Any]:
         "FAILED": ",".join(s.name.lower() for s in FAILED_STATES),
         "when": _when,
         "notice": session.pop(NOTICE_KEY, None),
-        "callbacks": current_app.extensions["bgqueue"].callback_names(),
+        "callbacks": current_runtime().callback_names(),
     }
 
 
@@ -104,7 +104,7 @@ def jobs() -> str:
         args=_filter_args(flt),
         limit=limit,
         newest=newest,
-        retryable=Store.RETRYABLE_STATES,
+        retryable=RETRYABLE_STATES,
     )
 
 
@@ -120,8 +120,8 @@ def job(job_id: int) -> str:
         reasons=[_linked(r) for r in inspector.why_not_running(found)],
         parameters=inspector.parameters(found),
         metadata=json.dumps(found.metadata, indent=2, default=str) if found.metadata else None,
-        retryable=found.state in Store.RETRYABLE_STATES,
-        discardable=found.state in Store.DISCARDABLE_STATES,
+        retryable=found.state in RETRYABLE_STATES,
+        discardable=found.state in DISCARDABLE_STATES,
     )
 
 

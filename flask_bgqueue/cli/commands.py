@@ -1,7 +1,12 @@
-"""``flask bgq …``: thin click wrappers over :class:`BackgroundQueue` methods."""
+"""``flask bgq process|consume|clear-finished|update-schema|reload-consumers``.
+
+Thin click wrappers over the runtime, the processor and the worker.
+"""
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -10,11 +15,12 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .priorities import parse_priority_spec
-
-
-def _state() -> Any:
-    return current_app.extensions["bgqueue"]
+from ..broker import BrokerError
+from ..locks import host_lock
+from ..priorities import parse_priority_spec
+from ..processor import Processor
+from ..runtime import current_runtime
+from ..worker import Worker
 
 
 def host_locked(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -23,9 +29,7 @@ def host_locked(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
     def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from .locks import host_lock
-
-            s = _state().settings
+            s = current_runtime().settings
             with host_lock(s.locks_dir, f"bgqueue-{s.table_name}-{name}") as held:
                 if not held:
                     click.echo(f"bgq {name} is already running on this host; nothing to do.")
@@ -40,7 +44,7 @@ def host_locked(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
 def _priorities(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return None
-    configured = _state().settings.priorities
+    configured = current_runtime().settings.priorities
     try:
         return parse_priority_spec(value, configured)
     except ValueError as exc:
@@ -60,18 +64,14 @@ priority_option = click.option(
 )
 
 
-@click.group("bgq")
-def bgq_command() -> None:
-    """Flask-BgQueue: process, inspect and maintain background jobs."""
-
-
-@bgq_command.command("process")
+@click.command("process")
 @priority_option
 @with_appcontext
 @host_locked("process")
 def process_command(spec: Any) -> None:
     """Run every due job, by priority then id, until none is due (for cron)."""
-    result = _state().queue.process(priorities=spec)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    result = Processor(current_runtime(), app).sweep(spec)
     summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.outcomes.items()))
     click.echo(f"processed {result.processed} job(s){': ' + summary if summary else ''}")
     if result.resent:
@@ -80,26 +80,26 @@ def process_command(spec: Any) -> None:
         click.echo(f"recovered {len(result.reaped)} job(s) of lost workers: {result.reaped}")
 
 
-@bgq_command.command("clear-finished")
+@click.command("clear-finished")
 @click.argument("days", type=click.FloatRange(min=0), required=False)
 @with_appcontext
 @host_locked("clear-finished")
 def clear_finished_command(days: float | None) -> None:
     """Delete FINISHED and REDUNDANT jobs (with DAYS: finished more than DAYS days ago)."""
-    deleted = _state().queue.clear_finished(days)
+    deleted = current_runtime().clear_finished(days)
     click.echo(f"deleted {deleted} finished job(s)")
 
 
-@bgq_command.command("update-schema")
+@click.command("update-schema")
 @with_appcontext
 @host_locked("update-schema")
 def update_schema_command() -> None:
     """Create the job table or upgrade it to this version."""
-    changed = _state().queue.update_schema()
+    changed = current_runtime().update_schema()
     click.echo("job table upgraded" if changed else "job table already up to date")
 
 
-@bgq_command.command("consume")
+@click.command("consume")
 @click.argument("queue", required=False)
 @priority_option
 @click.option(
@@ -112,9 +112,6 @@ def update_schema_command() -> None:
 @with_appcontext
 def consume_command(queue: str | None, spec: Any, max_jobs: int | None) -> None:
     """Run jobs as they come until SIGTERM/SIGINT (the current job finishes first)."""
-    import signal
-    import threading
-
     stop = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -122,25 +119,30 @@ def consume_command(queue: str | None, spec: Any, max_jobs: int | None) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
-    result = _state().queue.consume(queue, spec, max_jobs, stop)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    result = Worker(current_runtime(), app, queue, spec, max_jobs, stop).run()
     why = "died" if result.died else "reload requested" if result.reloaded else "stopped"
     click.echo(f"consumed {result.jobs} job(s); {why}")
 
 
-@bgq_command.command("reload-consumers")
+@click.command("reload-consumers")
 @click.argument("queue")
 @click.argument("number", type=click.IntRange(min=1))
 @with_appcontext
 @host_locked("reload-consumers")
 def reload_consumers_command(queue: str, number: int) -> None:
     """Make NUMBER consumers of QUEUE exit after their current job."""
-    from .broker import BrokerError
-
     try:
-        _state().queue.reload_consumers(queue, number)
+        current_runtime().reload_consumers(queue, number)
     except (RuntimeError, BrokerError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"asked {number} consumer(s) of {queue} to reload")
 
 
-from . import cli_inspect as cli_inspect  # noqa: E402  (adds list, show, retry, stats, health)
+COMMANDS = (
+    process_command,
+    consume_command,
+    clear_finished_command,
+    update_schema_command,
+    reload_consumers_command,
+)

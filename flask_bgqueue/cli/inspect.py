@@ -7,18 +7,16 @@ from datetime import datetime
 from typing import Any
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
-from .cli import bgq_command
-from .explain import span
-from .inspection import Inspector
-from .models import Job
-from .selection import FAILED_STATES, JobFilter, parse_states
+from ..explain import span
+from ..inspection import Inspector
+from ..models import FAILED_STATES, Job
+from ..selection import JobFilter, parse_states
 
 
 def _inspector() -> Inspector:
-    return Inspector(current_app.extensions["bgqueue"].queue)
+    return Inspector()
 
 
 def _states(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
@@ -216,5 +214,4 @@ def health_command(max_age: float | None) -> None:
     raise click.exceptions.Exit(1)
 
 
-for _command in (list_command, show_command, retry_command, stats_command, health_command):
-    bgq_command.add_command(_command)
+COMMANDS = (list_command, show_command, retry_command, stats_command, health_command)

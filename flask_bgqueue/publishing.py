@@ -1,0 +1,195 @@
+"""Publishing: check and build a job's row, write it, announce its id to the broker.
+
+Everything is checked before anything is written. Rows go in on the queue's own
+connection (committed at once), or, with ``BGQUEUE_PUBLISH_AFTER_APP_COMMIT``, once the
+app's Flask-SQLAlchemy session commits:
+
+A job published while the app's session has a transaction open is kept on that session
+(``session.info``) with the transaction it was published in. A rolled-back transaction or
+savepoint drops the jobs published inside it; when the outermost transaction commits, the
+rest is written on the queue's own connection. So a worker never sees a job for data that
+was rolled back, or that is not committed yet. The queue's write happens just after the
+app's commit, on another connection: if the process dies between the two, those jobs are
+lost. Publish without this option (and tolerate jobs whose data may be missing) where that
+window matters more.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.orm import Session, SessionTransaction
+
+from . import serialization, signals
+from .broker import BrokerError
+from .clock import to_utc_naive, utcnow
+from .exceptions import ConfigurationError, PublishError, UnknownCallbackError
+from .models import Job, JobState
+from .runtime import Runtime
+
+_PENDING = "bgqueue_pending"
+
+
+def build_row(
+    runtime: Runtime,
+    callback_name: str,
+    parameters: Any,
+    *,
+    serial_group: str | None,
+    identifier: str | None,
+    is_unique: bool,
+    available_at: datetime | timedelta | None,
+    priority: int | None,
+) -> dict[str, Any]:
+    """The row of a new job, after checking every argument (see ``publish()``)."""
+    s = runtime.settings
+    if not callback_name or not isinstance(callback_name, str):
+        raise UnknownCallbackError("callback_name must be a non-empty string.", str(callback_name))
+    spec = runtime.callback(callback_name)
+    if spec is None:
+        raise UnknownCallbackError(
+            f"no callback named {callback_name!r} is registered; known:"
+            f" {', '.join(runtime.callback_names()) or 'none'}. Register it with"
+            " @bgq.callback or BGQUEUE_CALLBACKS.",
+            callback_name,
+        )
+    if is_unique and not identifier:
+        raise PublishError("is_unique=True needs an identifier: only jobs with one can be unique.")
+    for label, text in (("serial_group", serial_group), ("identifier", identifier)):
+        if text is not None and (not isinstance(text, str) or len(text) > 255):
+            raise PublishError(f"{label} must be a string of at most 255 characters.")
+    if priority is None:
+        priority = spec.priority if spec.priority is not None else s.priorities[0]
+    if priority not in s.priorities:
+        raise PublishError(
+            f"priority {priority!r} is not one of BGQUEUE_PRIORITIES {list(s.priorities)}."
+        )
+    now = utcnow()
+    try:
+        due = to_utc_naive(available_at, now)
+    except TypeError as exc:
+        raise PublishError(str(exc)) from None
+    stored = serialization.dump(parameters, s.parameters_format, s.signing_keys)
+    return {
+        "queue": s.queue if spec.queue is None else f"{s.queue}_{spec.queue}",
+        "priority": priority,
+        "callback_name": callback_name,
+        "parameters": stored.parameters,
+        "parameters_json": stored.parameters_json,
+        "state": JobState.READY,
+        "created_at": now,
+        "updated_at": now,
+        "available_at": due,
+        "number_of_attempts": 0,
+        "serial_group": serial_group,
+        "identifier": identifier,
+        "is_unique": bool(is_unique),
+    }
+
+
+def write(runtime: Runtime, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert now and return the ids, or hold the rows until the app's transaction commits
+    (``BGQUEUE_PUBLISH_AFTER_APP_COMMIT``; then no id is known yet: ``[]``)."""
+    if runtime.settings.publish_after_app_commit and _defer(runtime, rows):
+        return []
+    return write_rows(runtime, rows)
+
+
+def write_rows(runtime: Runtime, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert rows on the queue's own connection (committed at once) and announce them.
+
+    In broker mode each id is sent once its row is committed; when that fails the row
+    becomes ``BROKER_FAILED`` with the error and ``flask bgq process`` runs it later.
+    """
+    ids = runtime.store.insert(rows)
+    if runtime.broker is not None:
+        send_to_broker(runtime, [(job_id, row) for job_id, row in zip(ids, rows, strict=True)])
+    if signals.job_published.receivers:  # observers: they cannot undo the publish
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        for job_id, row in zip(ids, rows, strict=True):
+            try:
+                signals.job_published.send(app, job_id=job_id, callback_name=row["callback_name"])
+            except Exception:
+                runtime.logger.exception("a job_published receiver failed (the job is stored)")
+    return ids
+
+
+def send_to_broker(runtime: Runtime, jobs: list[tuple[int, dict[str, Any]]]) -> None:
+    """Send committed jobs' ids, delayed until their ``available_at``."""
+    assert runtime.broker is not None
+    now = utcnow()
+    failed: list[int] = []
+    error = ""
+    for job_id, row in jobs:
+        delay_ms = max(0, int((row["available_at"] - now).total_seconds() * 1000))
+        try:
+            runtime.broker.publish(row["queue"], row["priority"], job_id, delay_ms)
+        except BrokerError as exc:
+            failed.append(job_id)
+            error = str(exc)
+    if failed:
+        runtime.logger.error("bgqueue: %d job(s) saved as BROKER_FAILED: %s", len(failed), error)
+        runtime.store.mark_broker_failed(failed, now, f"broker: {error}")
+
+
+def send_jobs_to_broker(runtime: Runtime, jobs: list[Job]) -> None:
+    """Send the ids of jobs already in the table (resent by ``process``, retried by a person)."""
+    columns = ("queue", "priority", "available_at")
+    send_to_broker(runtime, [(j.id, {c: getattr(j, c) for c in columns}) for j in jobs])
+
+
+# -- BGQUEUE_PUBLISH_AFTER_APP_COMMIT ---------------------------------------------------
+
+
+def _defer(runtime: Runtime, rows: list[dict[str, Any]]) -> bool:
+    """Hold ``rows`` on the app session's open transaction; ``False`` when none is open."""
+    db = current_app.extensions.get("sqlalchemy")
+    if db is None:
+        raise ConfigurationError(
+            "BGQUEUE_PUBLISH_AFTER_APP_COMMIT waits for the app's Flask-SQLAlchemy session,"
+            " but Flask-SQLAlchemy is not initialised on this app: call db.init_app(app) or"
+            " turn the option off.",
+            "BGQUEUE_PUBLISH_AFTER_APP_COMMIT",
+        )
+    session: Session = db.session()
+    if not session.in_transaction():
+        return False
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if "bgqueue_listening" not in session.info:
+        session.info["bgqueue_listening"] = True
+        _listen(session, runtime)
+    session.info.setdefault(_PENDING, []).extend((transaction, row) for row in rows)
+    return True
+
+
+def _listen(session: Session, runtime: Runtime) -> None:
+    def after_commit(sess: Session) -> None:
+        if sess.get_nested_transaction() is not None:
+            return  # a savepoint was released: its jobs now belong to the outer transaction
+        pending = sess.info.pop(_PENDING, [])
+        if pending:
+            write_rows(runtime, [row for _, row in pending])
+
+    def after_soft_rollback(sess: Session, rolled_back: SessionTransaction) -> None:
+        pending = sess.info.get(_PENDING)
+        if pending:
+            pending[:] = [(t, row) for t, row in pending if not _inside(t, rolled_back)]
+
+    def after_transaction_end(sess: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:  # the outermost transaction ended without a commit
+            sess.info.pop(_PENDING, None)
+
+    sa.event.listen(session, "after_commit", after_commit)
+    sa.event.listen(session, "after_soft_rollback", after_soft_rollback)
+    sa.event.listen(session, "after_transaction_end", after_transaction_end)
+
+
+def _inside(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False

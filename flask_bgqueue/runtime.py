@@ -1,0 +1,177 @@
+"""The per-app runtime: what one application needs to publish and run jobs.
+
+:class:`Runtime` lives in ``app.extensions["bgqueue"]``. It holds the validated settings,
+the callback registry of the :class:`~flask_bgqueue.BackgroundQueue` it was made by, and
+(created on first use) the engine, the store and the broker. Every module below the
+extension's facade reaches the app's queue through :func:`current_runtime`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, current_app
+
+from . import schema
+from .broker import Broker, broker_for_url
+from .clock import utcnow
+from .config import CallbackSpec, Settings
+from .exceptions import ConfigurationError, SchemaError
+from .store import Store
+
+EXTENSION_KEY = "bgqueue"
+
+
+@dataclass
+class Registry:
+    """The callbacks registered with ``@bgq.callback`` and the processing-metadata hook.
+
+    One per :class:`~flask_bgqueue.BackgroundQueue`, shared by every app it is registered
+    on; callbacks may still be added after ``init_app``.
+    """
+
+    callbacks: dict[str, CallbackSpec] = field(default_factory=dict)
+    metadata_func: Callable[[Any], dict[str, Any]] | None = None
+
+
+class Runtime:
+    """One application's queue: settings, callbacks and (lazily) engine, store, broker."""
+
+    def __init__(self, owner: object, registry: Registry, app: Flask, settings: Settings) -> None:
+        self.owner = owner  # the BackgroundQueue this runtime belongs to
+        self.registry = registry
+        self.settings = settings
+        self.logger = app.logger
+        self._store: Store | None = None
+        self._engine: sa.Engine | None = None
+        self.broker: Broker | None = None
+        if settings.broker_url is not None:  # checks the scheme and that pika is installed
+            self.broker = broker_for_url(settings.broker_url, dict(settings.amqp_queue_arguments))
+        self._lock = threading.Lock()
+
+    def callback(self, name: str) -> CallbackSpec | None:
+        spec = self.settings.callbacks.get(name)
+        return spec if spec is not None else self.registry.callbacks.get(name)
+
+    def callback_names(self) -> list[str]:
+        return sorted({*self.settings.callbacks, *self.registry.callbacks})
+
+    @property
+    def store(self) -> Store:
+        """The store, created on first use, with the schema brought up to date."""
+        if self._store is None:
+            engine = self.engine
+            with self._lock:
+                if self._store is None:
+                    self._store = self._open_store(engine)
+        return self._store
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The queue's engine (private, or the bind's), created on first use."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = _engine(self.settings)
+        return self._engine
+
+    def _open_store(self, engine: sa.Engine) -> Store:
+        s = self.settings
+        if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+            try:  # persistent per file: readers never block the writer
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            except sa.exc.OperationalError as exc:  # another connection is writing right now
+                self.logger.info(
+                    "bgqueue: SQLite WAL mode not set (%s); rollback journal kept", exc
+                )
+        if s.auto_update_schema:
+            schema.upgrade(engine, s.table_name)
+        else:
+            with engine.connect() as conn:
+                current = schema.current_revision(conn, s.table_name)
+            if current != schema.head_revision():
+                raise SchemaError(
+                    f"The job table {s.table_name!r} is at revision {current or 'none'}, this"
+                    f" version needs {schema.head_revision()}. Run 'flask bgq update-schema'"
+                    " (BGQUEUE_AUTO_UPDATE_SCHEMA is off)."
+                )
+        return Store(engine, s.table_name, s.queue)
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    def update_schema(self) -> bool:
+        """Create or upgrade the job table; return whether anything changed."""
+        return schema.upgrade(self.engine, self.settings.table_name)
+
+    def clear_finished(self, days: float | None = None) -> int:
+        """Delete FINISHED and REDUNDANT jobs (finished more than ``days`` days ago)."""
+        before = None if days is None else utcnow() - timedelta(days=days)
+        return self.store.clear_finished(before)
+
+    def reload_consumers(self, queue: str, number: int) -> None:
+        """Make ``number`` consumers of ``queue`` exit after their current job."""
+        if self.broker is None:
+            raise RuntimeError(
+                "reload-consumers needs a broker (BGQUEUE_BROKER_URL); without one, send"
+                " SIGTERM to the consumers: each exits after its current job."
+            )
+        self.broker.request_reload(queue, number)
+
+
+def current_runtime(owner: object | None = None) -> Runtime:
+    """The runtime of the current app (of ``owner``'s registration when given).
+
+    Raises a :exc:`RuntimeError` that says what to do outside an app context, or when
+    ``owner`` is not registered on the current app.
+    """
+    try:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    except RuntimeError:
+        raise RuntimeError(
+            "Working outside of application context: Flask-BgQueue needs the app. Use"
+            " 'with app.app_context():' around the call (request handlers and"
+            " 'flask' commands already have one)."
+        ) from None
+    runtime = app.extensions.get(EXTENSION_KEY)
+    if runtime is None or (owner is not None and runtime.owner is not owner):
+        raise RuntimeError(
+            "This BackgroundQueue is not registered on the current app. Did you forget"
+            " to call bgq.init_app(app)?"
+        )
+    return runtime  # type: ignore[no-any-return]
+
+
+def _engine(settings: Settings) -> sa.Engine:
+    """The queue's engine: a private one for ``BGQUEUE_DATABASE_URI``, else the bind's."""
+    if settings.database_uri is not None:
+        options = dict(settings.engine_options)
+        url = sa.make_url(settings.database_uri)
+        if url.get_backend_name() == "sqlite":
+            options.setdefault("connect_args", {}).setdefault("timeout", 30)
+            if url.database in (None, "", ":memory:"):
+                options.setdefault("poolclass", sa.StaticPool)
+        return sa.create_engine(url, **options)
+    db = current_app.extensions.get("sqlalchemy")
+    if db is None:
+        raise ConfigurationError(
+            f"Flask-BgQueue stores jobs on the SQLAlchemy bind {settings.bind_key!r}, but"
+            " Flask-SQLAlchemy is not initialised on this app. Call db.init_app(app), or set"
+            " BGQUEUE_DATABASE_URI to give the queue its own database.",
+            "BGQUEUE_BIND_KEY",
+        )
+    engine: sa.Engine = db.engines[settings.bind_key]
+    if engine.dialect.name == "sqlite":
+        # On checkout, not connect: the bind's pool may already hold connections.
+        sa.event.listen(engine.pool, "checkout", _sqlite_busy_timeout)
+    return engine
+
+
+def _sqlite_busy_timeout(dbapi_connection: Any, *_: Any) -> None:
+    # Wait for another process's write instead of failing at once with "database is locked".
+    dbapi_connection.execute("PRAGMA busy_timeout = 30000")
