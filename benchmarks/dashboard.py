@@ -29,8 +29,8 @@ from common import database, drop_tables, environment, log, new_table_name
 from flask import Flask
 
 from flask_bgqueue import BackgroundQueue, JobState, schema
-from flask_bgqueue.models import job_table
 from flask_bgqueue.clock import utcnow
+from flask_bgqueue.models import job_table
 
 GOAL_MS = 200
 CALLBACKS = [f"task_{i}" for i in range(12)]

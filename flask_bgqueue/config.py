@@ -234,7 +234,7 @@ def _text(c: Mapping[str, Any], key: str, optional: bool = False) -> Any:
 
 
 def _identifier(c: Mapping[str, Any], key: str, max_length: int) -> str:
-    value = _text(c, key)
+    value: str = _text(c, key)
     if not all(ch.isalnum() or ch in "_-." for ch in value) or len(value) > max_length:
         raise ConfigurationError(
             f"{key} is {value!r}; use at most {max_length} letters, digits, '_', '-' or '.'.",

@@ -171,8 +171,8 @@ def _encode(value: Any, path: str) -> Any:
     if t is datetime or t is time:
         if value.tzinfo is not None and (
             type(value.tzinfo) is not timezone
-            or value.tzinfo != timezone(value.utcoffset())  # type: ignore[arg-type]
-            or value.tzname() != timezone(value.utcoffset()).tzname(None)  # type: ignore[arg-type]
+            or value.tzinfo != timezone(value.utcoffset())  # type: ignore[arg-type,unused-ignore]
+            or value.tzname() != timezone(value.utcoffset()).tzname(None)  # type: ignore[arg-type,unused-ignore]
         ):
             raise _NotJson(path, value, f"its time zone {value.tzinfo!r} is not a fixed offset")
         return _tagged(t.__name__, value.isoformat())

@@ -21,6 +21,11 @@ if [ ! -x /usr/bin/chromium ]; then
   apt-get -o DPkg::Lock::Timeout=600 install -y -q chromium
 fi
 
+# Style and types first: a full run (no pytest arguments) or CI fails on either.
+if [ "$#" -eq 0 ] || [ "${CI:-}" = true ]; then
+  scripts/lint.sh
+fi
+
 # PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1 (installed if missing).
 scripts/services.sh start
 
