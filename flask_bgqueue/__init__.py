@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import signals as signals
+from .context import CurrentJob, current_job
 from .exceptions import (
     BgQueueError,
     ConfigurationError,
@@ -28,6 +29,7 @@ __all__ = [
     "BackgroundQueue",
     "BgQueueError",
     "ConfigurationError",
+    "CurrentJob",
     "DieException",
     "Job",
     "JobOutcome",
@@ -42,4 +44,5 @@ __all__ = [
     "TemporaryError",
     "UnknownCallbackError",
     "WaitingException",
+    "current_job",
 ]

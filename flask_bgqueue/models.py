@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -52,6 +53,17 @@ RETRYABLE_STATES = (*FAILED_STATES, JobState.WAITING, JobState.BROKER_FAILED)
 DISCARDABLE_STATES = (*DONE_STATES, JobState.PERMANENTLY_FAILED, JobState.TEMPORARILY_FAILED)
 #: States whose ids broker mode sends again once due (``READY`` ones only when lost).
 RESEND_STATES = (JobState.BACK_TO_BROKER, JobState.TEMPORARILY_FAILED, JobState.WAITING)
+
+#: How ``error_message`` begins when an attempt ended without an outcome: its worker was
+#: lost (killed, host gone) or interrupted by a forced shutdown. The job runs again.
+#: (After "gave up after N attempts: " when that was the last one allowed.)
+LOST_ATTEMPT = re.compile(r"(gave up after \d+ attempts: )?(worker lost|interrupted):")
+
+
+def attempt_was_lost(error_message: str | None) -> bool:
+    """Whether a job's last attempt ended without an outcome (see ``current_job()``)."""
+    return error_message is not None and LOST_ATTEMPT.match(error_message) is not None
+
 
 # Portable column types: microsecond times and large payloads on MySQL/MariaDB, and an
 # INTEGER primary key on SQLite (only that type autoincrements there).

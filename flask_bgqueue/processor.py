@@ -21,7 +21,9 @@ from typing import Any
 from flask import Flask
 
 from . import serialization, signals
+from .aio import resolve
 from .clock import utcnow
+from .context import running
 from .exceptions import (
     DieException,
     PermanentError,
@@ -355,18 +357,20 @@ class Processor:
         error: BaseException | None = None
         started = time.perf_counter()
         try:
-            metadata_func = self.state.registry.metadata_func
-            if metadata_func is not None:
-                metadata = metadata_func(parameters)
-                self.store.update_claimed(claim, metadata=metadata)
-            signals.before_process.send(self.app, job=job, parameters=parameters)
-            started = time.perf_counter()
-            try:
-                assert spec is not None  # claims only pick known callbacks
-                _call(spec.func, parameters)
-            finally:
-                measured["execution_time"] = round((time.perf_counter() - started) * 1000)
-            signals.after_process.send(self.app, job=job, parameters=parameters)
+            with running(job):
+                metadata_func = self.state.registry.metadata_func
+                if metadata_func is not None:
+                    metadata = metadata_func(parameters)
+                    self.store.update_claimed(claim, metadata=metadata)
+                signals.before_process.send(self.app, job=job, parameters=parameters)
+                started = time.perf_counter()
+                try:
+                    assert spec is not None  # claims only pick known callbacks
+                    # An async callback (or any awaitable it returns) runs to its end here.
+                    resolve(_call(spec.func, parameters), job.callback_name)
+                finally:
+                    measured["execution_time"] = round((time.perf_counter() - started) * 1000)
+                signals.after_process.send(self.app, job=job, parameters=parameters)
         except Exception as exc:
             error = exc
         measured.setdefault("execution_time", round((time.perf_counter() - started) * 1000))

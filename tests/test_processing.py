@@ -627,3 +627,162 @@ def test_a_batch_saves_the_outcomes_still_ours_and_not_the_one_taken_away(qapp: 
     ]
     lost = bgq.get_job(ids[1])
     assert lost.error_message == "worker lost" and lost.finished_at is None
+
+
+# -- async callbacks and current_job() ------------------------------------------------------
+
+
+def test_an_async_callback_runs_to_its_end_before_the_job_finishes(qapp: Flask) -> None:
+    import asyncio
+
+    seen = []
+
+    async def fetch(url: str) -> None:
+        await asyncio.sleep(0.01)
+        seen.append(url)
+
+    job = run_one(qapp, fetch, {"url": "https://example.test/"})
+    assert seen == ["https://example.test/"]
+    assert job.state is JobState.FINISHED and job.execution_time >= 10
+
+
+@pytest.mark.parametrize(
+    ("error", "state"),
+    [
+        (TemporaryError("later"), JobState.TEMPORARILY_FAILED),
+        (PermanentError("never"), JobState.PERMANENTLY_FAILED),
+        (ValueError("boom"), JobState.TEMPORARILY_FAILED),
+        (SkipException("nothing to do"), JobState.FINISHED),
+    ],
+)
+def test_an_async_callbacks_exception_goes_through_the_outcome_table(
+    qapp: Flask, error: Exception, state: JobState
+) -> None:
+    async def fail() -> None:
+        raise error
+
+    job = run_one(qapp, fail)
+    assert job.state is state
+    assert job.error_message.endswith(str(error))
+
+
+def test_async_callbacks_share_one_event_loop_per_process_and_signals_wrap_them(
+    qapp: Flask,
+) -> None:
+    import asyncio
+
+    loops, order = [], []
+
+    async def note() -> None:
+        order.append("callback")
+        loops.append(asyncio.get_running_loop())
+
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("note")(note)
+    first, second = bgq.publish("note"), bgq.publish("note")
+    with signals.before_process.connected_to(lambda app, **kw: order.append("before")):
+        with signals.after_process.connected_to(lambda app, **kw: order.append("after")):
+            bgq.process()
+    assert {bgq.get_job(first).state, bgq.get_job(second).state} == {JobState.FINISHED}
+    assert order == ["before", "callback", "after"] * 2
+    assert len(loops) == 2 and loops[0] is loops[1] and not loops[0].is_running()
+
+
+def test_a_plain_callback_returning_a_coroutine_has_it_awaited(qapp: Flask) -> None:
+    seen = []
+
+    async def later() -> None:
+        seen.append("ran")
+
+    job = run_one(qapp, lambda: later())
+    assert seen == ["ran"] and job.state is JobState.FINISHED
+
+
+def test_a_callback_returning_a_future_of_another_loop_never_counts_as_finished(
+    qapp: Flask,
+) -> None:
+    import asyncio
+
+    other = asyncio.new_event_loop()
+    try:
+        job = run_one(qapp, lambda: other.create_future())
+    finally:
+        other.close()
+    assert job.state is JobState.PERMANENTLY_FAILED
+    assert "another event loop" in job.error_message
+
+
+def test_async_callbacks_also_run_when_process_is_called_from_async_code(qapp: Flask) -> None:
+    import asyncio
+
+    seen = []
+
+    async def work() -> None:
+        await asyncio.sleep(0)
+        seen.append("ran")
+
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("work")(work)
+    job_id = bgq.publish("work")
+
+    async def view() -> None:
+        bgq.process()
+
+    asyncio.run(view())
+    assert seen == ["ran"] and bgq.get_job(job_id).state is JobState.FINISHED
+
+
+def test_current_job_tells_the_callback_its_id_and_attempt_and_is_none_outside(
+    qapp: Flask,
+) -> None:
+    from flask_bgqueue import current_job
+
+    seen = []
+
+    def look() -> None:
+        job = current_job()
+        assert job is not None
+        seen.append((job.id, job.attempt, job.previous_attempt_lost))
+        raise TemporaryError("again")
+
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("look")(look)
+    job_id = bgq.publish("look")
+    bgq.process()
+    make_due(bgq, job_id)
+    bgq.process()
+    assert seen == [(job_id, 1, False), (job_id, 2, False)]
+    assert current_job() is None
+
+
+def test_current_job_says_when_the_previous_attempt_was_lost_with_its_worker(
+    qapp: Flask,
+) -> None:
+    from flask_bgqueue import current_job
+
+    seen = []
+
+    def look() -> None:
+        job = current_job()
+        assert job is not None
+        seen.append((job.attempt, job.previous_attempt_lost))
+
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("look")(look)
+    job_id = bgq.publish("look")
+    past = utcnow() - timedelta(hours=1)
+    # As a worker killed mid-job leaves it: PROCESSING, attempt 1, heartbeat long stopped.
+    set_columns(
+        bgq,
+        job_id,
+        state=JobState.PROCESSING,
+        number_of_attempts=1,
+        heartbeat_at=past,
+        last_attempt_at=past,
+        pid=999999,
+        hostname="gone",
+    )
+    result = bgq.process()  # reaps it (due at once), then runs it again
+    assert result.reaped == [job_id]
+    assert seen == [(2, True)]
+    assert bgq.get_job(job_id).state is JobState.FINISHED

@@ -1,0 +1,59 @@
+"""What a running callback may ask about its own job: :func:`current_job`.
+
+The processor sets the context around the callback (a :mod:`contextvars` variable, so it
+is right in threads and in ``async def`` callbacks alike) and clears it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .models import Job, attempt_was_lost
+
+
+@dataclass(frozen=True)
+class CurrentJob:
+    """The job the running callback belongs to.
+
+    ``attempt`` counts from 1 and includes attempts lost with their worker;
+    ``previous_attempt_lost`` is true when the attempt before this one ended without an
+    outcome (its worker was killed or lost, or interrupted by a forced shutdown): the
+    callback may have done part or all of its work already, so it should check before it
+    repeats a side effect (at-least-once delivery).
+    """
+
+    id: int
+    callback_name: str
+    attempt: int
+    previous_attempt_lost: bool
+    job: Job
+
+
+_current: contextvars.ContextVar[CurrentJob | None] = contextvars.ContextVar(
+    "bgqueue_current_job", default=None
+)
+
+
+def current_job() -> CurrentJob | None:
+    """The job whose callback is running here, or ``None`` outside a callback."""
+    return _current.get()
+
+
+@contextmanager
+def running(job: Job) -> Iterator[CurrentJob]:
+    """Make ``job`` (as claimed for this attempt) the current job while the block runs."""
+    current = CurrentJob(
+        id=job.id,
+        callback_name=job.callback_name,
+        attempt=job.number_of_attempts,
+        previous_attempt_lost=attempt_was_lost(job.error_message),
+        job=job,
+    )
+    token = _current.set(current)
+    try:
+        yield current
+    finally:
+        _current.reset(token)
