@@ -12,13 +12,13 @@ import time
 
 from flask import Flask
 
-from flask_bgqueue import BackgroundQueue
+from flask_bgqueue import BackgroundQueue, current_job
 
 bgq = BackgroundQueue()
 
 
-def _record(line: str) -> None:
-    path = os.path.join(os.environ["PROCAPP_DIR"], "record.txt")
+def _record(line: str, file: str = "record.txt") -> None:
+    path = os.path.join(os.environ["PROCAPP_DIR"], file)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())
@@ -38,6 +38,9 @@ def record(group: str, name: str, pause: float = 0.0) -> None:
 def slow(name: str, seconds: float) -> None:
     """Sleep while the file ``<PROCAPP_DIR>/<name>.hold`` exists (at most ``seconds``)."""
     _record(f"slow {name} start {os.getpid()}")
+    job = current_job()
+    assert job is not None
+    _record(f"{name} {job.attempt} {job.previous_attempt_lost}", "attempts.txt")
     hold = os.path.join(os.environ["PROCAPP_DIR"], f"{name}.hold")
     deadline = time.time() + seconds
     while os.path.exists(hold) and time.time() < deadline:

@@ -69,6 +69,9 @@ def test_a_job_of_a_killed_worker_is_recovered_as_worker_lost_and_finishes(
     assert job.number_of_attempts == 2  # the lost attempt counts
     starts = [r for r in procs.records() if r[2] == "start"]
     assert len(starts) == 2
+    # The re-run knows the attempt before it was lost with its worker (at-least-once).
+    attempts = (procs.dir / "attempts.txt").read_text().split("\n")
+    assert attempts[:2] == ["crash 1 False", "crash 2 True"]
 
 
 def test_worker_lost_is_recorded_before_the_retry(fast_recovery: ProcEnv) -> None:
