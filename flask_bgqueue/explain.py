@@ -30,6 +30,15 @@ def explain(
 ) -> list[Reason]:
     """The reasons ``job`` is not running now, most important first (never empty)."""
     s = job.state
+    if not s.known:
+        return [
+            Reason(
+                "unknown_state",
+                f"Its state {int(s)} is not one this version of Flask-BgQueue knows (a newer"
+                " version's, or set by hand): it is left alone until a version that knows the"
+                " state handles it, or a person sets a known state.",
+            )
+        ]
     if s is JobState.FINISHED:
         when = _at(job.finished_at)
         if job.error_message:

@@ -193,7 +193,7 @@ class Inspector:
         by_queue: dict[str, dict[JobState, int]] = {}
         by_callback: dict[str, dict[JobState, int]] = {}
         for state, queue, callback, n in store.count_by_state_queue_callback():
-            by_state[state] += n
+            by_state[state] = by_state.get(state, 0) + n  # unknown states too
             for group, key in ((by_queue, queue), (by_callback, callback)):
                 counts = group.setdefault(key, {})
                 counts[state] = counts.get(state, 0) + n

@@ -25,6 +25,28 @@ class JobState(enum.IntEnum):
     REDUNDANT = 7
     BROKER_FAILED = 8
 
+    @classmethod
+    def _missing_(cls, value: object) -> JobState | None:
+        """A number no member has (a newer version's row, an operator's edit): a stand-in
+        named "unknown state N", so such a row can be read and shown, and is left alone
+        (no claim, retry or cleanup picks a state it does not list)."""
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"unknown state {value}"
+        member._value_ = value
+        return member
+
+    @property
+    def known(self) -> bool:
+        """Whether this version of Flask-BgQueue knows the state."""
+        return self._name_ in type(self).__members__
+
+    @property
+    def label(self) -> str:
+        """The state in a filter or a CSS class: ``ready``, or the number when unknown."""
+        return self._name_.lower() if self.known else str(self._value_)
+
 
 # Every set of states the package reasons with is defined here, once.
 

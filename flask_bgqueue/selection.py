@@ -23,8 +23,8 @@ def parse_states(values: list[str] | tuple[str, ...]) -> tuple[JobState, ...]:
                 states.extend(FAILED_STATES)
             elif word in JobState.__members__:
                 states.append(JobState[word])
-            elif word.lstrip("-").isdigit() and int(word) in JobState._value2member_map_:
-                states.append(JobState(int(word)))
+            elif word.lstrip("-").isdigit() and -32768 <= int(word) <= 32767:
+                states.append(JobState(int(word)))  # a number: known or not (a newer version's)
             else:
                 names = ", ".join(s.name.lower() for s in JobState)
                 raise ValueError(f"{part.strip()!r} is not a state; use one of {names} or failed")
