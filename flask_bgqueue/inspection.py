@@ -40,6 +40,9 @@ class JobPage:
     jobs: list[Job]
     has_older: bool
     has_newer: bool
+    #: ``before_id`` of the page of older jobs, ``after_id`` of the page of newer ones.
+    older_than: int | None = None
+    newer_than: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,14 +138,17 @@ class Inspector:
             has_newer = len(rows) > limit
             jobs = rows[1:] if has_newer else rows
             below = jobs[-1].id if jobs else after_id + 1
-            return JobPage(jobs, store.has_job_beyond(below=below, **where), has_newer)
+            above = jobs[0].id if jobs else after_id
+            has_older = store.has_job_beyond(below=below, **where)
+            return JobPage(jobs, has_older, has_newer, below, above)
         has_older = len(rows) > limit
         jobs = rows[:limit]
         has_newer = False
+        above: int | None = None
         if before_id is not None:
             above = jobs[0].id if jobs else before_id - 1
             has_newer = store.has_job_beyond(above=above, **where)
-        return JobPage(jobs, has_older, has_newer)
+        return JobPage(jobs, has_older, has_newer, jobs[-1].id if jobs else before_id, above)
 
     def job(self, job_id: int) -> Job | None:
         return self._app.store.get(job_id)

@@ -7,6 +7,18 @@ from typing import Any
 
 from .models import FAILED_STATES, JobState
 
+#: The largest job id: the ``id`` column is a signed 64-bit integer.
+MAX_JOB_ID = 2**63 - 1
+#: The longest text a filter field takes (a LIKE pattern of 50,000 bytes fails on SQLite).
+MAX_FILTER_TEXT = 1000
+
+
+def check_job_id(value: int, label: str = "job id") -> int:
+    """``value`` if it can be a job id; else a :exc:`ValueError` that says the range."""
+    if not 1 <= value <= MAX_JOB_ID:
+        raise ValueError(f"{label} {value} is out of range: job ids go from 1 to {MAX_JOB_ID}.")
+    return value
+
 
 def parse_states(values: list[str] | tuple[str, ...]) -> tuple[JobState, ...]:
     """``["failed", "ready", "3"]`` → states; names are case-insensitive, numbers work too.
@@ -41,6 +53,27 @@ class JobFilter:
     serial_group: str | None = None
     identifier: str | None = None
     text: str | None = None  # a substring of the error message or the JSON parameters
+
+    def __post_init__(self) -> None:
+        """Refuse what no job can match and what a database cannot search: a NUL byte
+        (PostgreSQL refuses it, SQLite's LIKE stops at it and then matches every job) and
+        texts over :data:`MAX_FILTER_TEXT` characters."""
+        for label, value in (
+            ("callback", self.callback_name),
+            ("queue", self.queue),
+            ("serial group", self.serial_group),
+            ("identifier", self.identifier),
+            ("text", self.text),
+        ):
+            if value is None:
+                continue
+            if "\x00" in value:
+                raise ValueError(f"the {label} filter holds a NUL character; no job has one.")
+            if len(value) > MAX_FILTER_TEXT:
+                raise ValueError(
+                    f"the {label} filter is {len(value)} characters long; at most"
+                    f" {MAX_FILTER_TEXT} are searched."
+                )
 
     def as_kwargs(self) -> dict[str, Any]:
         """The keyword arguments the store's inspection queries take."""

@@ -98,6 +98,8 @@ def test_a_person_filters_failed_jobs_retries_one_and_sees_it_finished(
     failed_id = _fill(app)
     shots = os.environ.get("BGQUEUE_SCREENSHOTS") if db_url.startswith("postgresql") else None
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
 
     page.goto(base + "/")
     assert page.inner_text("h1") == "Overview"
@@ -121,8 +123,22 @@ def test_a_person_filters_failed_jobs_retries_one_and_sees_it_finished(
         page.screenshot(path=str(Path(shots) / "dashboard-job.png"), full_page=True)
 
     app.failing.clear()  # type: ignore[attr-defined]
+    questions: list[str] = []
+
+    def answer(dialog: Any, accept: bool) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda d: answer(d, accept=False))
+    page.click("button:has-text('Retry now')")
+    assert questions == [f"Run job {failed_id} again now?"]
+    assert page.locator(".bgq-notice").count() == 0  # dismissed: nothing was sent
+    with app.app_context():
+        assert app.bgq.get_job(failed_id).state is JobState.TEMPORARILY_FAILED  # type: ignore[attr-defined]
+    page.once("dialog", lambda d: answer(d, accept=True))
     page.click("button:has-text('Retry now')")
     assert "READY and due now" in page.inner_text(".bgq-notice")
+    assert not [m for m in console if "Content Security Policy" in m], console
     with app.app_context():
         app.bgq.process()  # type: ignore[attr-defined]
     page.reload()

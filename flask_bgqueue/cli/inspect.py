@@ -12,7 +12,10 @@ from flask.cli import with_appcontext
 from ..explain import span
 from ..inspection import Inspector
 from ..models import FAILED_STATES, Job
-from ..selection import JobFilter, parse_states
+from ..selection import MAX_JOB_ID, JobFilter, parse_states
+
+#: A job id argument: the id column is a signed 64-bit integer.
+JOB_ID = click.IntRange(1, MAX_JOB_ID)
 
 
 def _inspector() -> Inspector:
@@ -49,7 +52,7 @@ def _short(text: str | None, width: int) -> str:
 @click.option("-g", "--serial-group", help="Only jobs of this serial group.")
 @click.option("-i", "--identifier", help="Only jobs with this identifier.")
 @click.option("-t", "--text", help="Only jobs whose error or JSON parameters contain TEXT.")
-@click.option("--before", type=click.IntRange(min=1), help="Only jobs with a lower id (paging).")
+@click.option("--before", type=JOB_ID, help="Only jobs with a lower id (paging).")
 @click.option("-n", "--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @with_appcontext
 def list_command(
@@ -63,7 +66,10 @@ def list_command(
     limit: int,
 ) -> None:
     """List jobs, newest first."""
-    flt = JobFilter(states, callback_name, queue, serial_group, identifier, text)
+    try:
+        flt = JobFilter(states, callback_name, queue, serial_group, identifier, text)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     page = _inspector().page(flt, before_id=before, limit=limit)
     if not page.jobs:
         click.echo("no job matches")
@@ -80,7 +86,7 @@ def list_command(
 
 
 @click.command("show")
-@click.argument("job_id", type=click.IntRange(min=1))
+@click.argument("job_id", type=JOB_ID)
 @with_appcontext
 def show_command(job_id: int) -> None:
     """Show one job: fields, parameters, why it is not running, error and traceback."""
@@ -123,7 +129,7 @@ def _fields(job: Job) -> list[tuple[str, Any]]:
 
 
 @click.command("retry")
-@click.argument("job_ids", nargs=-1, type=click.IntRange(min=1))
+@click.argument("job_ids", nargs=-1, type=JOB_ID)
 @click.option("--failed", is_flag=True, help="Retry every TEMPORARILY/PERMANENTLY_FAILED job.")
 @with_appcontext
 def retry_command(job_ids: tuple[int, ...], failed: bool) -> None:

@@ -15,7 +15,7 @@ from ..explain import Reason, span
 from ..inspection import Inspector
 from ..models import DISCARDABLE_STATES, FAILED_STATES, RETRYABLE_STATES, JobState
 from ..runtime import current_runtime
-from ..selection import JobFilter, parse_states
+from ..selection import MAX_JOB_ID, JobFilter, check_job_id, parse_states
 from . import blueprint
 from .chart import throughput_svg
 
@@ -53,14 +53,55 @@ def _notice(text: str) -> None:
 
 
 def _filter(source: Any) -> JobFilter:
+    text = {k: (source.get(k) or "").strip() or None for k in FILTER_FIELDS[1:]}
     try:
         states = parse_states(source.getlist("state"))
+        return JobFilter(
+            states, text["callback"], text["queue"], text["group"], text["identifier"], text["q"]
+        )
     except ValueError as exc:
         abort(400, str(exc))
-    text = {k: (source.get(k) or "").strip() or None for k in FILTER_FIELDS[1:]}
-    return JobFilter(
-        states, text["callback"], text["queue"], text["group"], text["identifier"], text["q"]
+
+
+def _number(source: Any, name: str, low: int, high: int) -> int | None:
+    """The integer argument ``name`` (``None`` when absent); 400 saying why when it is not
+    a whole number from ``low`` to ``high``."""
+    raw = source.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        abort(400, f"{name}={raw[:40]!r} is not a whole number.")
+    if not low <= value <= high:
+        abort(400, f"{name}={value} is out of range: use {low} to {high}.")
+    return value
+
+
+def _existing_id(job_id: int) -> int:
+    """A job id from the URL; 404 when no job can have it (beyond the 64-bit column)."""
+    try:
+        return check_job_id(job_id)
+    except ValueError as exc:
+        abort(404, str(exc))
+
+
+@blueprint.after_request
+def harden(response: Response) -> Response:
+    """No caching of job data, no framing, no sniffing, no referrer to other sites; scripts
+    only from the dashboard's own files (it has no inline script)."""
+    headers = response.headers
+    if request.endpoint != "bgqueue.static":
+        headers["Cache-Control"] = "no-store"
+    headers["X-Frame-Options"] = "DENY"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "same-origin"
+    headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'",
     )
+    return response
 
 
 def _filter_args(flt: JobFilter) -> dict[str, Any]:
@@ -88,9 +129,11 @@ def overview() -> str:
 @blueprint.get("/jobs")
 def jobs() -> str:
     flt = _filter(request.args)
-    limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), MAX_PAGE_SIZE)
-    before = request.args.get("before", type=int)
-    after = request.args.get("after", type=int)
+    limit = _number(request.args, "limit", 1, MAX_PAGE_SIZE) or 50
+    before = _number(request.args, "before", 1, MAX_JOB_ID + 1)
+    after = _number(request.args, "after", 0, MAX_JOB_ID)
+    if before is not None and after is not None:
+        abort(400, "give before= or after=, not both.")
     inspector = _inspector()
     page = inspector.page(flt, before_id=before, after_id=after, limit=limit)
     newest = page.jobs[0].id if page.jobs and not page.has_newer else None
@@ -111,7 +154,7 @@ def jobs() -> str:
 @blueprint.get("/jobs/<int:job_id>")
 def job(job_id: int) -> str:
     inspector = _inspector()
-    found = inspector.job(job_id)
+    found = inspector.job(_existing_id(job_id))
     if found is None:
         abort(404, f"No job {job_id} in this queue (it may have been deleted).")
     return render_template(
@@ -137,7 +180,7 @@ def _linked(reason: Reason) -> tuple[str, Markup]:
 
 @blueprint.post("/jobs/<int:job_id>/retry")
 def retry(job_id: int) -> Response:
-    done = _inspector().retry([job_id])
+    done = _inspector().retry([_existing_id(job_id)])
     _notice(
         f"Job {job_id} is READY and due now."
         if done
@@ -148,7 +191,7 @@ def retry(job_id: int) -> Response:
 
 @blueprint.post("/jobs/<int:job_id>/discard")
 def discard(job_id: int) -> Response:
-    if _inspector().discard([job_id]):
+    if _inspector().discard([_existing_id(job_id)]):
         _notice(f"Job {job_id} was deleted.")
         return redirect(url_for(".jobs"))
     _notice(f"Job {job_id} was not deleted: it is running, waiting to run, or gone.")
@@ -158,7 +201,7 @@ def discard(job_id: int) -> Response:
 @blueprint.post("/jobs/retry")
 def retry_matching() -> Response:
     flt = _filter(request.form)
-    max_id = request.form.get("max_id", type=int)
+    max_id = _number(request.form, "max_id", 1, MAX_JOB_ID)
     if max_id is None:
         abort(400, "max_id is missing: retry from the job list.")
     done = _inspector().retry_matching(flt, max_id=max_id)
