@@ -144,11 +144,11 @@ class Inspector:
         has_older = len(rows) > limit
         jobs = rows[:limit]
         has_newer = False
-        above: int | None = None
+        newer_than = None
         if before_id is not None:
-            above = jobs[0].id if jobs else before_id - 1
-            has_newer = store.has_job_beyond(above=above, **where)
-        return JobPage(jobs, has_older, has_newer, jobs[-1].id if jobs else before_id, above)
+            newer_than = jobs[0].id if jobs else before_id - 1
+            has_newer = store.has_job_beyond(above=newer_than, **where)
+        return JobPage(jobs, has_older, has_newer, jobs[-1].id if jobs else before_id, newer_than)
 
     def job(self, job_id: int) -> Job | None:
         return self._app.store.get(job_id)
