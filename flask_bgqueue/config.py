@@ -6,6 +6,7 @@ is the single place that knows the defaults.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -260,8 +261,13 @@ def _number(
     value: Any = c[key]
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, kind) or cast(float, value) < minimum:
-        what = "an integer" if kind == (int,) else "a number"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or not math.isfinite(value)  # NaN compares false with every minimum
+        or cast(float, value) < minimum
+    ):
+        what = "an integer" if kind == (int,) else "a finite number"
         raise ConfigurationError(f"{key} must be {what} >= {minimum}, not {value!r}.", key)
     return value
 
