@@ -467,7 +467,7 @@ def test_a_sweep_analyzes_a_job_table_that_never_was(qapp: Flask) -> None:
                 f"SELECT reltuples FROM pg_class WHERE oid = '{store.table.name}'::regclass"
             ).scalar()
 
-    if store.dialect != "postgresql":
+    if store.engine.dialect.name != "postgresql":
         assert bgq.process().processed == 30
         assert store.ensure_statistics() is False  # nothing to do elsewhere
         return
@@ -505,7 +505,7 @@ def test_a_delivered_claim_reads_the_same_job_through_the_driver_and_through_sql
             states=RUNNABLE_STATES,
         )
 
-    if store.dialect != "postgresql":
+    if store.engine.dialect.name != "postgresql":
         assert claim(plain) is None  # the other databases use claim()
         return
     direct = claim([plain[0], grouped])  # a serial group is left for claim() to check

@@ -326,7 +326,7 @@ def test_a_failed_publish_hands_back_a_connection_whose_transactions_still_roll_
         store = bgq._state().store
         bgq.publish("cb")
         monkeypatch.setattr(
-            store, "_raw_insert", lambda rows, returning: ("SELECT * FROM bgq_no_such_table", ())
+            store.driver, "insert", lambda rows, returning: ("SELECT * FROM bgq_no_such_table", ())
         )
         with pytest.raises(sa.exc.DBAPIError):
             bgq.publish("cb")
