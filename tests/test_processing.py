@@ -22,13 +22,13 @@ from flask_bgqueue import (
     signals,
 )
 from flask_bgqueue.retry import utcnow
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, StorePath
 from tests.helpers import make_due, set_columns
 
 
 @pytest.fixture
-def qapp(make_app: AppFactory) -> Any:
-    app = make_app(BGQUEUE_WAITING_JOB_EXPIRATION_MS=200)
+def qapp(make_app: AppFactory, store_path: StorePath) -> Any:
+    app = store_path.apply(make_app(BGQUEUE_WAITING_JOB_EXPIRATION_MS=200))
     with app.app_context():
         yield app
 

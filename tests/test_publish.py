@@ -18,7 +18,7 @@ from flask_bgqueue import (
     UnknownCallbackError,
 )
 from flask_bgqueue.retry import utcnow
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, StorePath
 
 
 def count_rows(bgq: BackgroundQueue) -> int:
@@ -28,8 +28,8 @@ def count_rows(bgq: BackgroundQueue) -> int:
 
 
 @pytest.fixture
-def queue_app(make_app: AppFactory) -> Flask:
-    app = make_app(BGQUEUE_PRIORITIES=[10, 20, 30], BGQUEUE_QUEUE="shop")
+def queue_app(make_app: AppFactory, store_path: StorePath) -> Flask:
+    app = store_path.apply(make_app(BGQUEUE_PRIORITIES=[10, 20, 30], BGQUEUE_QUEUE="shop"))
     bgq = app.bgq  # type: ignore[attr-defined]
 
     @bgq.callback("send_email")
