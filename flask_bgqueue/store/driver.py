@@ -101,7 +101,8 @@ class Driver:
         ``single_statement``: the caller sends one statement only (see
         :meth:`_raw_transaction`).
         """
-        if self.instrumented():
+        dispatch = self.engine.dispatch  # instrumented(), inline: this is every publish
+        if dispatch.before_cursor_execute or dispatch.after_cursor_execute:
             return self._sqlalchemy_transaction()
         return self._raw_transaction(single_statement)
 
