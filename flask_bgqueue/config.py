@@ -264,7 +264,7 @@ def _number(
     if (
         isinstance(value, bool)
         or not isinstance(value, kind)
-        or not math.isfinite(value)  # NaN compares false with every minimum
+        or not math.isfinite(cast(float, value))  # NaN compares false with every minimum
         or cast(float, value) < minimum
     ):
         what = "an integer" if kind == (int,) else "a finite number"

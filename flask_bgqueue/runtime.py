@@ -23,6 +23,7 @@ from .clock import utcnow
 from .config import CallbackSpec, Settings
 from .exceptions import ConfigurationError, SchemaError
 from .store import Store
+from .store.dialects import enable_wal, engine_options, prepare_engine
 
 EXTENSION_KEY = "bgqueue"
 
@@ -82,14 +83,7 @@ class Runtime:
 
     def _open_store(self, engine: sa.Engine) -> Store:
         s = self.settings
-        if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-            try:  # persistent per file: readers never block the writer
-                with engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-            except sa.exc.OperationalError as exc:  # another connection is writing right now
-                self.logger.info(
-                    "bgqueue: SQLite WAL mode not set (%s); rollback journal kept", exc
-                )
+        enable_wal(engine, self.logger)
         if s.auto_update_schema:
             schema.upgrade(engine, s.table_name)
         else:
@@ -150,13 +144,8 @@ def current_runtime(owner: object | None = None) -> Runtime:
 def _engine(settings: Settings) -> sa.Engine:
     """The queue's engine: a private one for ``BGQUEUE_DATABASE_URI``, else the bind's."""
     if settings.database_uri is not None:
-        options = dict(settings.engine_options)
         url = sa.make_url(settings.database_uri)
-        if url.get_backend_name() == "sqlite":
-            options.setdefault("connect_args", {}).setdefault("timeout", 30)
-            if url.database in (None, "", ":memory:"):
-                options.setdefault("poolclass", sa.StaticPool)
-        return sa.create_engine(url, **options)
+        return sa.create_engine(url, **engine_options(url, settings.engine_options))
     db = current_app.extensions.get("sqlalchemy")
     if db is None:
         raise ConfigurationError(
@@ -166,12 +155,5 @@ def _engine(settings: Settings) -> sa.Engine:
             "BGQUEUE_BIND_KEY",
         )
     engine: sa.Engine = db.engines[settings.bind_key]
-    if engine.dialect.name == "sqlite":
-        # On checkout, not connect: the bind's pool may already hold connections.
-        sa.event.listen(engine.pool, "checkout", _sqlite_busy_timeout)
+    prepare_engine(engine)
     return engine
-
-
-def _sqlite_busy_timeout(dbapi_connection: Any, *_: Any) -> None:
-    # Wait for another process's write instead of failing at once with "database is locked".
-    dbapi_connection.execute("PRAGMA busy_timeout = 30000")

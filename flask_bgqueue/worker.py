@@ -257,35 +257,18 @@ class Worker:
 
 
 class _Wakeup:
-    """Wait for new jobs: PostgreSQL ``LISTEN``, or a plain timed wait elsewhere."""
+    """Wait for new jobs: the store's listener (PostgreSQL ``LISTEN``, or a timed wait)."""
 
     def __init__(self, store: Any, interval: float) -> None:
         self.store, self.interval = store, interval
-        self.raw: Any = None
+        self.listener: Any = None
 
     def __enter__(self) -> _Wakeup:
-        if self.store.dialect == "postgresql":
-            self.raw = self.store.engine.raw_connection()
-            conn = self.raw.driver_connection
-            conn.autocommit = True
-            conn.execute(f'LISTEN "{self.store.channel}"')
+        self.listener = self.store.listener(self.interval)
         return self
 
     def wait(self, stop: threading.Event) -> None:
-        if self.raw is None:
-            stop.wait(self.interval)
-            return
-        deadline = time.monotonic() + self.interval
-        while not stop.is_set() and time.monotonic() < deadline:
-            # Short slices so that a stop request is seen quickly.
-            for _ in self.raw.driver_connection.notifies(
-                timeout=min(0.25, self.interval), stop_after=1
-            ):
-                return
+        self.listener.wait(stop)
 
     def __exit__(self, *exc: object) -> None:
-        if self.raw is not None:
-            try:
-                self.raw.driver_connection.execute(f'UNLISTEN "{self.store.channel}"')
-            finally:
-                self.raw.invalidate()  # never hand a LISTENing connection back to the pool
+        self.listener.close()

@@ -120,6 +120,65 @@ def make_app(
             state._engine.dispose()
 
 
+class StorePath:
+    """Which way the store's fast-path statements go, and proof that they went that way.
+
+    ``driver``: straight to the DBAPI cursor (the engine has no cursor listener).
+    ``sqlalchemy``: through SQLAlchemy, because a ``before_cursor_execute`` listener (which
+    records the statements) is attached to the engine, as query recording or tracing would.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.statements: list[str] = []
+        # fast-path calls while the engine had no cursor listener, and raw transactions
+        self.calls = {"transaction": 0, "execute_one": 0, "raw": 0}
+
+    def apply(self, app: Flask) -> Flask:
+        """Send the app's store statements this way (and count them); returns the app."""
+        store = app.extensions["bgqueue"].store
+        driver = store.driver
+        if self.name == "sqlalchemy":
+            sa.event.listen(store.engine, "before_cursor_execute", self._record)
+        for method in self.calls:
+            attribute = "_raw_transaction" if method == "raw" else method
+            setattr(driver, attribute, self._counted(driver, method, getattr(driver, attribute)))
+        return app
+
+    def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(statement)
+
+    def _counted(self, driver: Any, method: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            # A test may attach listeners of its own: the driver path counts calls without.
+            if method == "raw" or self.name == "sqlalchemy" or not driver.instrumented():
+                self.calls[method] += 1
+            return func(*args, **kwargs)
+
+        return counted
+
+    def check(self) -> None:
+        """Every fast-path statement went the chosen way."""
+        fast = self.calls["transaction"] + self.calls["execute_one"]
+        if self.name == "driver":
+            assert self.statements == []  # no listener of ours
+            assert self.calls["raw"] == fast  # each one on a DBAPI cursor of its own
+            return
+        assert self.calls["raw"] == 0
+        inserts = [s for s in self.statements if s.lstrip().upper().startswith("INSERT INTO")]
+        assert len(inserts) >= self.calls["transaction"]  # each publish writes >= 1 INSERT
+        delivered = [s for s in self.statements if "bgq_claimable" in s]
+        assert len(delivered) == self.calls["execute_one"]
+
+
+@pytest.fixture(params=["driver", "sqlalchemy"])
+def store_path(request: pytest.FixtureRequest) -> Iterator[StorePath]:
+    """Run a store test once on the driver fast path and once through SQLAlchemy."""
+    path = StorePath(request.param)
+    yield path
+    path.check()
+
+
 @pytest.fixture
 def app(make_app: AppFactory) -> Iterator[Flask]:
     app = make_app()

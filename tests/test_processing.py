@@ -22,13 +22,13 @@ from flask_bgqueue import (
     signals,
 )
 from flask_bgqueue.clock import utcnow
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, StorePath
 from tests.helpers import make_due, set_columns
 
 
 @pytest.fixture
-def qapp(make_app: AppFactory) -> Any:
-    app = make_app(BGQUEUE_WAITING_JOB_EXPIRATION_MS=200)
+def qapp(make_app: AppFactory, store_path: StorePath) -> Any:
+    app = store_path.apply(make_app(BGQUEUE_WAITING_JOB_EXPIRATION_MS=200))
     with app.app_context():
         yield app
 
@@ -467,7 +467,7 @@ def test_a_sweep_analyzes_a_job_table_that_never_was(qapp: Flask) -> None:
                 f"SELECT reltuples FROM pg_class WHERE oid = '{store.table.name}'::regclass"
             ).scalar()
 
-    if store.dialect != "postgresql":
+    if store.engine.dialect.name != "postgresql":
         assert bgq.process().processed == 30
         assert store.ensure_statistics() is False  # nothing to do elsewhere
         return
@@ -505,7 +505,7 @@ def test_a_delivered_claim_reads_the_same_job_through_the_driver_and_through_sql
             states=RUNNABLE_STATES,
         )
 
-    if store.dialect != "postgresql":
+    if store.engine.dialect.name != "postgresql":
         assert claim(plain) is None  # the other databases use claim()
         return
     direct = claim([plain[0], grouped])  # a serial group is left for claim() to check

@@ -18,7 +18,7 @@ from flask_bgqueue import (
     UnknownCallbackError,
 )
 from flask_bgqueue.clock import utcnow
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, StorePath
 
 
 def count_rows(bgq: BackgroundQueue) -> int:
@@ -28,8 +28,8 @@ def count_rows(bgq: BackgroundQueue) -> int:
 
 
 @pytest.fixture
-def queue_app(make_app: AppFactory) -> Flask:
-    app = make_app(BGQUEUE_PRIORITIES=[10, 20, 30], BGQUEUE_QUEUE="shop")
+def queue_app(make_app: AppFactory, store_path: StorePath) -> Flask:
+    app = store_path.apply(make_app(BGQUEUE_PRIORITIES=[10, 20, 30], BGQUEUE_QUEUE="shop"))
     bgq = app.bgq  # type: ignore[attr-defined]
 
     @bgq.callback("send_email")
@@ -326,7 +326,7 @@ def test_a_failed_publish_hands_back_a_connection_whose_transactions_still_roll_
         store = bgq._state().store
         bgq.publish("cb")
         monkeypatch.setattr(
-            store, "_raw_insert", lambda rows, returning: ("SELECT * FROM bgq_no_such_table", ())
+            store.driver, "insert", lambda rows, returning: ("SELECT * FROM bgq_no_such_table", ())
         )
         with pytest.raises(sa.exc.DBAPIError):
             bgq.publish("cb")

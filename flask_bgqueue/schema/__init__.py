@@ -8,13 +8,14 @@ The revisions live in ``versions/`` and read the table name from the migration c
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from ..store.dialects import lock_key
 
 #: The newest revision in ``versions/`` (a test checks it against Alembic's view), so that a
 #: process whose table is up to date never needs to import Alembic.
@@ -94,8 +95,7 @@ def _schema_lock(connection: sa.Connection, table_name: str) -> Iterator[None]:
     dialect = connection.dialect.name
     name = f"bgqueue-schema-{table_name}"
     if dialect == "postgresql":
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
         yield
         connection.commit()
     elif dialect in ("mysql", "mariadb"):

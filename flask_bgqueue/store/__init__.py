@@ -1,0 +1,34 @@
+"""The only package that speaks SQL.
+
+Every state change is one conditional UPDATE that names the state it expects
+(:meth:`~.base.StoreBase._transition`), so a job is claimed by one worker only and a late
+worker can never overwrite a newer state. Each module has one job: :mod:`.inserts`
+publishes, :mod:`.claims` claims, :mod:`.outcomes` saves attempts, :mod:`.recovery` takes
+back what was lost, :mod:`.queries` reads for people. Whatever differs between databases
+sits in :mod:`.dialects`; the raw-DBAPI fast path in :mod:`.driver`.
+"""
+
+from __future__ import annotations
+
+from .base import Claim
+from .claims import Claims
+from .dialects import Listener
+from .inserts import Inserts
+from .outcomes import Outcomes
+from .queries import Queries
+from .recovery import Recovery
+
+__all__ = ["Claim", "Listener", "Store"]
+
+
+class Store(Inserts, Claims, Outcomes, Recovery, Queries):
+    """SQL for one application's job table, on the queue's own engine."""
+
+    def listener(self, interval: float) -> Listener:
+        """Something to wait on for new jobs (``with store.listener(s) as l: l.wait(stop)``).
+
+        PostgreSQL: ``LISTEN`` on the channel the insert trigger NOTIFYs (migration 0005),
+        on a connection of its own, for at most ``interval`` seconds a wait. Elsewhere: a
+        plain wait of ``interval`` seconds.
+        """
+        return self.dialect.listener(self.channel, interval)

@@ -1,0 +1,69 @@
+"""What every part of the store shares: the engine, the table, the queue, the dialect and
+the one guarded state transition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..models import Job, JobState, job_table
+from .dialects import Dialect, dialect_for
+from .driver import Driver
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker moved to ``PROCESSING``; its guard for every later update."""
+
+    job: Job
+    previous_state: JobState
+
+
+class StoreBase:
+    """SQL for one application's job table, on the queue's own engine."""
+
+    def __init__(self, engine: sa.Engine, table_name: str, queue: str) -> None:
+        self.engine = engine
+        self.dialect: Dialect = dialect_for(engine)
+        self.table = t = job_table(table_name)
+        self.queue = queue
+        # The instance's queue and its sub-queues ("<queue>_<name>"), matched exactly:
+        # the prefix is escaped so "_" and "%" are not LIKE wildcards.
+        self.in_queue = sa.or_(
+            t.c.queue == queue, t.c.queue.startswith(f"{queue}_", autoescape=True)
+        )
+        self.driver = Driver(engine, t, self.dialect)
+
+    @property
+    def channel(self) -> str:
+        """PostgreSQL: the channel a trigger NOTIFYs when jobs are inserted (migration 0005)."""
+        return f"bgq_{self.table.name}"
+
+    def _guarded(self, conn: sa.Connection, claim: Claim, **values: Any) -> bool:
+        """Change a claimed job, if it is still this attempt's."""
+        t = self.table
+        return self._transition(
+            conn,
+            claim.job.id,
+            (JobState.PROCESSING,),
+            extra=t.c.number_of_attempts == claim.job.number_of_attempts,
+            **values,
+        )
+
+    def _transition(
+        self,
+        conn: sa.Connection,
+        job_id: int,
+        expected: Sequence[JobState],
+        extra: Any = None,
+        **values: Any,
+    ) -> bool:
+        """The one way a state changes: an UPDATE that names the state it expects."""
+        t = self.table
+        stmt = t.update().where(t.c.id == job_id, t.c.state.in_(expected))
+        if extra is not None:
+            stmt = stmt.where(extra)
+        return conn.execute(stmt.values(**values)).rowcount == 1

@@ -1,0 +1,347 @@
+"""Every difference between the databases, one class per backend.
+
+The other store modules ask the :class:`Dialect` of their engine (from :func:`dialect_for`)
+and never test its name: how a claim's transaction starts, how a serial group is locked,
+whether rows are locked with ``SKIP LOCKED``, how a time is cut to its minute, how new jobs
+are awaited. The engine-level settings of SQLite (WAL, busy timeout) live here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..models import RUNNABLE_STATES, JobState
+
+#: How long SQLite waits for another connection's write lock, in seconds.
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+
+def lock_key(name: str) -> int:
+    """A 64-bit signed key for ``name`` (PostgreSQL advisory locks take a ``bigint``)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def lock_name(name: str) -> str:
+    """A MySQL lock name for ``name``: at most 64 characters whatever the name's length."""
+    return "bgq:" + hashlib.sha256(name.encode()).hexdigest()[:56]
+
+
+class Listener:
+    """Wait for new jobs: a plain timed wait (no database can say when jobs arrive)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    def wait(self, stop: threading.Event) -> None:
+        """Return after ``interval`` seconds, or as soon as ``stop`` is set."""
+        stop.wait(self.interval)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Dialect:
+    """What a database without special support gets; the backends below override it."""
+
+    #: A one-statement write runs in autocommit mode: one round trip, not two.
+    autocommit_single_statement = False
+    #: :meth:`Store.claim_delivered` claims plain delivered jobs in one statement.
+    claims_delivered_in_one_statement = False
+    #: Datetimes are bound as ISO text (SQLite), which the driver may write faster.
+    binds_datetimes_as_text = False
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def begin_claim(self, conn: sa.Connection) -> None:
+        """Prepare the connection for a claim's transaction (before its first statement)."""
+
+    def end_claim(self, conn: sa.Connection) -> None:
+        """Release what the claim held beyond its transaction (after commit or rollback)."""
+
+    def try_lock_group(self, conn: sa.Connection, name: str) -> bool:
+        """Lock a serial group until the claim commits; never wait for it."""
+        return True
+
+    def lock_for_claim(self, select: sa.Select[Any]) -> sa.Select[Any]:
+        """The claim's SELECT, locking the rows it reads and skipping locked ones."""
+        return select.with_for_update(skip_locked=True)
+
+    def claim_order(
+        self, table: sa.Table, any_job: bool, states: Sequence[JobState]
+    ) -> tuple[list[Any], list[Any]]:
+        """Extra WHERE clauses and the ORDER BY of a claim: priority, then id."""
+        return [], [table.c.priority, table.c.id]
+
+    def save_many(
+        self,
+        conn: sa.Connection,
+        statement: Any,
+        table: sa.Table,
+        params: list[dict[str, Any]],
+        columns: Sequence[str],
+    ) -> int:
+        """Save several outcomes with one round trip (``executemany``); how many matched.
+
+        psycopg sends an ``executemany`` as one pipeline, sqlite3 loops in C.
+        """
+        return conn.execute(statement, params).rowcount
+
+    def ensure_statistics(self, table_name: str) -> bool:
+        """Analyze the job table if it never was; only PostgreSQL needs it."""
+        return False
+
+    def minute(self, column: Any) -> Any:
+        """The column truncated to its minute."""
+        return sa.func.strftime("%Y-%m-%d %H:%M:00", column)
+
+    def listener(self, channel: str, interval: float) -> Listener:
+        """An object that waits for new jobs: here a plain timed wait."""
+        return Listener(interval)
+
+
+class SQLite(Dialect):
+    binds_datetimes_as_text = True
+
+    def begin_claim(self, conn: sa.Connection) -> None:
+        # Take the write lock up front: claims are serialized, never upgraded mid-way.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def lock_for_claim(self, select: sa.Select[Any]) -> sa.Select[Any]:
+        return select  # no row locks: BEGIN IMMEDIATE holds the database's write lock
+
+
+class PostgreSQL(Dialect):
+    autocommit_single_statement = True
+    claims_delivered_in_one_statement = True
+
+    def try_lock_group(self, conn: sa.Connection, name: str) -> bool:
+        """A transaction advisory lock; keys hash the table name too, so two apps never
+        collide."""
+        return bool(
+            conn.execute(
+                sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key(name)}
+            ).scalar()
+        )
+
+    def ensure_statistics(self, table_name: str) -> bool:
+        """``ANALYZE`` the job table if it never was; return whether it ran.
+
+        Until autovacuum first analyzes a new table (once it has seen enough changes, up
+        to a minute later) the planner has no statistics and takes it for a few rows:
+        every claim then reads and sorts all runnable jobs instead of walking the claim
+        index. A burst of jobs on a fresh table is when that costs most, so workers
+        analyze a table that never was when they start.
+        """
+        name = self.engine.dialect.identifier_preparer.quote(table_name)
+        never = sa.text(
+            "SELECT last_analyze IS NULL AND last_autoanalyze IS NULL"
+            " FROM pg_stat_user_tables WHERE relid = to_regclass(:name)"
+        )
+        with self.engine.connect() as conn:
+            if not conn.execute(never, {"name": name}).scalar():
+                return False
+            # Without ownership PostgreSQL skips it with a warning: never an error here.
+            conn.exec_driver_sql(f"ANALYZE {name}")
+            conn.commit()
+        return True
+
+    def minute(self, column: Any) -> Any:
+        return sa.func.date_trunc("minute", column)
+
+    def listener(self, channel: str, interval: float) -> Listener:
+        """``LISTEN`` on the channel a trigger NOTIFYs when jobs are inserted (migration 0005)."""
+        return _PostgreSQLListener(self.engine, channel, interval)
+
+
+class _PostgreSQLListener(Listener):
+    """``LISTEN`` on a connection of its own, thrown away afterwards."""
+
+    def __init__(self, engine: sa.Engine, channel: str, interval: float) -> None:
+        super().__init__(interval)
+        self.channel = channel
+        self.raw: Any = engine.raw_connection()
+        conn: Any = self.raw.driver_connection
+        conn.autocommit = True
+        conn.execute(f'LISTEN "{channel}"')
+
+    def wait(self, stop: threading.Event) -> None:
+        deadline = time.monotonic() + self.interval
+        while not stop.is_set() and time.monotonic() < deadline:
+            # Short slices so that a stop request is seen quickly.
+            for _ in self.raw.driver_connection.notifies(
+                timeout=min(0.25, self.interval), stop_after=1
+            ):
+                return
+
+    def close(self) -> None:
+        if self.raw is None:
+            return
+        raw, self.raw = self.raw, None
+        try:
+            raw.driver_connection.execute(f'UNLISTEN "{self.channel}"')
+        finally:
+            raw.invalidate()  # never hand a LISTENing connection back to the pool
+
+
+class MySQL(Dialect):
+    """MySQL and MariaDB."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        super().__init__(engine)
+        self._save_many_statements: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def begin_claim(self, conn: sa.Connection) -> None:
+        # Each statement must see what others committed before it (the serial-group
+        # check reads after taking the group lock); InnoDB defaults to REPEATABLE
+        # READ. This applies to the next transaction only. PostgreSQL's default,
+        # READ COMMITTED, already does.
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        conn.info["bgq_locks"] = []
+
+    def end_claim(self, conn: sa.Connection) -> None:
+        locks = conn.info.pop("bgq_locks")
+        for name in locks:  # session-level locks outlive the transaction on MySQL
+            conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+        if locks:
+            conn.commit()
+
+    def try_lock_group(self, conn: sa.Connection, name: str) -> bool:
+        """A named lock, released after commit by :meth:`end_claim`."""
+        lock = lock_name(name)
+        if conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": lock}).scalar() == 1:
+            conn.info["bgq_locks"].append(lock)
+            return True
+        return False
+
+    def claim_order(
+        self, table: sa.Table, any_job: bool, states: Sequence[JobState]
+    ) -> tuple[list[Any], list[Any]]:
+        if not (any_job and set(states) == set(RUNNABLE_STATES)):
+            return super().claim_order(table, any_job, states)
+        # The runnable jobs' index (migration 0006) yields them in claim order, so the
+        # claim reads, and locks, only the rows it takes; not the whole backlog. (A claim
+        # of some runnable states only, BROKER_FAILED in broker mode, reads those
+        # through ix_<table>_due instead of walking every runnable job.)
+        claim_priority: Any = sa.literal_column("bgq_claim_priority")
+        return [claim_priority.is_not(None)], [claim_priority, table.c.id]
+
+    def minute(self, column: Any) -> Any:
+        return sa.func.date_format(column, "%Y-%m-%d %H:%i:00")
+
+    def save_many(
+        self,
+        conn: sa.Connection,
+        statement: Any,
+        table: sa.Table,
+        params: list[dict[str, Any]],
+        columns: Sequence[str],
+    ) -> int:
+        """One UPDATE with a ``CASE`` per column: the driver would send an UPDATE per row.
+
+        A column whose value is the same in every outcome is bound once; the others get a
+        CASE on the id. SQLAlchemy's pymysql dialect counts matched rows.
+        """
+        names = (*(f"v_{c}" for c in columns), "b_attempts")
+        first = params[0]
+        varying = tuple(n for n in names if any(p[n] != first[n] for p in params))
+        stmt = self._save_many_statements.get((len(params), varying))
+        if stmt is None:
+            if len(self._save_many_statements) >= 256:
+                self._save_many_statements.clear()
+            stmt = _case_update(table, len(params), varying, columns)
+            self._save_many_statements[(len(params), varying)] = stmt
+        bound = {n: first[n] for n in names if n not in varying}
+        for k, p in enumerate(params):
+            bound[f"id_{k}"] = p["b_id"]
+            bound.update((f"{n}_{k}", p[n]) for n in varying)
+        return conn.execute(stmt, bound).rowcount
+
+
+def _case_update(t: sa.Table, n: int, varying: tuple[str, ...], columns: Sequence[str]) -> Any:
+    """The outcome UPDATE of ``n`` jobs, a ``CASE`` on the id for each varying value."""
+
+    def value(name: str, column: sa.Column[Any]) -> Any:
+        if name not in varying:
+            return sa.bindparam(name, type_=column.type)
+        return sa.case(
+            *(
+                (t.c.id == sa.bindparam(f"id_{k}"), sa.bindparam(f"{name}_{k}", type_=column.type))
+                for k in range(n)
+            ),
+        )
+
+    return (
+        t.update()
+        .where(
+            t.c.id.in_([sa.bindparam(f"id_{k}") for k in range(n)]),
+            t.c.state == JobState.PROCESSING,
+            t.c.number_of_attempts == value("b_attempts", t.c.number_of_attempts),
+        )
+        .values({c: value(f"v_{c}", t.c[c]) for c in columns})
+    )
+
+
+def dialect_for(engine: sa.Engine) -> Dialect:
+    """The :class:`Dialect` of the engine's database."""
+    name = engine.dialect.name
+    if name == "postgresql":
+        return PostgreSQL(engine)
+    if name in ("mysql", "mariadb"):
+        return MySQL(engine)
+    if name == "sqlite":
+        return SQLite(engine)
+    return Dialect(engine)
+
+
+# -- engine settings ------------------------------------------------------------------------
+
+
+def engine_options(url: sa.URL, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``create_engine`` options for the queue's private engine: SQLite waits for another
+    process's write lock, and an in-memory database keeps its one connection."""
+    options = dict(options)
+    if url.get_backend_name() == "sqlite":
+        options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_SECONDS)
+        if url.database in (None, "", ":memory:"):
+            options.setdefault("poolclass", sa.StaticPool)
+    return options
+
+
+def prepare_engine(engine: sa.Engine) -> None:
+    """Settings the queue needs on an engine it shares with the application (a bind).
+
+    SQLite: wait for another process's write instead of failing at once with "database is
+    locked". Set on checkout, not connect: the bind's pool may already hold connections.
+    """
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine.pool, "checkout", _sqlite_busy_timeout)
+
+
+def _sqlite_busy_timeout(dbapi_connection: Any, *_: Any) -> None:
+    dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+
+
+def enable_wal(engine: sa.Engine, logger: logging.Logger) -> None:
+    """SQLite on a file: switch to WAL mode (persistent per file), so readers never block
+    the writer. Other databases, and in-memory SQLite: nothing."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    except sa.exc.OperationalError as exc:  # another connection is writing right now
+        logger.info("bgqueue: SQLite WAL mode not set (%s); rollback journal kept", exc)

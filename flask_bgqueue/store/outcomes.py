@@ -1,0 +1,121 @@
+"""After a claim: an attempt's outcome, heartbeats, and jobs given back unstarted.
+
+Every write names the attempt it belongs to (``PROCESSING`` and its number of attempts), so
+a worker whose job was taken from it (a lost worker reaped) can never overwrite a newer
+state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..models import JobState
+from .base import Claim, StoreBase
+
+#: What an attempt's outcome writes (see :meth:`Store.save_outcome`).
+OUTCOME_COLUMNS = (
+    "updated_at",
+    "heartbeat_at",
+    "execution_time",
+    "memory",
+    "error_message",
+    "traceback",
+    "finished_at",
+    "available_at",
+    "number_of_attempts",
+)
+#: The columns an outcome's UPDATE sets.
+_SET_COLUMNS = ("state", *OUTCOME_COLUMNS)
+
+
+class Outcomes(StoreBase):
+    def __init__(self, engine: sa.Engine, table_name: str, queue: str) -> None:
+        super().__init__(engine, table_name, queue)
+        t = self.table
+        self._save_outcome = (
+            t.update()
+            .where(
+                t.c.id == sa.bindparam("b_id"),
+                t.c.state == JobState.PROCESSING,
+                t.c.number_of_attempts == sa.bindparam("b_attempts"),
+            )
+            .values({c: sa.bindparam(f"v_{c}") for c in _SET_COLUMNS})
+        )
+
+    def update_claimed(self, claim: Claim, **values: Any) -> bool:
+        """Change a claimed job, if it is still this attempt's; else ``False``."""
+        with self.engine.begin() as conn:
+            return self._guarded(conn, claim, **values)
+
+    def save_outcome(self, claim: Claim, state: JobState, **values: Any) -> bool:
+        """Store an attempt's outcome, if the job is still this attempt's; else ``False``."""
+        return self.save_outcomes([(claim, state, values)])[0]
+
+    def save_outcomes(
+        self, outcomes: Sequence[tuple[Claim, JobState, dict[str, Any]]]
+    ) -> list[bool]:
+        """Store several attempts' outcomes in one transaction; which ones were still ours.
+
+        The hot path of every job. Several outcomes go to the server together: one
+        ``executemany`` (psycopg sends it as one pipeline, sqlite3 loops in C) or, on
+        MySQL/MariaDB, whose driver sends an UPDATE per row, one UPDATE with a ``CASE`` per
+        column. When fewer rows match than were sent (a job was taken from this worker
+        while it ran), that transaction is rolled back and the outcomes are saved one by
+        one, to learn which were still ours. The columns an outcome does not name keep the
+        values the claim saw.
+        """
+        params = [self._outcome_params(c, state, values) for c, state, values in outcomes]
+        with self.engine.connect() as conn:
+            if len(params) > 1:
+                with conn.begin() as transaction:
+                    matched = self.dialect.save_many(
+                        conn, self._save_outcome, self.table, params, _SET_COLUMNS
+                    )
+                    if matched == len(params):
+                        return [True] * len(params)
+                    transaction.rollback()
+            elif self.dialect.autocommit_single_statement:  # one statement: commits by itself
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                return [conn.execute(self._save_outcome, params[0]).rowcount == 1]
+            with conn.begin():
+                return [conn.execute(self._save_outcome, p).rowcount == 1 for p in params]
+
+    @staticmethod
+    def _outcome_params(claim: Claim, state: JobState, values: dict[str, Any]) -> dict[str, Any]:
+        job = claim.job
+        params: dict[str, Any] = {f"v_{c}": None for c in OUTCOME_COLUMNS}
+        params.update(v_available_at=job.available_at, v_number_of_attempts=job.number_of_attempts)
+        params.update({f"v_{k}": v for k, v in values.items()})
+        params.update(v_state=int(state), b_id=job.id, b_attempts=job.number_of_attempts)
+        return params
+
+    def release(self, claims: Sequence[Claim], now: datetime) -> None:
+        """Give back claimed jobs that were not started (the worker is stopping)."""
+        t = self.table
+        with self.engine.begin() as conn:
+            for claim in claims:
+                self._guarded(
+                    conn,
+                    claim,
+                    state=claim.previous_state,
+                    number_of_attempts=t.c.number_of_attempts - 1,
+                    pid=None,
+                    hostname=None,
+                    heartbeat_at=None,
+                    updated_at=now,
+                )
+
+    def heartbeat(self, claims: Sequence[Claim], now: datetime) -> None:
+        t = self.table
+        if not claims:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.id.in_([c.job.id for c in claims]), t.c.state == JobState.PROCESSING)
+                .values(heartbeat_at=now)
+            )

@@ -1,0 +1,116 @@
+"""Recovery and housekeeping: lost workers' jobs, jobs no worker here can run, ids that
+must go to the broker again, and finished jobs cleared away."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from ..models import DONE_STATES, RESEND_STATES, RUNNABLE_STATES, Job, JobState
+from .base import StoreBase
+
+
+class Recovery(StoreBase):
+    def reap_lost(
+        self, now: datetime, lost_after: timedelta, max_attempts: int | None
+    ) -> list[int]:
+        """Jobs whose worker stopped beating go back to ``TEMPORARILY_FAILED``, due now.
+
+        The lost attempt counts; past ``max_attempts`` the job fails for good instead.
+        """
+        t = self.table
+        stale = sa.and_(
+            t.c.state == JobState.PROCESSING, self.in_queue, t.c.heartbeat_at < now - lost_after
+        )
+        with self.engine.begin() as conn:
+            lost = list(
+                conn.execute(
+                    sa.select(t.c.id, t.c.hostname, t.c.pid, t.c.number_of_attempts).where(stale)
+                )
+            )
+            reaped = []
+            for job_id, host, pid, attempts in lost:
+                message = f"worker lost: pid {pid} on {host} stopped without saving the job"
+                state = JobState.TEMPORARILY_FAILED
+                if max_attempts is not None and attempts >= max_attempts:
+                    state = JobState.PERMANENTLY_FAILED
+                    message = f"gave up after {attempts} attempts: {message}"
+                done = self._transition(
+                    conn,
+                    job_id,
+                    (JobState.PROCESSING,),
+                    extra=t.c.heartbeat_at < now - lost_after,
+                    state=state,
+                    available_at=now,
+                    updated_at=now,
+                    error_message=message,
+                )
+                if done:
+                    reaped.append(job_id)
+        return reaped
+
+    def note_unknown_callbacks(self, now: datetime, known: Sequence[str], note: str) -> int:
+        """Mark due jobs that no callback of this worker can run, without touching their state."""
+        t = self.table
+        stmt = (
+            t.update()
+            .where(
+                t.c.state.in_(RUNNABLE_STATES),
+                self.in_queue,
+                t.c.available_at <= now,
+                t.c.callback_name.not_in(list(known)),
+                sa.or_(t.c.error_message.is_(None), t.c.error_message != note),
+            )
+            .values(error_message=note)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def mark_broker_failed(self, job_ids: Sequence[int], now: datetime, message: str) -> None:
+        """The rows are saved but their ids did not reach the broker."""
+        t = self.table
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.id.in_(list(job_ids)), t.c.state == JobState.READY)
+                .values(state=JobState.BROKER_FAILED, error_message=message, updated_at=now)
+            )
+
+    def take_for_resending(self, now: datetime, lost_before: datetime) -> list[Job]:
+        """Due jobs whose id must go to the broker again; they are set ``READY``.
+
+        ``BACK_TO_BROKER``, ``TEMPORARILY_FAILED`` and ``WAITING`` jobs whose time has come,
+        and ``READY`` ones untouched since ``lost_before`` (their message was lost).
+        """
+        t = self.table
+        due = sa.and_(
+            self.in_queue,
+            t.c.available_at <= now,
+            sa.or_(
+                t.c.state.in_(RESEND_STATES),
+                sa.and_(t.c.state == JobState.READY, t.c.updated_at < lost_before),
+            ),
+        )
+        with self.engine.begin() as conn:
+            jobs = [
+                Job.from_row(r)
+                for r in conn.execute(sa.select(t).where(due).order_by(t.c.priority, t.c.id))
+            ]
+            taken = []
+            for job in jobs:
+                extra = t.c.updated_at == job.updated_at  # nobody moved it meanwhile
+                if self._transition(
+                    conn, job.id, (job.state,), extra=extra, state=JobState.READY, updated_at=now
+                ):
+                    taken.append(job)
+        return taken
+
+    def clear_finished(self, before: datetime | None) -> int:
+        t = self.table
+        stmt = t.delete().where(t.c.state.in_(DONE_STATES), self.in_queue)
+        if before is not None:
+            stmt = stmt.where(t.c.finished_at < before)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
