@@ -29,7 +29,7 @@ from .exceptions import (
     WaitingException,
 )
 from .models import JobState
-from .pacing import QUICK_JOB_SECONDS, SLOW_JOB_SECONDS
+from .pacing import Pacer
 from .resources import memory_usage
 from .retry import backoff, utcnow
 from .store import Claim, Store
@@ -205,10 +205,10 @@ class Processor:
         heartbeat = Heartbeat(self.store, s.heartbeat_interval_seconds, self.logger)
         heartbeat.start()
         progressed = False
-        limit = s.claim_batch_size
+        pacer = self.claim_pacer()
         try:
             while True:
-                claims = self.claim(priorities, known, limit=limit, states=states)
+                claims = self.claim(priorities, known, limit=pacer.size, states=states)
                 if not claims:
                     # Jobs of a serial group left WAITING by another worker become due
                     # shortly; wait for them only while jobs keep finishing, so a job that
@@ -224,7 +224,7 @@ class Processor:
                 batch = SweepResult()
                 started = time.perf_counter()
                 died = self.run_claims(claims, heartbeat, _counting(batch))
-                limit = self.next_batch_size(limit, len(claims), time.perf_counter() - started)
+                pacer.record(len(claims), time.perf_counter() - started)
                 result.merge(batch)
                 if died:
                     result.died = True
@@ -233,19 +233,16 @@ class Processor:
         finally:
             heartbeat.stop()
 
-    def next_batch_size(self, limit: int, claimed: int, seconds: float) -> int:
-        """Claim more at once while jobs take under 2 ms each, up to ten times the setting.
+    def claim_pacer(self, cap: int | None = None) -> Pacer:
+        """Claim more at once while jobs take under 2 ms each, up to ten times the setting
+        (or ``cap``).
 
         A full batch of quick jobs doubles the next claim; slow jobs (20 ms or more) bring
         it back to ``BGQUEUE_CLAIM_BATCH_SIZE``, so slow work stays spread over workers.
         """
         configured = self.settings.claim_batch_size
-        per_job = seconds / max(1, claimed)
-        if per_job >= SLOW_JOB_SECONDS:
-            return configured
-        if per_job < QUICK_JOB_SECONDS and claimed == limit:
-            return min(limit * 2, configured * 10)
-        return limit
+        most = configured * 10
+        return Pacer(start=configured, cap=most if cap is None else min(most, cap))
 
     def resend(self, now: Any) -> int:
         """Broker mode: send due ids again (state ``READY``); failures become ``BROKER_FAILED``."""

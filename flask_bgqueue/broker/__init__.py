@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from .base import Broker, BrokerError, Delivery, Handler
+from .base import Broker, BrokerConnectionLost, BrokerError, Consumer, Delivery
 
-__all__ = ["Broker", "BrokerError", "Delivery", "Handler", "broker_for_url"]
+__all__ = [
+    "Broker",
+    "BrokerConnectionLost",
+    "BrokerError",
+    "Consumer",
+    "Delivery",
+    "broker_for_url",
+]
 
 
 def broker_for_url(url: str, queue_arguments: dict[str, object]) -> Broker:
