@@ -196,8 +196,9 @@ class AmqpConsumer(Consumer):
         self.buffered: dict[int, list[tuple[int, int]]] = {p: [] for p in priorities}
         self.unacked: set[int] = set()  # delivery tags received and not yet acked
         self.reload_tag: int | None = None
-        self.prefetch = 0
-        self.consumer_tags: list[str] = []
+        self.prefetch = 0  # per queue: the sum of the subscriptions' prefetch counts
+        # (prefetch count, consumer tag of each work queue), oldest first
+        self.subscriptions: list[tuple[int, list[str]]] = []
         try:
             with _connection_lost():
                 for p in priorities:
@@ -210,24 +211,24 @@ class AmqpConsumer(Consumer):
             raise
 
     def _subscribe(self, prefetch: int) -> None:
-        """(Re)subscribe to the work queues with ``prefetch`` messages each.
+        """Subscribe once more to each work queue, for ``prefetch`` more messages.
 
-        RabbitMQ applies a ``basic.qos`` to consumers started after it, so the new
-        subscriptions start before the old ones are cancelled; messages already delivered
-        stay buffered here, those pika holds undelivered go back to the queue.
+        RabbitMQ applies a ``basic.qos`` (``global=False``: per consumer) only to the
+        consumers started after it, so a larger prefetch takes one more consumer per queue
+        rather than a new one in place of the old: cancelling would send the messages pika
+        holds undelivered back behind those the new consumer already got. A queue hands
+        its messages to the consumers of one channel in its own order, so they still come
+        in the order of the queue. (``global=True``, one prefetch for the whole channel,
+        applies at once but spans all queues, and quorum queues refuse it.)
         """
         channel = self.ch.channel
         channel.basic_qos(prefetch_count=prefetch)
-        old, self.consumer_tags = (
-            self.consumer_tags,
-            [
-                channel.basic_consume(work_queue(self.queue, p), self._on_message(p))
-                for p in self.priorities
-            ],
-        )
-        for tag in old:
-            channel.basic_cancel(tag)
-        self.prefetch = prefetch
+        tags = [
+            channel.basic_consume(work_queue(self.queue, p), self._on_message(p))
+            for p in self.priorities
+        ]
+        self.subscriptions.append((prefetch, tags))
+        self.prefetch += prefetch
 
     def _on_message(self, priority: int) -> Callable[..., None]:
         def callback(channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -293,15 +294,21 @@ class AmqpConsumer(Consumer):
         count = max(1, count)
         if count == self.prefetch:
             return
-        lower = count < self.prefetch
         with _connection_lost():
-            self._subscribe(count)
-            if lower:  # keep `count` per queue; the others serve other consumers
-                for p in self.priorities:
+            channel = self.ch.channel
+            if count < self.prefetch:
+                while len(self.subscriptions) > 1 and self.prefetch > count:
+                    prefetch, consumer_tags = self.subscriptions.pop()
+                    for consumer_tag in consumer_tags:  # pika gives back what it holds for them
+                        channel.basic_cancel(consumer_tag)
+                    self.prefetch -= prefetch
+                for p in self.priorities:  # keep `count` per queue; the others serve others
                     for tag, _ in self.buffered[p][count:]:
-                        self.ch.channel.basic_nack(tag, requeue=True)
+                        channel.basic_nack(tag, requeue=True)
                         self.unacked.discard(tag)
                     del self.buffered[p][count:]
+            if count > self.prefetch:
+                self._subscribe(count - self.prefetch)
 
     def take_reload_request(self) -> bool:
         if self.reload_tag is None:
