@@ -58,6 +58,18 @@ class SchemaError(BgQueueError):
     """The job table is missing or older than this version and may not be upgraded here."""
 
 
+class SchemaLockTimeout(SchemaError, TimeoutError):
+    """Another process held the schema upgrade's lock for too long."""
+
+
+class BrokerError(BgQueueError):
+    """Sending to or talking with the broker failed."""
+
+
+class BrokerConnectionLost(BrokerError):
+    """A consumer's connection dropped: close the consumer and open a new one."""
+
+
 # Outcomes a callback (or a signal receiver) raises to decide what happens to its job.
 
 

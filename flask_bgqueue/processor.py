@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
@@ -32,7 +32,7 @@ from .exceptions import (
     WaitingException,
 )
 from .models import ENDED_STATES, FAILED_STATES, JobState
-from .pacing import QUICK_JOB_SECONDS, SLOW_JOB_SECONDS
+from .pacing import Pacer
 from .publishing import send_jobs_to_broker
 from .resources import memory_usage
 from .retry import backoff
@@ -182,13 +182,7 @@ class Processor:
         result = SweepResult()
         self.store.ensure_statistics()
         now = utcnow()
-        result.reaped = self.store.reap_lost(
-            now, timedelta(seconds=s.worker_lost_after_seconds), s.max_attempts
-        )
-        for job_id in result.reaped:
-            self.logger.warning(
-                "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id
-            )
+        result.reaped = self.reap(now)
         known = self.state.callback_names()
         states = None
         if self.state.broker is not None:
@@ -196,19 +190,15 @@ class Processor:
             # the jobs the broker never got.
             result.resent = self.resend(now)
             states = (JobState.BROKER_FAILED,)
-        self.store.note_unknown_callbacks(
-            now,
-            known,
-            f"no callback of this name is registered in worker pid {self.pid} on {HOSTNAME}",
-        )
+        self.note_unknown_callbacks(now, "worker")
         waiting = timedelta(milliseconds=s.waiting_job_expiration_ms)
         heartbeat = Heartbeat(self.store, s.heartbeat_interval_seconds, self.logger)
         heartbeat.start()
         progressed = False
-        limit = s.claim_batch_size
+        pacer = self.claim_pacer()
         try:
             while True:
-                claims = self.claim(priorities, known, limit=limit, states=states)
+                claims = self.claim(priorities, known, limit=pacer.size, states=states)
                 if not claims:
                     # Jobs of a serial group left WAITING by another worker become due
                     # shortly; wait for them only while jobs keep finishing, so a job that
@@ -224,7 +214,7 @@ class Processor:
                 batch = SweepResult()
                 started = time.perf_counter()
                 died = self.run_claims(claims, heartbeat, _counting(batch))
-                limit = self.next_batch_size(limit, len(claims), time.perf_counter() - started)
+                pacer.record(len(claims), time.perf_counter() - started)
                 result.merge(batch)
                 if died:
                     result.died = True
@@ -233,19 +223,37 @@ class Processor:
         finally:
             heartbeat.stop()
 
-    def next_batch_size(self, limit: int, claimed: int, seconds: float) -> int:
-        """Claim more at once while jobs take under 2 ms each, up to ten times the setting.
+    def claim_pacer(self, cap: int | None = None) -> Pacer:
+        """Claim more at once while jobs take under 2 ms each, up to ten times the setting
+        (or ``cap``).
 
         A full batch of quick jobs doubles the next claim; slow jobs (20 ms or more) bring
         it back to ``BGQUEUE_CLAIM_BATCH_SIZE``, so slow work stays spread over workers.
         """
         configured = self.settings.claim_batch_size
-        per_job = seconds / max(1, claimed)
-        if per_job >= SLOW_JOB_SECONDS:
-            return configured
-        if per_job < QUICK_JOB_SECONDS and claimed == limit:
-            return min(limit * 2, configured * 10)
-        return limit
+        most = configured * 10
+        return Pacer(start=configured, cap=most if cap is None else min(most, cap))
+
+    def reap(self, now: datetime) -> list[int]:
+        """Take back the jobs of lost workers (see :meth:`Store.reap_lost`), logging each."""
+        s = self.settings
+        reaped = self.store.reap_lost(
+            now, timedelta(seconds=s.worker_lost_after_seconds), s.max_attempts
+        )
+        for job_id in reaped:
+            self.logger.warning(
+                "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id
+            )
+        return reaped
+
+    def note_unknown_callbacks(self, now: datetime, role: str) -> None:
+        """Note on due jobs no callback of this process can run why they wait (never fail
+        them: a worker that knows the callback takes them)."""
+        self.store.note_unknown_callbacks(
+            now,
+            self.state.callback_names(),
+            f"no callback of this name is registered in {role} pid {self.pid} on {self.hostname}",
+        )
 
     def resend(self, now: Any) -> int:
         """Broker mode: send due ids again (state ``READY``); failures become ``BROKER_FAILED``."""

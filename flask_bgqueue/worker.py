@@ -1,40 +1,48 @@
 """The long-running consumer (``flask bgq consume``).
 
-With a broker it takes job ids from it; without one it claims due jobs from the table,
-waking up through PostgreSQL ``LISTEN``/``NOTIFY`` or every ``BGQUEUE_POLL_INTERVAL_MS``.
-Either way jobs are claimed by the same guarded UPDATE as in cron mode, several at once
-while they are quick, a stop request (SIGTERM, SIGINT, ``-j N`` reached, ``DieException``)
-is honoured between two jobs, and jobs claimed but not started are given back (and, with a
-broker, their ids sent again). ``reload-consumers`` is honoured between two batches.
+One loop serves every source of jobs: it takes a batch (ids from a broker's
+:class:`~flask_bgqueue.broker.Consumer`, or due jobs claimed from the table, waking up
+through PostgreSQL ``LISTEN``/``NOTIFY`` or every ``BGQUEUE_POLL_INTERVAL_MS``), claims
+it by the same guarded UPDATE as in cron mode, runs it, and paces the next batch: several
+jobs at once while they are quick (:class:`~flask_bgqueue.pacing.Pacer`). A stop request
+(SIGTERM, SIGINT, ``-j N`` reached, ``DieException``) is honoured between two jobs, and
+jobs claimed but not started are given back (and, with a broker, their ids sent again).
+``reload-consumers`` is honoured between two batches.
+
+With a broker, a message is acknowledged once its job's claim is committed, and the jobs
+run in a thread of their own (:class:`_JobThread`) while this thread serves the broker's
+connection; after a lost connection the loop goes on with a new broker consumer.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Flask
 
-from .broker import BrokerError, Delivery
+from .broker import Broker, BrokerConnectionLost, BrokerError, Consumer, Delivery
 from .clock import utcnow
-from .models import RUNNABLE_STATES, JobState
+from .models import AGAIN_STATES, DELIVERABLE_STATES
+from .pacing import MAX_BATCH, Pacer
 from .processor import Heartbeat, Outcome, Processor
+from .runtime import Runtime
 from .store import Claim
 
-if TYPE_CHECKING:
-    from .runtime import Runtime
+log = logging.getLogger("flask_bgqueue.broker")
 
 #: A consumer takes a job a little early rather than send its id around once more.
 EARLY_MS = 100
 #: How long the id of a job whose callback is unknown here waits before it is offered again.
 UNKNOWN_CALLBACK_DELAY_MS = 60_000
-CLAIMABLE = (*RUNNABLE_STATES, JobState.BACK_TO_BROKER)
-#: At most this many jobs are claimed in one transaction.
-MAX_BATCH = 128
+#: How long a broker consumer waits for ids before the loop looks around (stop, reaping).
+IDLE_SECONDS = 1.0
 
 
 @dataclass
@@ -77,25 +85,56 @@ class Worker:
         try:
             broker = self.state.broker
             if broker is None:
-                self._poll()
+                with _Wakeup(self.store, self.settings.poll_interval_ms / 1000) as wakeup:
+                    self.result.reloaded = self._consume(_TableFeed(self, wakeup))
             else:
-                broker.consume(
-                    self.queue,
-                    self.priorities,
-                    self._handle,
-                    self.stop.is_set,
-                    self._reap,
-                    self._batch_limit,
-                )
-                self.result.reloaded = not self.stop.is_set()
+                self.result.reloaded = self._consume_broker(broker)
         finally:
             self.heartbeat.stop()
         return self.result
 
-    # -- shared -------------------------------------------------------------------------
+    # -- the consume loop ---------------------------------------------------------------
+
+    def _consume(self, feed: _Feed) -> bool:
+        """Take, claim, run and pace batches until told to stop (``False``) or asked to
+        reload (``True``)."""
+        while not self.stop.is_set():
+            self._reap()
+            if feed.take_reload_request():
+                return True
+            taken = feed.take(self._batch_limit())
+            if taken is None:
+                continue
+            size, claims = taken
+            started = time.perf_counter()
+            feed.run(functools.partial(self._run, claims))
+            feed.paced(size, time.perf_counter() - started)
+        return False
+
+    def _consume_broker(self, broker: Broker) -> bool:
+        """The consume loop on broker consumers, a new one after each lost connection."""
+        started = time.time()
+        runner = _JobThread()
+        try:
+            while not self.stop.is_set():
+                try:
+                    consumer = broker.consumer(self.queue, self.priorities, started)
+                    try:
+                        return self._consume(_BrokerFeed(self, consumer, runner))
+                    finally:
+                        consumer.close()
+                except BrokerConnectionLost as exc:
+                    log.warning(
+                        "bgqueue: lost RabbitMQ (%r); reconnecting in 1 s", exc.__cause__ or exc
+                    )
+                    if not self.stop.is_set():
+                        time.sleep(1)
+            return False
+        finally:
+            runner.close()
 
     def _batch_limit(self) -> int:
-        """How many jobs the next claim may take: all it likes, but ``-j N`` caps it."""
+        """How many jobs the next batch may take: all it likes, but ``-j N`` caps it."""
         if self.max_jobs is None:
             return MAX_BATCH
         return max(1, min(MAX_BATCH, self.max_jobs - self.result.jobs))
@@ -110,7 +149,7 @@ class Worker:
         again: list[tuple[Any, float]] = []
 
         def ran(claim: Claim, outcome: Outcome) -> None:
-            if outcome.state in (JobState.TEMPORARILY_FAILED, JobState.WAITING):
+            if outcome.state in AGAIN_STATES:
                 due = outcome.values.get("available_at") or utcnow()
                 again.append((claim.job, (due - utcnow()).total_seconds() * 1000))
             self._ran(claim, outcome)
@@ -142,43 +181,15 @@ class Worker:
         if time.monotonic() - self._last_reap < lost_after / 2:
             return
         self._last_reap = time.monotonic()
-        reaped = self.store.reap_lost(
-            utcnow(), timedelta(seconds=lost_after), self.settings.max_attempts
-        )
-        for job_id in reaped:
-            self.state.logger.warning(
-                "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id
-            )
+        for job_id in self.processor.reap(utcnow()):
             job = self.store.get(job_id)
             if self.state.broker is not None and job is not None:
                 self._send(job, 0)
 
-    # -- without a broker ---------------------------------------------------------------
+    # -- delivered ids ------------------------------------------------------------------
 
-    def _poll(self) -> None:
-        known = self.state.callback_names()
-        limit = self.settings.claim_batch_size
-        with _Wakeup(self.store, self.settings.poll_interval_ms / 1000) as wakeup:
-            while not self.stop.is_set():
-                self._reap()
-                claims = self.processor.claim(
-                    self.priorities, known, limit=min(limit, self._batch_limit())
-                )
-                if not claims:
-                    wakeup.wait(self.stop)
-                    continue
-                self.heartbeat.hold(claims)
-                started = time.perf_counter()
-                self._run(claims)
-                # Like the cron sweep: claim more at once while jobs are quick.
-                limit = self.processor.next_batch_size(
-                    limit, len(claims), time.perf_counter() - started
-                )
-
-    # -- with a broker ------------------------------------------------------------------
-
-    def _handle(self, deliveries: Sequence[Delivery]) -> Callable[[], None] | None:
-        """Claim the delivered jobs (then the messages are acknowledged) or send them on."""
+    def _claim_delivered(self, deliveries: Sequence[Delivery]) -> list[Claim]:
+        """Claim the delivered jobs, in the order they came; send the others on."""
         ids = list(dict.fromkeys(d.job_id for d in deliveries))
         claims = self._claim(ids)
         claimed = {c.job.id for c in claims}
@@ -186,7 +197,7 @@ class Worker:
             if job_id in claimed:
                 continue
             job = self.store.get(job_id)
-            if job is None or job.state not in CLAIMABLE:
+            if job is None or job.state not in DELIVERABLE_STATES:
                 continue  # finished, running elsewhere or gone: a stale message
             delay_ms = (job.available_at - utcnow()).total_seconds() * 1000
             if delay_ms <= EARLY_MS:  # (nearly) due now: it was just not due at the claim
@@ -196,12 +207,9 @@ class Worker:
                     claims += more
                     continue
             self._redirect(job, delay_ms)
-        if not claims:
-            return None
         order = {job_id: i for i, job_id in enumerate(ids)}
         claims.sort(key=lambda c: order[c.job.id])  # as the broker delivered them
-        self.heartbeat.hold(claims)
-        return lambda: self._run(claims)
+        return claims
 
     def _claim(self, job_ids: list[int]) -> list[Claim]:
         """Claim the delivered jobs: the plain ones in one statement, the rest checked."""
@@ -212,7 +220,7 @@ class Worker:
             callbacks=self.state.callback_names(),
             pid=self.processor.pid,
             hostname=self.processor.hostname,
-            states=CLAIMABLE,
+            states=DELIVERABLE_STATES,
         )
         if claims is None:
             claims = []
@@ -230,18 +238,13 @@ class Worker:
             hostname=self.processor.hostname,
             waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
             job_ids=job_ids,
-            states=CLAIMABLE,
+            states=DELIVERABLE_STATES,
         )
 
     def _redirect(self, job: Any, delay_ms: float) -> None:
         """A job delivered too early, blocked, or unknown here goes back, delayed."""
         if self.state.callback(job.callback_name) is None:
-            self.store.note_unknown_callbacks(
-                utcnow(),
-                self.state.callback_names(),
-                f"no callback of this name is registered in consumer pid {self.processor.pid}"
-                f" on {self.processor.hostname}",
-            )
+            self.processor.note_unknown_callbacks(utcnow(), "consumer")
             delay_ms = max(delay_ms, UNKNOWN_CALLBACK_DELAY_MS)
         elif delay_ms <= 0:  # due, yet not claimed: its group is busy; try again later
             delay_ms = self.settings.waiting_job_expiration_ms
@@ -254,6 +257,156 @@ class Worker:
             broker.publish(job.queue, job.priority, job.id, max(0, int(delay_ms)))
         except BrokerError as exc:  # the row says when it is due; `process` sends it again
             self.state.logger.warning("bgqueue: could not send job %s again: %s", job.id, exc)
+
+
+class _Feed:
+    """Where the consume loop's batches come from, and how their jobs run."""
+
+    def take_reload_request(self) -> bool:
+        return False
+
+    def take(self, limit: int) -> tuple[int, list[Claim]] | None:
+        """Up to ``limit`` claimed jobs, held by the heartbeat, and how many the batch
+        counts for pacing; ``None`` after waiting for some in vain."""
+        raise NotImplementedError
+
+    def run(self, work: Callable[[], None]) -> None:
+        work()
+
+    def paced(self, size: int, seconds: float) -> None:
+        """Pace the next batch: ``size`` jobs took ``seconds`` to run."""
+
+
+class _TableFeed(_Feed):
+    """Without a broker: due jobs claimed from the table, like the cron sweep does."""
+
+    def __init__(self, worker: Worker, wakeup: _Wakeup) -> None:
+        self.worker, self.wakeup = worker, wakeup
+        self.known = worker.state.callback_names()
+        self.pacer = worker.processor.claim_pacer(cap=MAX_BATCH)
+
+    def take(self, limit: int) -> tuple[int, list[Claim]] | None:
+        w = self.worker
+        claims = w.processor.claim(w.priorities, self.known, limit=min(self.pacer.size, limit))
+        if not claims:
+            self.wakeup.wait(w.stop)
+            return None
+        w.heartbeat.hold(claims)
+        return len(claims), claims
+
+    def paced(self, size: int, seconds: float) -> None:
+        self.pacer.record(size, seconds)
+
+
+class _BrokerFeed(_Feed):
+    """Ids from a broker consumer, acknowledged once their jobs' claims are committed."""
+
+    def __init__(self, worker: Worker, consumer: Consumer, runner: _JobThread) -> None:
+        self.worker, self.consumer, self.runner = worker, consumer, runner
+        self.pacer = Pacer(start=1, cap=MAX_BATCH)  # of the prefetch
+        consumer.set_prefetch(self.pacer.size)
+
+    def take_reload_request(self) -> bool:
+        return self.consumer.take_reload_request()
+
+    def take(self, limit: int) -> tuple[int, list[Claim]] | None:
+        deliveries = self.consumer.next_batch(limit, IDLE_SECONDS)
+        if not deliveries:
+            return None
+        try:
+            claims = self.worker._claim_delivered(deliveries)
+        except Exception:
+            log.exception(
+                "bgqueue: could not take jobs %s; they will be delivered again",
+                [d.job_id for d in deliveries],
+            )
+            self.consumer.nack(deliveries)
+            self._pause(1)
+            return None
+        self.worker.heartbeat.hold(claims)
+        try:
+            self.consumer.ack(deliveries)
+        except BrokerConnectionLost:
+            if claims:  # the claims are committed: the jobs run all the same
+                self.worker._run(claims)
+            raise
+        if not claims:  # stale or sent on: nothing to run
+            return None
+        return len(deliveries), claims
+
+    def run(self, work: Callable[[], None]) -> None:
+        self.runner.run(work, self.consumer.pump)
+
+    def paced(self, size: int, seconds: float) -> None:
+        before = self.pacer.size
+        if self.pacer.record(size, seconds) != before:
+            self.consumer.set_prefetch(self.pacer.size)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` while serving the broker's connection."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.consumer.pump()
+            time.sleep(0.05)
+
+
+class _JobThread:
+    """The one thread that runs jobs, so the consuming thread can serve the connection.
+
+    pika is not thread-safe: the consuming thread alone touches the connection, pumping its
+    events (heartbeats, deliveries) while a job runs here. One long-lived thread rather than
+    one per job: handing work over costs a wake-up, not a thread start.
+    """
+
+    def __init__(self) -> None:
+        self._work: Callable[[], None] | None = None
+        self._failure: BaseException | None = None
+        self._ready = threading.Condition()
+        self._done = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="bgqueue-job", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while self._work is None and not self._closed:
+                    self._ready.wait()
+                if self._work is None:
+                    return
+                work, self._work = self._work, None
+            try:
+                work()
+            except BaseException as exc:  # surfaced in the consuming thread by run()
+                self._failure = exc
+            finally:
+                self._done.set()
+
+    def run(self, work: Callable[[], None], pump: Callable[[], None]) -> None:
+        """Run ``work`` in the job thread, calling ``pump`` every 50 ms until it is done.
+
+        If ``pump`` raises (the connection dropped), the job still runs to its end (its
+        claim is committed and its outcome must be saved) before the error goes up.
+        """
+        self._done.clear()
+        self._failure = None
+        with self._ready:
+            self._work = work
+            self._ready.notify()
+        try:
+            while not self._done.wait(0.05):  # returns at once when a short job is done
+                pump()
+        finally:
+            self._done.wait()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
 
 
 class _Wakeup:

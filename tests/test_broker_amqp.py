@@ -311,3 +311,18 @@ def test_a_rabbitmq_restart_loses_nothing_and_runs_nothing_twice(
         total = len(all_jobs(bgq))
     names = [r[1] for r in rabbit.records()]
     assert total > 20 and sorted(names, key=int) == [str(n) for n in range(total)]
+
+
+def test_one_consumer_runs_a_backlog_of_one_priority_in_id_order(rabbit: ProcEnv) -> None:
+    """While jobs are quick the prefetch grows; no message may fall behind later ones."""
+    app = rabbit.app()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        with bgq.bulk():  # ids in the order of the names, sent once their rows are committed
+            for n in range(300):
+                bgq.publish("record", {"group": "o", "name": str(n)})
+    result = rabbit.run("bgq", "consume", "-j", "300")
+    assert result.returncode == 0, result.stderr
+    ran = [int(name) for _, name, *_ in rabbit.records()]
+    late = [i - n for i, n in enumerate(ran) if i > n]  # places behind its turn
+    assert ran == list(range(300)), f"{len(late)} ran late, up to {max(late, default=0)} places"

@@ -554,10 +554,17 @@ def test_the_sweep_claims_more_at_once_only_while_jobs_are_quick(qapp: Flask) ->
     from flask_bgqueue.processor import Processor
 
     processor = Processor(qapp.extensions["bgqueue"], qapp)
-    assert processor.next_batch_size(10, 10, 0.005) == 20  # a full batch of 0.5 ms jobs
-    assert processor.next_batch_size(80, 80, 0.01) == 100  # at most ten times the setting
-    assert processor.next_batch_size(40, 7, 0.001) == 40  # not full: the queue is draining
-    assert processor.next_batch_size(40, 40, 1.0) == 10  # 25 ms a job: back to the setting
+
+    def after(size: int, claimed: int, seconds: float) -> int:
+        """The sweep's next claim size after ``claimed`` jobs of a claim of ``size`` ran."""
+        pacer = processor.claim_pacer()
+        pacer.size = size
+        return pacer.record(claimed, seconds)
+
+    assert after(10, 10, 0.005) == 20  # a full batch of 0.5 ms jobs
+    assert after(80, 80, 0.01) == 100  # at most ten times the setting
+    assert after(40, 7, 0.001) == 40  # not full: the queue is draining
+    assert after(40, 40, 1.0) == 10  # 25 ms a job: back to the setting
 
 
 def test_a_batch_of_different_outcomes_is_saved_together_each_with_its_own_values(

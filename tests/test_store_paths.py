@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_bgqueue import JobState
-from flask_bgqueue.models import RUNNABLE_STATES
 from flask_bgqueue.clock import utcnow
+from flask_bgqueue.models import RUNNABLE_STATES
 from flask_bgqueue.store import Claim, Store
 from flask_bgqueue.store.driver import SQLALCHEMY_ATTRIBUTES
 from tests.conftest import AppFactory, StorePath

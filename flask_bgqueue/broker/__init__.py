@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from .base import Broker, BrokerError, Delivery, Handler
+from ..exceptions import BrokerConnectionLost, BrokerError, ConfigurationError
+from .base import Broker, Consumer, Delivery
 
-__all__ = ["Broker", "BrokerError", "Delivery", "Handler", "broker_for_url"]
+__all__ = [
+    "Broker",
+    "BrokerConnectionLost",
+    "BrokerError",
+    "Consumer",
+    "Delivery",
+    "broker_for_url",
+]
 
 
 def broker_for_url(url: str, queue_arguments: dict[str, object]) -> Broker:
     """The broker for ``BGQUEUE_BROKER_URL``: ``amqp://`` / ``amqps://`` (pika) or ``memory://``."""
-    from ..exceptions import ConfigurationError
-
     if url.startswith(("amqp://", "amqps://")):
         try:
             from .amqp import AmqpBroker

@@ -10,25 +10,25 @@ Topology, all durable and declared with ``BGQUEUE_AMQP_QUEUE_ARGUMENTS``:
   message needs about log2(delay / 100 ms) hops;
 - ``bgq.<queue>.control``: ``reload`` requests, each taken by exactly one consumer.
 
-Publishes are persistent and confirmed. A consumer starts with one unacknowledged message
-per queue (prefetch 1) and takes more at once while jobs are quick (see :class:`_Consumer`),
-runs jobs in a thread of its own while the connection keeps serving heartbeats, and
-reconnects by itself after a broker restart.
+Publishes are persistent and confirmed. A consumer (:class:`AmqpConsumer`) holds one
+unacknowledged message per queue at first (prefetch 1), more when the worker asks for it,
+and hands the held ids out most urgent first. A lost connection surfaces as
+:class:`~flask_bgqueue.broker.BrokerConnectionLost`; the worker then opens a new consumer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pika
 import pika.exceptions
 
-from ..pacing import QUICK_JOB_SECONDS, SLOW_JOB_SECONDS
-from .base import Broker, BrokerError, Delivery, Handler
+from .base import Broker, BrokerConnectionLost, BrokerError, Consumer, Delivery
 
 log = logging.getLogger("flask_bgqueue.broker")
 
@@ -159,152 +159,76 @@ class AmqpBroker(Broker):
 
     # -- consuming ----------------------------------------------------------------------
 
-    def consume(
-        self,
-        queue: str,
-        priorities: Sequence[int],
-        handler: Handler,
-        should_stop: Callable[[], bool],
-        idle: Callable[[], None] | None = None,
-        batch_limit: Callable[[], int] | None = None,
-    ) -> None:
-        started = time.time()
-        runner = _JobThread()
-        try:
-            while not should_stop():
-                try:
-                    consumer = _Consumer(self, queue, sorted(priorities), started, runner)
-                    if consumer.run(handler, should_stop, idle, batch_limit or (lambda: 1)):
-                        return
-                except (pika.exceptions.AMQPError, OSError) as exc:
-                    log.warning("bgqueue: lost RabbitMQ (%r); reconnecting in 1 s", exc)
-                    if should_stop():
-                        return
-                    time.sleep(1)
-        finally:
-            runner.close()
+    def consumer(
+        self, queue: str, priorities: Sequence[int], started: float | None = None
+    ) -> AmqpConsumer:
+        return AmqpConsumer(
+            self, queue, sorted(priorities), time.time() if started is None else started
+        )
 
 
-class _JobThread:
-    """The one thread that runs jobs, so the consuming thread can serve the connection.
-
-    pika is not thread-safe: the consuming thread alone touches the connection, pumping its
-    events (heartbeats, deliveries) while a job runs here. One long-lived thread rather than
-    one per job: handing work over costs a wake-up, not a thread start.
-    """
-
-    def __init__(self) -> None:
-        self._work: Callable[[], None] | None = None
-        self._failure: BaseException | None = None
-        self._ready = threading.Condition()
-        self._done = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="bgqueue-job", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            with self._ready:
-                while self._work is None and not self._closed:
-                    self._ready.wait()
-                if self._work is None:
-                    return
-                work, self._work = self._work, None
-            try:
-                work()
-            except BaseException as exc:  # surfaced in the consuming thread by run()
-                self._failure = exc
-            finally:
-                self._done.set()
-
-    def run(self, work: Callable[[], None], pump: Callable[[], None]) -> None:
-        """Run ``work`` in the job thread, calling ``pump`` every 50 ms until it is done.
-
-        If ``pump`` raises (the connection dropped), the job still runs to its end (its
-        claim is committed and its outcome must be saved) before the error goes up.
-        """
-        self._done.clear()
-        self._failure = None
-        with self._ready:
-            self._work = work
-            self._ready.notify()
-        try:
-            while not self._done.wait(0.05):  # returns at once when a short job is done
-                pump()
-        finally:
-            self._done.wait()
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify()
-        self._thread.join()
+@contextlib.contextmanager
+def _connection_lost() -> Iterator[None]:
+    """pika's (and the socket's) errors of a consumer as :class:`BrokerConnectionLost`."""
+    try:
+        yield
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise BrokerConnectionLost(f"lost RabbitMQ: {exc!r}") from exc
 
 
-#: The prefetch (per queue) grows while jobs are quick, up to this many messages.
-MAX_PREFETCH = 128
+class AmqpConsumer(Consumer):
+    """One connection's worth of consuming: the work queues of some priorities, and the
+    control queue.
 
-
-class _Consumer:
-    """One connection's worth of consuming; :meth:`run` raises when the connection drops.
-
-    Prefetch: one message per queue at first, so slow jobs spread over all consumers. While
-    jobs take under :data:`QUICK_JOB_SECONDS` each and the buffer of a queue fills up, the
-    prefetch doubles (up to :data:`MAX_PREFETCH`) and the buffered ids of the most urgent
-    priority are handed over together (claimed in one transaction, acknowledged at once).
-    A slow batch brings it back to one, and the ids held beyond one per queue go back to
-    RabbitMQ for the other consumers.
+    Prefetch: one message per queue at first, so slow jobs spread over all consumers;
+    :meth:`set_prefetch` raises it while jobs are quick (the ids held of the most urgent
+    priority are then handed out together), and lowering it gives the ids held beyond the
+    new count back to RabbitMQ for the other consumers.
     """
 
     def __init__(
-        self,
-        broker: AmqpBroker,
-        queue: str,
-        priorities: list[int],
-        started: float,
-        runner: _JobThread,
+        self, broker: AmqpBroker, queue: str, priorities: list[int], started: float
     ) -> None:
-        self.ch = _Channel(broker.url, broker.arguments)
+        with _connection_lost():
+            self.ch = _Channel(broker.url, broker.arguments)
         self.queue, self.priorities, self.started = queue, priorities, started
-        self.runner = runner
         # priority -> [(delivery tag, job id)], in the order they came
         self.buffered: dict[int, list[tuple[int, int]]] = {p: [] for p in priorities}
         self.unacked: set[int] = set()  # delivery tags received and not yet acked
         self.reload_tag: int | None = None
-        self.prefetch = 0
-        self.consumer_tags: list[str] = []
+        self.prefetch = 0  # per queue: the sum of the subscriptions' prefetch counts
+        # (prefetch count, consumer tag of each work queue), oldest first
+        self.subscriptions: list[tuple[int, list[str]]] = []
         try:
-            for p in priorities:
-                self.ch.declare_work(queue, p)
-            self._subscribe(1)
-            self.ch.declare(control_queue(queue))
-            self.ch.channel.basic_consume(control_queue(queue), self._on_control)
+            with _connection_lost():
+                for p in priorities:
+                    self.ch.declare_work(queue, p)
+                self._subscribe(1)
+                self.ch.declare(control_queue(queue))
+                self.ch.channel.basic_consume(control_queue(queue), self._on_control)
         except BaseException:
             self.ch.close()
             raise
 
     def _subscribe(self, prefetch: int) -> None:
-        """(Re)subscribe to the work queues with ``prefetch`` messages each.
+        """Subscribe once more to each work queue, for ``prefetch`` more messages.
 
-        RabbitMQ applies a ``basic.qos`` to consumers started after it, so the new
-        subscriptions start before the old ones are cancelled; messages already delivered
-        stay buffered here, those pika holds undelivered go back to the queue.
+        RabbitMQ applies a ``basic.qos`` (``global=False``: per consumer) only to the
+        consumers started after it, so a larger prefetch takes one more consumer per queue
+        rather than a new one in place of the old: cancelling would send the messages pika
+        holds undelivered back behind those the new consumer already got. A queue hands
+        its messages to the consumers of one channel in its own order, so they still come
+        in the order of the queue. (``global=True``, one prefetch for the whole channel,
+        applies at once but spans all queues, and quorum queues refuse it.)
         """
         channel = self.ch.channel
         channel.basic_qos(prefetch_count=prefetch)
-        old, self.consumer_tags = (
-            self.consumer_tags,
-            [
-                channel.basic_consume(work_queue(self.queue, p), self._on_message(p))
-                for p in self.priorities
-            ],
-        )
-        for tag in old:
-            channel.basic_cancel(tag)
-        self.prefetch = prefetch
+        tags = [
+            channel.basic_consume(work_queue(self.queue, p), self._on_message(p))
+            for p in self.priorities
+        ]
+        self.subscriptions.append((prefetch, tags))
+        self.prefetch += prefetch
 
     def _on_message(self, priority: int) -> Callable[..., None]:
         def callback(channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -327,62 +251,77 @@ class _Consumer:
             self.reload_tag = method.delivery_tag
             self.unacked.add(method.delivery_tag)
 
-    def run(
-        self,
-        handler: Handler,
-        should_stop: Callable[[], bool],
-        idle: Callable[[], None] | None,
-        batch_limit: Callable[[], int],
-    ) -> bool:
-        """Consume until told to stop (``False``) or asked to reload (``True``)."""
-        connection, channel = self.ch.connection, self.ch.channel
-        try:
-            while not should_stop():
-                connection.process_data_events(time_limit=0)
-                if self.reload_tag is not None:
-                    self._ack([self.reload_tag])
-                    return True
+    # -- the Consumer interface ---------------------------------------------------------
+
+    def next_batch(self, limit: int, timeout: float) -> list[Delivery]:
+        with _connection_lost():
+            connection = self.ch.connection
+            connection.process_data_events(time_limit=0)
+            deadline = time.monotonic() + timeout
+            while self.reload_tag is None:
                 waiting = [p for p in self.priorities if self.buffered[p]]
+                if waiting and not self._more_urgent_waiting(waiting[0]):
+                    return self._take(waiting[0], limit)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 if not waiting:
-                    connection.process_data_events(time_limit=1)
-                    if not any(self.buffered.values()) and idle is not None:
-                        idle()
-                    continue
-                priority = waiting[0]
-                if self._more_urgent_waiting(priority):
-                    continue
-                limit = max(1, min(self.prefetch, batch_limit()))
-                batch = self.buffered[priority][:limit]
-                del self.buffered[priority][:limit]
-                tags = [tag for tag, _ in batch]
-                try:
-                    work = handler([Delivery(job_id, priority) for _, job_id in batch])
-                except Exception:
-                    log.exception(
-                        "bgqueue: could not take jobs %s; they will be delivered again",
-                        [job_id for _, job_id in batch],
-                    )
-                    for tag in tags:
+                    connection.process_data_events(time_limit=left)
+        return []
+
+    def _take(self, priority: int, limit: int) -> list[Delivery]:
+        """The first ``limit`` ids held of ``priority`` (no more than the prefetch)."""
+        limit = max(1, min(self.prefetch, limit))
+        batch = self.buffered[priority][:limit]
+        del self.buffered[priority][:limit]
+        return [Delivery(job_id, priority, tag) for tag, job_id in batch]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        with _connection_lost():
+            self._ack([d.tag for d in deliveries])
+
+    def nack(self, deliveries: Sequence[Delivery]) -> None:
+        with _connection_lost():
+            for d in deliveries:
+                self.ch.channel.basic_nack(d.tag, requeue=True)
+                self.unacked.discard(d.tag)
+
+    def pump(self) -> None:
+        with _connection_lost():
+            self.ch.connection.process_data_events(time_limit=0)
+
+    def set_prefetch(self, count: int) -> None:
+        count = max(1, count)
+        if count == self.prefetch:
+            return
+        with _connection_lost():
+            channel = self.ch.channel
+            if count < self.prefetch:
+                while len(self.subscriptions) > 1 and self.prefetch > count:
+                    prefetch, consumer_tags = self.subscriptions.pop()
+                    for consumer_tag in consumer_tags:  # pika gives back what it holds for them
+                        channel.basic_cancel(consumer_tag)
+                    self.prefetch -= prefetch
+                for p in self.priorities:  # keep `count` per queue; the others serve others
+                    for tag, _ in self.buffered[p][count:]:
                         channel.basic_nack(tag, requeue=True)
                         self.unacked.discard(tag)
-                    connection.sleep(1)
-                    continue
-                try:
-                    self._ack(tags)
-                except (pika.exceptions.AMQPError, OSError):
-                    if work is not None:  # the claims are committed: the jobs run all the same
-                        work()
-                    raise
-                if work is not None:
-                    began = time.perf_counter()
-                    self.runner.run(work, self._pump)
-                    self._adapt(len(batch), full=len(batch) == self.prefetch, began=began)
-            return False
-        finally:
-            self.ch.close()
+                    del self.buffered[p][count:]
+            if count > self.prefetch:
+                self._subscribe(count - self.prefetch)
 
-    def _pump(self) -> None:
-        self.ch.connection.process_data_events(time_limit=0)
+    def take_reload_request(self) -> bool:
+        if self.reload_tag is None:
+            return False
+        with _connection_lost():
+            self._ack([self.reload_tag])
+        self.reload_tag = None
+        return True
+
+    def close(self) -> None:
+        self.ch.close()
+
+    # -- helpers ------------------------------------------------------------------------
 
     def _ack(self, tags: list[int]) -> None:
         """Acknowledge ``tags``: in one frame when they are all the oldest unacknowledged."""
@@ -393,19 +332,6 @@ class _Consumer:
         else:
             for tag in tags:
                 self.ch.channel.basic_ack(tag)
-
-    def _adapt(self, jobs: int, full: bool, began: float) -> None:
-        """Grow the prefetch while jobs are quick; back to one after a slow batch."""
-        per_job = (time.perf_counter() - began) / jobs
-        if per_job >= SLOW_JOB_SECONDS and self.prefetch > 1:
-            self._subscribe(1)
-            for p in self.priorities:  # keep one per queue; the others serve other consumers
-                for tag, _ in self.buffered[p][1:]:
-                    self.ch.channel.basic_nack(tag, requeue=True)
-                    self.unacked.discard(tag)
-                del self.buffered[p][1:]
-        elif per_job < QUICK_JOB_SECONDS and full and self.prefetch < MAX_PREFETCH:
-            self._subscribe(min(self.prefetch * 2, MAX_PREFETCH))
 
     def _more_urgent_waiting(self, priority: int) -> bool:
         """Whether a more urgent queue holds messages not delivered to us yet."""

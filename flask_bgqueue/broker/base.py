@@ -1,35 +1,66 @@
 """The small interface every broker implements.
 
 Only job ids travel. A producer sends an id to the queue of a (queue, priority), possibly
-delayed; a consumer takes ids from the queues of its priorities, most urgent first, hands
-them to a handler a batch at a time (ids of one priority), and acknowledges the messages
-once the handler returns (the jobs' claims are committed by then). The handler may return
-work to run after the acknowledgement; the broker runs it while keeping its connection
-alive.
+delayed. A consumer (:meth:`Broker.consumer`) hands out the ids of the queues of its
+priorities a batch at a time, most urgent first, and acknowledges them when told; the
+worker (:mod:`flask_bgqueue.worker`) claims and runs the jobs. Brokers run no jobs.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-
-class BrokerError(Exception):
-    """Sending to or talking with the broker failed."""
+from ..exceptions import BrokerConnectionLost as BrokerConnectionLost
+from ..exceptions import BrokerError as BrokerError
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """One message: the job id and the priority whose queue it came from."""
+    """One message: the job id, the priority whose queue it came from, and the broker's tag
+    for it (to acknowledge it)."""
 
     job_id: int
     priority: int
+    tag: int = field(default=0, compare=False)
 
 
-#: Takes deliveries of one priority, in the order they came, and returns work to run after
-#: their acknowledgement, or ``None``.
-Handler = Callable[[Sequence[Delivery]], Callable[[], None] | None]
+class Consumer(abc.ABC):
+    """One subscription to the queues of a queue's priorities, used from one thread.
+
+    Messages handed out stay unacknowledged until :meth:`ack` or :meth:`nack`. A lost
+    connection raises :class:`BrokerConnectionLost` from any method but :meth:`close`.
+    """
+
+    @abc.abstractmethod
+    def next_batch(self, limit: int, timeout: float) -> list[Delivery]:
+        """Up to ``limit`` deliveries of one priority, the most urgent one waiting, in the
+        order they came; empty after ``timeout`` seconds of nothing, or when a reload was
+        requested (see :meth:`take_reload_request`)."""
+
+    @abc.abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge ``deliveries``: their jobs are claimed, the messages are done."""
+
+    @abc.abstractmethod
+    def nack(self, deliveries: Sequence[Delivery]) -> None:
+        """Give ``deliveries`` back to their queues, to be delivered again."""
+
+    def pump(self) -> None:  # noqa: B027 - nothing to serve without a connection
+        """Serve the connection (heartbeats) while a job runs in another thread."""
+
+    def set_prefetch(self, count: int) -> None:  # noqa: B027 - most brokers hold no buffer
+        """Hold up to ``count`` messages per queue from now on; when lower than before,
+        the messages held beyond it go back to their queues for other consumers."""
+
+    @abc.abstractmethod
+    def take_reload_request(self) -> bool:
+        """Whether a reload was requested of this consumer; a request is taken by one
+        consumer only, so a true answer consumes it."""
+
+    def close(self) -> None:  # noqa: B027 - most consumers hold nothing to release
+        """Release the connection; unacknowledged messages go back to their queues."""
 
 
 class Broker(abc.ABC):
@@ -40,21 +71,14 @@ class Broker(abc.ABC):
         """Send ``job_id``, confirmed by the broker; raise :class:`BrokerError` on failure."""
 
     @abc.abstractmethod
-    def consume(
-        self,
-        queue: str,
-        priorities: Sequence[int],
-        handler: Handler,
-        should_stop: Callable[[], bool],
-        idle: Callable[[], None] | None = None,
-        batch_limit: Callable[[], int] | None = None,
-    ) -> None:
-        """Deliver ids of ``queue`` to ``handler``, most urgent priority first.
+    def consumer(
+        self, queue: str, priorities: Sequence[int], started: float | None = None
+    ) -> Consumer:
+        """Subscribe to the queues of ``queue``'s ``priorities``.
 
-        Returns when ``should_stop()`` is true between two batches. ``idle`` is called
-        about once a second while nothing arrives. ``batch_limit()`` caps the next batch
-        (default: one delivery at a time); a broker may hand over fewer. Connection losses
-        are survived.
+        Reload requests sent before ``started`` (``time.time()``, default now) were meant
+        for consumers that ran earlier and are dropped. Raises
+        :class:`BrokerConnectionLost` when the broker cannot be reached.
         """
 
     @abc.abstractmethod

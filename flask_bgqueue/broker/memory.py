@@ -6,10 +6,10 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
-from .base import Broker, BrokerError, Delivery, Handler
+from .base import Broker, BrokerError, Consumer, Delivery
 
 
 class MemoryBroker(Broker):
@@ -55,38 +55,10 @@ class MemoryBroker(Broker):
             _, _, name, job_id = heapq.heappop(self.delayed)
             self.queues.setdefault(name, []).append(job_id)
 
-    def consume(
-        self,
-        queue: str,
-        priorities: Sequence[int],
-        handler: Handler,
-        should_stop: Callable[[], bool],
-        idle: Callable[[], None] | None = None,
-        batch_limit: Callable[[], int] | None = None,
-    ) -> None:
-        while not should_stop():
-            with self._cond:
-                if self.reloads.get(queue, 0) > 0:
-                    self.reloads[queue] -= 1
-                    return
-                self._release_due()
-                batch: list[Delivery] = []
-                for p in sorted(priorities):
-                    ids = self.queues.get(self.queue_name(queue, p))
-                    if ids:
-                        n = batch_limit() if batch_limit is not None else 1
-                        batch = [Delivery(job_id, p) for job_id in ids[:n]]
-                        del ids[:n]
-                        break
-                if not batch:
-                    self._cond.wait(0.05)
-            if not batch:
-                if idle is not None:
-                    idle()
-                continue
-            work = handler(batch)
-            if work is not None:
-                work()
+    def consumer(
+        self, queue: str, priorities: Sequence[int], started: float | None = None
+    ) -> MemoryConsumer:
+        return MemoryConsumer(self, queue, sorted(priorities))
 
     def request_reload(self, queue: str, number: int) -> None:
         with self._cond:
@@ -97,3 +69,50 @@ class MemoryBroker(Broker):
         with self._cond:
             self._release_due()
             return list(self.queues.get(self.queue_name(queue, priority), []))
+
+
+class MemoryConsumer(Consumer):
+    """Takes ids straight from the broker's lists: nothing is held, so a prefetch does not
+    apply and acknowledging is a no-op."""
+
+    def __init__(self, broker: MemoryBroker, queue: str, priorities: list[int]) -> None:
+        self.broker, self.queue, self.priorities = broker, queue, priorities
+        self._tags = itertools.count(1)
+
+    def next_batch(self, limit: int, timeout: float) -> list[Delivery]:
+        b = self.broker
+        deadline = time.monotonic() + timeout
+        with b._cond:
+            while not b.reloads.get(self.queue):
+                b._release_due()
+                for p in self.priorities:
+                    ids = b.queues.get(b.queue_name(self.queue, p))
+                    if ids:
+                        batch = [Delivery(i, p, next(self._tags)) for i in ids[:limit]]
+                        del ids[:limit]
+                        return batch
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if b.delayed:  # wake up for the next delayed id
+                    left = min(left, max(0.0, b.delayed[0][0] - time.monotonic()))
+                b._cond.wait(left)
+        return []
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        pass
+
+    def nack(self, deliveries: Sequence[Delivery]) -> None:
+        b = self.broker
+        with b._cond:
+            for d in reversed(deliveries):  # back to the front, in their order
+                b.queues.setdefault(b.queue_name(self.queue, d.priority), []).insert(0, d.job_id)
+            b._cond.notify_all()
+
+    def take_reload_request(self) -> bool:
+        b = self.broker
+        with b._cond:
+            if b.reloads.get(self.queue, 0) > 0:
+                b.reloads[self.queue] -= 1
+                return True
+            return False

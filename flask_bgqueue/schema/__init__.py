@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..exceptions import SchemaLockTimeout
 from ..store.dialects import lock_key
 
 #: The newest revision in ``versions/`` (a test checks it against Alembic's view), so that a
@@ -101,7 +102,10 @@ def _schema_lock(connection: sa.Connection, table_name: str) -> Iterator[None]:
     elif dialect in ("mysql", "mariadb"):
         got = connection.execute(sa.text("SELECT GET_LOCK(:n, 300)"), {"n": name}).scalar()
         if got != 1:
-            raise TimeoutError(f"waited 300 s for the schema lock {name!r}")
+            raise SchemaLockTimeout(
+                f"waited 300 s for the schema lock {name!r}: another process is upgrading the"
+                " job table (or died holding the lock in a session still open); try again."
+            )
         try:
             yield
             connection.commit()
