@@ -15,6 +15,20 @@ class BgQueueError(Exception):
     """Root of every exception defined by Flask-BgQueue."""
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one line for a log or a command's output.
+
+    A SQLAlchemy error wrapping the driver's (its ``orig``) is told by the driver's own
+    first line, without the SQL and the link SQLAlchemy adds.
+    """
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, BaseException):
+        exc = orig
+    lines = str(exc).strip().splitlines()
+    name = type(exc).__name__
+    return f"{name}: {lines[0]}" if lines else name
+
+
 class ConfigurationError(BgQueueError, ValueError):
     """A ``BGQUEUE_*`` key (or a callback registration) is wrong.
 
@@ -60,6 +74,11 @@ class SchemaError(BgQueueError):
 
 class SchemaLockTimeout(SchemaError, TimeoutError):
     """Another process held the schema upgrade's lock for too long."""
+
+
+class DatabaseUnavailable(BgQueueError):
+    """The job table's database went away or refused a write the worker needed; what the
+    worker could not write is kept and written once it answers again."""
 
 
 class BrokerError(BgQueueError):

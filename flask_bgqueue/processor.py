@@ -13,7 +13,8 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,11 +26,13 @@ from .aio import resolve
 from .clock import utcnow
 from .context import running
 from .exceptions import (
+    DatabaseUnavailable,
     DieException,
     PermanentError,
     SignatureError,
     SkipException,
     WaitingException,
+    one_line,
 )
 from .models import ENDED_STATES, FAILED_STATES, JobState
 from .pacing import Pacer
@@ -114,6 +117,23 @@ class Heartbeat(threading.Thread):
         self._stop_event.set()
 
 
+@dataclass
+class Owed:
+    """What a worker could not write while its database was away, to write once it is back.
+
+    ``outcomes`` of jobs that ran, ``claims`` of jobs not started (to give back), and the
+    times of claims whose commit went unanswered (their jobs may be ``PROCESSING`` under
+    this worker without its knowing). While anything is owed, the worker takes no job.
+    """
+
+    outcomes: list[tuple[Claim, Outcome, dict[str, Any]]] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    claim_times: list[datetime] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes or self.claims or self.claim_times)
+
+
 class OutcomeWriter:
     """Saves the outcomes of a batch of jobs in one transaction instead of one each.
 
@@ -149,17 +169,16 @@ class OutcomeWriter:
                 timer.cancel()
             if not items:
                 return
-            p = self.processor
-            saved = p.store.save_outcomes([(c, o.state, v) for c, o, v in items])
-            with p.app.app_context():
-                for (claim, outcome, _), ok in zip(items, saved, strict=True):
-                    p.after_save(claim, outcome, ok)
+            self.processor.save_outcomes(items)
 
     def _flush_in_thread(self) -> None:
         try:
             self.flush()
-        except Exception:  # the jobs stay PROCESSING; without a heartbeat they are taken back
-            self.processor.logger.exception("bgqueue: could not save job outcomes")
+        except Exception as exc:  # owed (see Processor.save_outcomes): no job starts now
+            self.processor.logger.error(
+                "bgqueue: could not save job outcomes (%s); no job starts until they are saved",
+                one_line(exc),
+            )
 
 
 class Processor:
@@ -173,6 +192,7 @@ class Processor:
         self.logger = state.logger
         self.pid = os.getpid()
         self.hostname = HOSTNAME
+        self.owed = Owed()
 
     # -- the cron sweep -----------------------------------------------------------------
 
@@ -219,6 +239,11 @@ class Processor:
                 if died:
                     result.died = True
                     return result
+                if self.owed:  # outcomes not saved: stop here, they run again later
+                    raise DatabaseUnavailable(
+                        f"{len(self.owed.outcomes)} job outcome(s) could not be saved; those"
+                        " jobs run again once a sweep takes them back as lost"
+                    )
                 progressed = progressed or batch.finished_any
         finally:
             heartbeat.stop()
@@ -266,16 +291,67 @@ class Processor:
     def claim(
         self, priorities: Any, known: list[str], limit: int | None = None, states: Any = None
     ) -> list[Claim]:
-        return self.store.claim(
-            now=utcnow(),
-            limit=limit or self.settings.claim_batch_size,
-            priorities=priorities,
-            callbacks=known,
-            pid=self.pid,
-            hostname=self.hostname,
-            **({"states": states} if states is not None else {}),
-            waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
-        )
+        with self.claiming() as now:
+            return self.store.claim(
+                now=now,
+                limit=limit or self.settings.claim_batch_size,
+                priorities=priorities,
+                callbacks=known,
+                pid=self.pid,
+                hostname=self.hostname,
+                **({"states": states} if states is not None else {}),
+                waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
+            )
+
+    @contextmanager
+    def claiming(self) -> Iterator[datetime]:
+        """The time a claim stamps on its jobs; remembered as owed when the database fails
+        the claim (its commit may have happened: see :meth:`settle`)."""
+        now = utcnow()
+        try:
+            yield now
+        except Exception as exc:
+            if self.store.is_database_error(exc):
+                self.owed.claim_times.append(now)
+            raise
+
+    def save_outcomes(self, items: list[tuple[Claim, Outcome, dict[str, Any]]]) -> None:
+        """Save outcomes together and observe them; when the database fails, they are owed
+        (:attr:`owed`) and the error goes up."""
+        try:
+            saved = self.store.save_outcomes([(c, o.state, v) for c, o, v in items])
+        except Exception as exc:
+            if self.store.is_database_error(exc):
+                self.owed.outcomes.extend(items)
+            raise
+        with self.app.app_context():
+            for (claim, outcome, _), ok in zip(items, saved, strict=True):
+                self.after_save(claim, outcome, ok)
+
+    def settle(self) -> list[int]:
+        """Write what is owed, once the database answers again: the outcomes of jobs that
+        ran, then the jobs not started go back (those of claims whose commit went
+        unanswered too). Returns the ids given back; raises the database's error while it
+        is still away (nothing owed is lost then)."""
+        self.store.ping()
+        owed = self.owed
+        if owed.outcomes:
+            items = list(owed.outcomes)
+            del owed.outcomes[: len(items)]
+            self.save_outcomes(items)
+        given_back: list[int] = []
+        if owed.claims:
+            claims = list(owed.claims)
+            self.store.release(claims, utcnow())
+            del owed.claims[: len(claims)]
+            given_back += [c.job.id for c in claims]
+        if owed.claim_times:
+            times = list(owed.claim_times)
+            given_back += self.store.release_unknown_claims(
+                self.pid, self.hostname, times, utcnow()
+            )
+            del owed.claim_times[: len(times)]
+        return given_back
 
     def run_claims(
         self,
@@ -299,7 +375,9 @@ class Processor:
         died = False
         try:
             for claim in claims:
-                if should_stop is not None and should_stop():
+                # After an outcome that could not be saved, no job starts: the database is
+                # away or refuses this worker, and every job run now would run again.
+                if self.owed or (should_stop is not None and should_stop()):
                     break
                 started += 1
                 try:
@@ -310,17 +388,46 @@ class Processor:
                 if outcome.die:
                     died = True
                     break
-        finally:
-            if writer is not None:
+        except BaseException:
+            self._wind_up(writer, claims[started:], heartbeat, given_back, raising=True)
+            raise
+        self._wind_up(writer, claims[started:], heartbeat, given_back, raising=False)
+        return died
+
+    def _wind_up(
+        self,
+        writer: OutcomeWriter | None,
+        rest: list[Claim],
+        heartbeat: Heartbeat,
+        given_back: Callable[[list[Claim]], None] | None,
+        raising: bool,
+    ) -> None:
+        """Save the batch's outcomes and give back the jobs not started.
+
+        What the database fails stays owed (:meth:`settle`); its error goes up, unless
+        another one already does (``raising``).
+        """
+        failure: BaseException | None = None
+        if writer is not None:
+            try:
                 writer.flush()
-            rest = claims[started:]
-            if rest:
+            except Exception as exc:
+                failure = exc
+        if rest:
+            for claim in rest:
+                heartbeat.drop(claim)
+            try:
                 self.store.release(rest, utcnow())
-                for claim in rest:
-                    heartbeat.drop(claim)
+            except Exception as exc:
+                if not self.store.is_database_error(exc):
+                    raise
+                self.owed.claims.extend(rest)
+                failure = failure or exc
+            else:
                 if given_back is not None:
                     given_back(rest)
-        return died
+        if failure is not None and not raising:
+            raise failure
 
     # -- one job ------------------------------------------------------------------------
 
@@ -333,7 +440,7 @@ class Processor:
         if writer is not None:
             writer.add(claim, outcome, values)
         else:
-            self.after_save(claim, outcome, self.store.save_outcome(claim, outcome.state, **values))
+            self.save_outcomes([(claim, outcome, values)])
         return outcome
 
     def after_save(self, claim: Claim, outcome: Outcome, saved: bool) -> None:

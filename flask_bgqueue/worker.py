@@ -22,13 +22,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
 
 from .broker import Broker, BrokerConnectionLost, BrokerError, Consumer, Delivery
 from .clock import utcnow
+from .exceptions import DatabaseUnavailable, one_line
 from .models import AGAIN_STATES, DELIVERABLE_STATES
 from .pacing import MAX_BATCH, Pacer
 from .processor import Heartbeat, Outcome, Processor
@@ -43,6 +44,9 @@ EARLY_MS = 100
 UNKNOWN_CALLBACK_DELAY_MS = 60_000
 #: How long a broker consumer waits for ids before the loop looks around (stop, reaping).
 IDLE_SECONDS = 1.0
+#: Reconnecting to a database that went away: the first pause, doubled up to the last.
+RECONNECT_FIRST_SECONDS = 0.25
+RECONNECT_MAX_SECONDS = 30.0
 
 
 @dataclass
@@ -99,17 +103,58 @@ class Worker:
         """Take, claim, run and pace batches until told to stop (``False``) or asked to
         reload (``True``)."""
         while not self.stop.is_set():
-            self._reap()
-            if feed.take_reload_request():
-                return True
-            taken = feed.take(self._batch_limit())
-            if taken is None:
-                continue
-            size, claims = taken
-            started = time.perf_counter()
-            feed.run(functools.partial(self._run, claims))
-            feed.paced(size, time.perf_counter() - started)
+            try:
+                if self.processor.owed:
+                    raise DatabaseUnavailable("job outcomes or claims could not be written")
+                self._reap()
+                if feed.take_reload_request():
+                    return True
+                taken = feed.take(self._batch_limit())
+                if taken is None:
+                    continue
+                size, claims = taken
+                started = time.perf_counter()
+                feed.run(functools.partial(self._run, claims))
+                feed.paced(size, time.perf_counter() - started)
+            except Exception as exc:
+                if not (isinstance(exc, DatabaseUnavailable) or self.store.is_database_error(exc)):
+                    raise
+                self._ride_out(exc, feed)
         return False
+
+    def _ride_out(self, error: Exception, feed: _Feed) -> None:
+        """The database went away (a restart, a failover, killed connections) or refused a
+        write: log one line, reconnect with backoff, save what is owed and give back the
+        jobs not started (their ids sent again with a broker), then go on."""
+        self.state.logger.warning(
+            "bgqueue: lost the database (%s); reconnecting (%s)",
+            one_line(error),
+            self.store.engine.url.render_as_string(hide_password=True),
+        )
+        delay = RECONNECT_FIRST_SECONDS
+        tries = 0
+        while not self.stop.is_set():
+            tries += 1
+            self.store.forget_connections()
+            try:
+                given_back = self.processor.settle()
+                feed.reconnected()
+            except Exception as exc:
+                if not self.store.is_database_error(exc):
+                    raise
+                self.state.logger.debug("bgqueue: database still away: %s", one_line(exc))
+                self.stop.wait(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+                continue
+            self.state.logger.warning(
+                "bgqueue: database back after %d attempt(s); %d job(s) given back",
+                tries,
+                len(given_back),
+            )
+            if self.state.broker is not None:
+                for job in filter(None, map(self.store.get, given_back)):
+                    self._send(job, 0)
+            return
 
     def _consume_broker(self, broker: Broker) -> bool:
         """The consume loop on broker consumers, a new one after each lost connection."""
@@ -213,7 +258,10 @@ class Worker:
 
     def _claim(self, job_ids: list[int]) -> list[Claim]:
         """Claim the delivered jobs: the plain ones in one statement, the rest checked."""
-        now = utcnow()
+        with self.processor.claiming() as now:
+            return self._claim_at(now, job_ids)
+
+    def _claim_at(self, now: datetime, job_ids: list[int]) -> list[Claim]:
         claims = self.store.claim_delivered(
             now=now,
             job_ids=job_ids,
@@ -265,6 +313,9 @@ class _Feed:
     def take_reload_request(self) -> bool:
         return False
 
+    def reconnected(self) -> None:
+        """The database is back: renew what held a connection to it."""
+
     def take(self, limit: int) -> tuple[int, list[Claim]] | None:
         """Up to ``limit`` claimed jobs, held by the heartbeat, and how many the batch
         counts for pacing; ``None`` after waiting for some in vain."""
@@ -297,6 +348,9 @@ class _TableFeed(_Feed):
     def paced(self, size: int, seconds: float) -> None:
         self.pacer.record(size, seconds)
 
+    def reconnected(self) -> None:
+        self.wakeup.renew()
+
 
 class _BrokerFeed(_Feed):
     """Ids from a broker consumer, acknowledged once their jobs' claims are committed."""
@@ -315,12 +369,14 @@ class _BrokerFeed(_Feed):
             return None
         try:
             claims = self.worker._claim_delivered(deliveries)
-        except Exception:
+        except Exception as exc:
+            self.consumer.nack(deliveries)
+            if self.worker.store.is_database_error(exc):
+                raise  # the consume loop rides it out
             log.exception(
                 "bgqueue: could not take jobs %s; they will be delivered again",
                 [d.job_id for d in deliveries],
             )
-            self.consumer.nack(deliveries)
             self._pause(1)
             return None
         self.worker.heartbeat.hold(claims)
@@ -422,6 +478,14 @@ class _Wakeup:
 
     def wait(self, stop: threading.Event) -> None:
         self.listener.wait(stop)
+
+    def renew(self) -> None:
+        """A new listener after the database came back (the old connection is dead)."""
+        try:
+            self.listener.close()
+        except Exception:  # closing a dead connection: nothing left to release
+            pass
+        self.listener = self.store.listener(self.interval)
 
     def __exit__(self, *exc: object) -> None:
         self.listener.close()

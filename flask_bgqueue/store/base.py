@@ -37,6 +37,20 @@ class StoreBase:
         )
         self.driver = Driver(engine, t, self.dialect)
 
+    def is_database_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` came from the database or its driver (a lost connection, a
+        refused statement), as opposed to a bug or a callback's error."""
+        return isinstance(exc, (sa.exc.DBAPIError, self.engine.dialect.loaded_dbapi.Error))
+
+    def ping(self) -> None:
+        """Raise the database's error unless it answers (after :meth:`forget_connections`)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(1))
+
+    def forget_connections(self) -> None:
+        """Drop the pooled connections: after a server restart they are all dead."""
+        self.engine.dispose()
+
     @property
     def channel(self) -> str:
         """PostgreSQL: the channel a trigger NOTIFYs when jobs are inserted (migration 0005)."""

@@ -109,6 +109,43 @@ class Outcomes(StoreBase):
                     updated_at=now,
                 )
 
+    def release_unknown_claims(
+        self, pid: int, hostname: str, claimed_at: Sequence[datetime], now: datetime
+    ) -> list[int]:
+        """Give back jobs a claim of this worker took without the worker learning it.
+
+        When the database goes away during a claim's commit, the claim may have committed
+        or not; its jobs (``PROCESSING`` under this ``pid`` and ``hostname``, claimed at one
+        of ``claimed_at``, which no other claim shares) never started. They become
+        ``READY`` again, their attempt uncounted; returns their ids.
+        """
+        if not claimed_at:
+            return []
+        t = self.table
+        mine = sa.and_(
+            t.c.state == JobState.PROCESSING,
+            self.in_queue,
+            t.c.pid == pid,
+            t.c.hostname == hostname,
+            t.c.last_attempt_at.in_(list(claimed_at)),
+        )
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(sa.select(t.c.id).where(mine)).scalars())
+            if ids:
+                conn.execute(
+                    t.update()
+                    .where(mine, t.c.id.in_(ids))
+                    .values(
+                        state=JobState.READY,
+                        number_of_attempts=t.c.number_of_attempts - 1,
+                        pid=None,
+                        hostname=None,
+                        heartbeat_at=None,
+                        updated_at=now,
+                    )
+                )
+        return ids
+
     def heartbeat(self, claims: Sequence[Claim], now: datetime) -> None:
         t = self.table
         if not claims:
