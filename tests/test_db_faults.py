@@ -88,7 +88,7 @@ def ride_out_a_restart(procs: ProcEnv, db_url: str) -> None:
         assert {j.state for j in jobs} == {JobState.FINISHED}
         assert {j.number_of_attempts for j in jobs} == {1}  # none was lost or re-run
     finally:
-        out, err = stop(worker)
+        _out, err = stop(worker)
     assert worker.returncode == 0, err
     assert err.count("lost the database") == 1, err  # one line, not one per retry
     assert "database back" in err
@@ -137,7 +137,7 @@ def test_a_listening_consumer_survives_its_connections_being_killed(
         wait_for(lambda: "after" in runs(quick), timeout=20, what="a job after the kill")
         assert worker.poll() is None
     finally:
-        out, err = stop(worker)
+        _out, err = stop(worker)
     assert worker.returncode == 0, err
     assert runs(quick) == Counter({"before": 1, "after": 1})
     assert "Traceback" not in err
@@ -177,7 +177,7 @@ def test_a_consumer_whose_outcomes_are_refused_takes_no_more_jobs_and_saves_them
     app = quick.app()
     names = [f"j{i}" for i in range(30)]
     with app.app_context():
-        app.bgq._state().store  # the table exists before the trigger goes on it
+        app.bgq.update_schema()  # the table exists before the trigger goes on it
     execute(db_url, REFUSE[kind(db_url)], table_name)
     worker = quick.start("bgq", "consume")
     try:
@@ -196,7 +196,7 @@ def test_a_consumer_whose_outcomes_are_refused_takes_no_more_jobs_and_saves_them
             app.bgq._state().store.forget_connections()
             assert {j.state for j in all_jobs(app.bgq)} == {JobState.FINISHED}
     finally:
-        out, err = stop(worker)
+        _out, err = stop(worker)
     assert worker.returncode == 0, err
     assert "outcomes refused for this test" in err
 
@@ -207,7 +207,7 @@ def test_process_with_its_outcomes_refused_stops_with_one_line_and_status_1(
 ) -> None:
     app = quick.app()
     with app.app_context():
-        app.bgq._state().store
+        app.bgq.update_schema()
     execute(db_url, REFUSE[kind(db_url)], table_name)
     publish(quick, app, [f"j{i}" for i in range(20)], pause=0.05)
     result = quick.run("bgq", "process")
