@@ -140,6 +140,11 @@ def _flat(value: dict[Any, Any]) -> bool:
     return all(type(k) is str and type(v) in scalars for k, v in value.items())
 
 
+def json_text(text: str) -> str:
+    """``text`` as it appears inside a stored JSON string (escapes included)."""
+    return json.dumps(text)[1:-1]
+
+
 def _tagged(kind: str, v: Any) -> dict[str, Any]:
     return {TAG: kind, "v": v}
 

@@ -22,6 +22,7 @@ from ..models import (
     Job,
     JobState,
 )
+from ..serialization import json_text
 from .base import StoreBase
 
 
@@ -96,10 +97,15 @@ class Queries(StoreBase):
             if value is not None:
                 clauses.append(column == value)
         if text:
+            # JSON parameters hold "Café" as "Caf\u00e9" and 'say "hi"' as 'say \"hi\"':
+            # the text is also looked for as JSON writes it (in both cases: the escapes'
+            # hex digits are lowercase, so the lower- and upper-case forms cover É and é).
+            in_json = {json_text(v) for v in (text, text.lower(), text.upper())} - {text}
             clauses.append(
                 sa.or_(
                     t.c.error_message.icontains(text, autoescape=True),
                     t.c.parameters_json.icontains(text, autoescape=True),
+                    *(t.c.parameters_json.icontains(v, autoescape=True) for v in sorted(in_json)),
                 )
             )
         return sa.and_(*clauses)
