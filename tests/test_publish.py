@@ -338,3 +338,25 @@ def test_a_failed_publish_hands_back_a_connection_whose_transactions_still_roll_
         assert count_rows(bgq) == 1
         assert bgq.publish("cb") is not None
         assert count_rows(bgq) == 2
+
+
+@pytest.mark.parametrize("db_url", ["mysql"], indirect=True)
+def test_parameters_over_the_servers_packet_limit_are_refused_saying_why(
+    make_app: AppFactory,
+) -> None:
+    from flask_bgqueue import ParametersError
+
+    app = make_app()
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("big")(lambda blob: None)
+    with app.app_context():
+        with pytest.raises(ParametersError, match=r"max_allowed_packet = 16,777,216 bytes"):
+            bgq.publish("big", {"blob": "x" * 17_000_000})
+        assert count_rows(bgq) == 0
+        # Rows that fit one by one go in, in statements within the limit (20 MB in all).
+        with bgq.bulk():
+            for n in range(20):
+                bgq.publish("big", {"blob": str(n) * 1_000_000})
+        assert count_rows(bgq) == 20
+        firsts = [bgq.load_parameters(j)["blob"][:1] for j in bgq._state().store.jobs()]
+    assert firsts == [str(n)[0] for n in range(20)]

@@ -108,6 +108,10 @@ class Dialect:
         """The column truncated to its minute."""
         return sa.func.strftime("%Y-%m-%d %H:%M:00", column)
 
+    def max_statement_bytes(self) -> int | None:
+        """The largest statement the server takes, where it has a small limit."""
+        return None
+
     def listener(self, channel: str, interval: float) -> Listener:
         """An object that waits for new jobs: here a plain timed wait."""
         return Listener(interval)
@@ -203,6 +207,16 @@ class MySQL(Dialect):
     def __init__(self, engine: sa.Engine) -> None:
         super().__init__(engine)
         self._save_many_statements: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._max_packet: int | None = None
+
+    def max_statement_bytes(self) -> int | None:
+        """The server's ``max_allowed_packet`` (16 MiB by default on MariaDB), read once: a
+        larger statement makes it close the connection ("server has gone away")."""
+        if self._max_packet is None:
+            with self.engine.connect() as conn:
+                value = conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
+            self._max_packet = int(value or 16 * 1024 * 1024)
+        return self._max_packet
 
     def begin_claim(self, conn: sa.Connection) -> None:
         # Each statement must see what others committed before it (the serial-group
