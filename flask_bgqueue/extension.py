@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 
 from flask import Flask, current_app, g
 
-from . import dashboard, publishing, serialization
+from . import publishing, serialization
 from .cli import bgq_command
 from .config import CallbackSpec, load_settings
 from .exceptions import ConfigurationError
@@ -65,7 +65,10 @@ class BackgroundQueue:
         app.extensions[EXTENSION_KEY] = Runtime(self, self._registry, app, settings)
         app.cli.add_command(bgq_command)
         if settings.dashboard_url_prefix is not None:
-            dashboard.register(app, settings.dashboard_url_prefix)
+            # Off by default: its views and templates are loaded only when it is mounted.
+            from .dashboard import register
+
+            register(app, settings.dashboard_url_prefix)
 
     # -- registration -------------------------------------------------------------------
 

@@ -17,11 +17,10 @@ window matters more.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.orm import Session, SessionTransaction
 
 from . import serialization, signals
 from .broker import BrokerError
@@ -29,6 +28,9 @@ from .clock import to_utc_naive, utcnow
 from .exceptions import ConfigurationError, PublishError, UnknownCallbackError
 from .models import Job, JobState
 from .runtime import Runtime
+
+if TYPE_CHECKING:  # sqlalchemy.orm costs ~40 ms to import; only this option needs it
+    from sqlalchemy.orm import Session, SessionTransaction
 
 _PENDING = "bgqueue_pending"
 

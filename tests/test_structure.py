@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flask_bgqueue"
-#: Modules imported inside a function on purpose: optional dependencies (pika) and
-#: brokers chosen by URL are imported only when configured.
-LAZY_ALLOWED = {"flask_bgqueue.broker.amqp", "flask_bgqueue.broker.memory"}
+#: Modules imported inside a function on purpose, only when configured: optional
+#: dependencies (pika), brokers chosen by URL, and the dashboard (off by default).
+LAZY_ALLOWED = {
+    "flask_bgqueue.broker.amqp",
+    "flask_bgqueue.broker.memory",
+    "flask_bgqueue.dashboard",
+}
 #: The modules above the facade: only they may import ``extension``.
 ABOVE_EXTENSION = {"flask_bgqueue", "flask_bgqueue.testing"}
 SQL = re.compile(r"exec_driver_sql|sa\.text\(|\btext\(\"|dialect\.name|\.dialect ==|dialect_name")
