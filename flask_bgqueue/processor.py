@@ -289,7 +289,12 @@ class Processor:
         return len(jobs)
 
     def claim(
-        self, priorities: Any, known: list[str], limit: int | None = None, states: Any = None
+        self,
+        priorities: Any,
+        known: list[str],
+        limit: int | None = None,
+        states: Any = None,
+        queue: str | None = None,
     ) -> list[Claim]:
         with self.claiming() as now:
             return self.store.claim(
@@ -300,6 +305,7 @@ class Processor:
                 pid=self.pid,
                 hostname=self.hostname,
                 **({"states": states} if states is not None else {}),
+                queue=queue,
                 waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
             )
 

@@ -97,6 +97,26 @@ class Runtime:
                 )
         return Store(engine, s.table_name, s.queue)
 
+    def queues(self) -> list[str]:
+        """The queues this app publishes to: ``BGQUEUE_QUEUE`` and its callbacks' sub-queues."""
+        s = self.settings
+        specs = [*s.callbacks.values(), *self.registry.callbacks.values()]
+        return sorted({s.queue, *(f"{s.queue}_{c.queue}" for c in specs if c.queue)})
+
+    def queue_name(self, name: str) -> tuple[str, bool]:
+        """The full name of the queue a person names, and whether this app publishes to it.
+
+        ``BGQUEUE_QUEUE`` and full sub-queue names (``default_mail``) stand for themselves;
+        a callback's ``queue=`` (``mail``) stands for its sub-queue.
+        """
+        known = self.queues()
+        if name in known:
+            return name, True
+        full = f"{self.settings.queue}_{name}"
+        if full in known:
+            return full, True
+        return name, False
+
     # -- maintenance ----------------------------------------------------------------------
 
     def update_schema(self) -> bool:
@@ -115,7 +135,7 @@ class Runtime:
                 "reload-consumers needs a broker (BGQUEUE_BROKER_URL); without one, send"
                 " SIGTERM to the consumers: each exits after its current job."
             )
-        self.broker.request_reload(queue, number)
+        self.broker.request_reload(self.queue_name(queue)[0], number)
 
 
 def current_runtime(owner: object | None = None) -> Runtime:

@@ -72,7 +72,21 @@ class Worker:
     ) -> None:
         self.state, self.app, self.stop = state, app, stop
         self.settings = state.settings
-        self.queue = queue or self.settings.queue
+        # QUEUE means the same with and without a broker: one (sub-)queue, named in full
+        # or by a callback's queue=. Without QUEUE, a broker consumer takes BGQUEUE_QUEUE
+        # (RabbitMQ has a queue per sub-queue) and the broker-less one every queue.
+        self.only_queue: str | None = None
+        if queue is None:
+            self.queue = self.settings.queue
+        else:
+            self.queue, known = state.queue_name(queue)
+            self.only_queue = self.queue
+            if not known:
+                state.logger.warning(
+                    "bgqueue: queue %r is none this app publishes to (%s); consuming it anyway",
+                    queue,
+                    ", ".join(state.queues()),
+                )
         self.priorities = tuple(priorities) if priorities is not None else self.settings.priorities
         self.max_jobs = max_jobs
         self.processor = Processor(state, app)
@@ -82,6 +96,21 @@ class Worker:
             self.store, self.settings.heartbeat_interval_seconds, state.logger
         )
         self._last_reap = 0.0
+
+    def describe(self) -> str:
+        """Who this consumer is, in one line: queue, priorities, mode, where, pid."""
+        broker = self.state.broker
+        where = (
+            f"RabbitMQ {broker.describe()}"
+            if broker is not None
+            else "the table of " + self.store.engine.url.render_as_string(hide_password=True)
+        )
+        mode = "broker" if broker is not None else self.store.dialect.wakeup
+        return (
+            f"bgqueue consumer pid {self.processor.pid} on {self.processor.hostname}: queue"
+            f" {self.only_queue or (self.queue if broker else 'every queue')}, priorities"
+            f" {','.join(map(str, self.priorities))}, {mode}, {where}"
+        )
 
     def run(self) -> ConsumeResult:
         self.store.ensure_statistics()
@@ -338,7 +367,9 @@ class _TableFeed(_Feed):
 
     def take(self, limit: int) -> tuple[int, list[Claim]] | None:
         w = self.worker
-        claims = w.processor.claim(w.priorities, self.known, limit=min(self.pacer.size, limit))
+        claims = w.processor.claim(
+            w.priorities, self.known, limit=min(self.pacer.size, limit), queue=w.only_queue
+        )
         if not claims:
             self.wakeup.wait(w.stop)
             return None

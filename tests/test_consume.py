@@ -184,3 +184,64 @@ def test_a_batch_of_delivered_ids_is_claimed_with_groups_twins_and_duplicates_ch
         for i, j in jobs.items()
         if i != duplicate
     )
+
+
+@pytest.mark.parametrize("broker", [None, "memory://queue-names"])
+@pytest.mark.parametrize("name", ["mail", "default_mail"])
+def test_consume_queue_means_the_same_with_and_without_a_broker(
+    make_app: AppFactory, broker: str | None, name: str
+) -> None:
+    from flask_bgqueue import BackgroundQueue
+
+    bgq = BackgroundQueue()
+    ran: list[str] = []
+
+    @bgq.callback
+    def plain(n: int) -> None:
+        ran.append(f"plain {n}")
+
+    @bgq.callback(queue="mail")
+    def mail(n: int) -> None:
+        ran.append(f"mail {n}")
+
+    app = make_app(bgq, BGQUEUE_BROKER_URL=broker, BGQUEUE_POLL_INTERVAL_MS=50)
+    with app.app_context():
+        for n in range(2):
+            bgq.publish("plain", n)
+            bgq.publish("mail", n)
+        result = bgq.consume(name, max_jobs=2)
+    assert result.jobs == 2
+    assert ran == ["mail 0", "mail 1"]  # never a job of the main queue
+
+
+def test_consume_warns_when_the_queue_is_none_this_app_publishes_to(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    app = make_app(BGQUEUE_POLL_INTERVAL_MS=50)
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("noop")(lambda: None)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    with app.app_context():
+        job_id = bgq.publish("noop")
+        result = bgq.consume("typo", stop=stop)
+        assert bgq.get_job(job_id).state is JobState.READY
+    assert result.jobs == 0
+    assert "queue 'typo' is none this app publishes to (default)" in caplog.text
+
+
+def test_consume_says_who_it_is_in_one_line_without_a_password(
+    polling: ProcEnv, amqp_queue: str
+) -> None:
+    polling.config.update(BGQUEUE_BROKER_URL=AMQP_URL, BGQUEUE_QUEUE=amqp_queue)
+    app = polling.app()
+    with app.app_context():
+        app.bgq.publish("noop")  # type: ignore[attr-defined]
+    result = polling.run("bgq", "consume", "-j", "1")
+    assert result.returncode == 0, result.stderr
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("bgqueue consumer pid ")
+    assert f"queue {amqp_queue}, priorities 10,30, broker, RabbitMQ amqp://bgqueue:***@" in first
+    assert ":bgqueue@" not in result.stderr

@@ -435,7 +435,7 @@ def test_a_claim_locks_only_the_jobs_it_takes(qapp: Flask) -> None:
     store = bgq._state().store
     with store.engine.connect() as conn:
         all_ids = [r[0] for r in conn.execute(sa.select(store.table.c.id).order_by("id"))]
-    select, _ = store._claim_statements(True, True, RUNNABLE_STATES)
+    select, _ = store._claim_statements(True, True, RUNNABLE_STATES, False)
     with store._claim_transaction() as held_conn:
         params = {"bgq_callbacks": ["f"], "bgq_now": utcnow(), "bgq_limit": 10}
         held = [r.id for r in held_conn.execute(select, params)]

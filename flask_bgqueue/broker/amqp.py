@@ -22,6 +22,7 @@ import contextlib
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -117,6 +118,14 @@ class AmqpBroker(Broker):
         self.url = url
         self.arguments = dict(queue_arguments)
         self._local = threading.local()
+
+    def describe(self) -> str:
+        """``amqp://user:***@host:port/vhost``: the URL with its password masked."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
     # -- producing ----------------------------------------------------------------------
 

@@ -85,5 +85,9 @@ class Broker(abc.ABC):
     def request_reload(self, queue: str, number: int) -> None:
         """Ask ``number`` running consumers of ``queue`` to exit after their current job."""
 
+    def describe(self) -> str:
+        """Where the broker is, for logs (never with a password)."""
+        return type(self).__name__
+
     def close(self) -> None:  # noqa: B027 - most brokers hold nothing to release
         """Release connections (the broker may be used again afterwards)."""

@@ -120,7 +120,9 @@ def consume_command(queue: str | None, spec: Any, max_jobs: int | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    result = Worker(current_runtime(), app, queue, spec, max_jobs, stop).run()
+    worker = Worker(current_runtime(), app, queue, spec, max_jobs, stop)
+    click.echo(worker.describe(), err=True)
+    result = worker.run()
     why = "died" if result.died else "reload requested" if result.reloaded else "stopped"
     click.echo(f"consumed {result.jobs} job(s); {why}")
 

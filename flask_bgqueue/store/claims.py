@@ -49,17 +49,20 @@ class Claims(StoreBase):
         waiting_expiration: timedelta,
         job_ids: Sequence[int] | None = None,
         states: Sequence[JobState] = RUNNABLE_STATES,
+        queue: str | None = None,
     ) -> list[Claim]:
         """Move up to ``limit`` due jobs to ``PROCESSING`` for this worker.
 
         Unique duplicates become ``REDUNDANT`` and jobs blocked by their serial group
         ``WAITING`` on the way; a group never has two jobs claimed at once. ``job_ids``
         restricts the claim to those jobs (a broker delivered them), ``states`` to the
-        states a job may be claimed from.
+        states a job may be claimed from, ``queue`` to one (sub-)queue, by its full name.
         """
         if not callbacks:
             return []
-        select, update = self._claim_statements(priorities is None, job_ids is None, states)
+        select, update = self._claim_statements(
+            priorities is None, job_ids is None, states, queue is not None
+        )
         params: dict[str, Any] = {
             "bgq_callbacks": list(callbacks),
             "bgq_now": now,
@@ -69,6 +72,8 @@ class Claims(StoreBase):
             params["bgq_priorities"] = list(priorities)
         if job_ids is not None:
             params["bgq_job_ids"] = list(job_ids)
+        if queue is not None:
+            params["bgq_queue"] = queue
         with self._claim_transaction() as conn:
             candidates = [Job.from_row(r) for r in conn.execute(select, params)]
             chosen: list[Job] = []
@@ -110,10 +115,10 @@ class Claims(StoreBase):
         ]
 
     def _claim_statements(
-        self, all_priorities: bool, any_job: bool, states: Sequence[JobState]
+        self, all_priorities: bool, any_job: bool, states: Sequence[JobState], one_queue: bool
     ) -> tuple[Any, Any]:
         """The claim's SELECT and UPDATE, built once per shape (values are bound later)."""
-        key = (all_priorities, any_job, tuple(states))
+        key = (all_priorities, any_job, tuple(states), one_queue)
         cached = self._claim_cache.get(key)
         if cached is not None:
             return cached
@@ -129,6 +134,8 @@ class Claims(StoreBase):
             where.append(t.c.priority.in_(sa.bindparam("bgq_priorities", expanding=True)))
         if not any_job:
             where.append(t.c.id.in_(sa.bindparam("bgq_job_ids", expanding=True)))
+        if one_queue:
+            where.append(t.c.queue == sa.bindparam("bgq_queue"))
         extra, order = self.dialect.claim_order(t, any_job, states)
         select = self.dialect.lock_for_claim(
             sa.select(t)

@@ -62,6 +62,8 @@ class Dialect:
     claims_delivered_in_one_statement = False
     #: Datetimes are bound as ISO text (SQLite), which the driver may write faster.
     binds_datetimes_as_text = False
+    #: How a broker-less consumer learns of new jobs.
+    wakeup = "polling"
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -129,6 +131,7 @@ class SQLite(Dialect):
 
 
 class PostgreSQL(Dialect):
+    wakeup = "LISTEN/NOTIFY"
     autocommit_single_statement = True
     claims_delivered_in_one_statement = True
 
