@@ -104,6 +104,11 @@ class Heartbeat(threading.Thread):
         with self._lock:
             self.held.pop(claim.job.id, None)
 
+    def holding(self) -> list[Claim]:
+        """The claims held now (the running job's and those not started)."""
+        with self._lock:
+            return list(self.held.values())
+
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             with self._lock:
@@ -193,6 +198,8 @@ class Processor:
         self.pid = os.getpid()
         self.hostname = HOSTNAME
         self.owed = Owed()
+        #: The claim whose job runs now (read by a forced shutdown from another thread).
+        self.current: Claim | None = None
 
     # -- the cron sweep -----------------------------------------------------------------
 
@@ -386,9 +393,11 @@ class Processor:
                 if self.owed or (should_stop is not None and should_stop()):
                     break
                 started += 1
+                self.current = claim
                 try:
                     outcome = self.run(claim, writer)
                 finally:
+                    self.current = None
                     heartbeat.drop(claim)
                 ran(claim, outcome)
                 if outcome.die:

@@ -112,6 +112,28 @@ class Worker:
             f" {','.join(map(str, self.priorities))}, {mode}, {where}"
         )
 
+    def force_stop(self, why: str) -> None:
+        """Stop now, from a signal handler (a second SIGINT): the running job's attempt is
+        recorded as interrupted (due again at once, not after the lost-worker delay) and the
+        jobs not started go back. The caller then exits without waiting for the job."""
+        now = utcnow()
+        running = self.processor.current
+        rest = [c for c in self.heartbeat.holding() if running is None or c is not running]
+        again: list[int] = []
+        try:
+            if running is not None and self.store.interrupt(
+                running, now, why, self.settings.max_attempts
+            ):
+                again.append(running.job.id)
+            if rest:
+                self.store.release(rest, now)
+                again += [c.job.id for c in rest]
+            if self.state.broker is not None:
+                for job in filter(None, map(self.store.get, again)):
+                    self._send(job, 0)
+        except Exception as exc:  # the lost-worker sweep takes them back later
+            self.state.logger.error("bgqueue: could not record the interruption: %s", one_line(exc))
+
     def run(self) -> ConsumeResult:
         self.store.ensure_statistics()
         self.heartbeat.start()

@@ -245,3 +245,41 @@ def test_consume_says_who_it_is_in_one_line_without_a_password(
     assert first.startswith("bgqueue consumer pid ")
     assert f"queue {amqp_queue}, priorities 10,30, broker, RabbitMQ amqp://bgqueue:***@" in first
     assert ":bgqueue@" not in result.stderr
+
+
+@pytest.mark.parametrize("broker", [False, True])
+def test_a_second_sigint_stops_at_once_and_the_job_is_due_again_at_once(
+    polling: ProcEnv, amqp_queue: str, broker: bool
+) -> None:
+    from flask_bgqueue.clock import utcnow
+
+    if broker:
+        polling.config.update(BGQUEUE_BROKER_URL=AMQP_URL, BGQUEUE_QUEUE=amqp_queue)
+    polling.config["BGQUEUE_WORKER_LOST_AFTER_SECONDS"] = 3600  # no reaper would help
+    app = polling.app()
+    (polling.dir / "cold.hold").touch()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        job_id = bgq.publish("slow", {"name": "cold", "seconds": 60})
+        waiting = bgq.publish("noop", available_at=utcnow())
+        worker = polling.start("bgq", "consume")
+        wait_for(lambda: any(r[:3] == ["slow", "cold", "start"] for r in polling.records()))
+        worker.send_signal(signal.SIGINT)  # warm: would wait for the job
+        time.sleep(0.3)
+        assert worker.poll() is None
+        began = time.monotonic()
+        worker.send_signal(signal.SIGINT)  # cold: now
+        _out, err = worker.communicate(timeout=20)
+        assert worker.returncode == 130, err
+        assert time.monotonic() - began < 10  # the job holds for 60 s
+        job = bgq.get_job(job_id)
+        assert job.state is JobState.TEMPORARILY_FAILED
+        assert job.error_message.startswith("interrupted: pid ")
+        assert job.available_at <= utcnow() and job.number_of_attempts == 1
+        assert bgq.get_job(waiting).state in (JobState.READY, JobState.FINISHED)
+        (polling.dir / "cold.hold").unlink()
+        polling.config.pop("BGQUEUE_BROKER_URL", None)
+        result = polling.run("bgq", "process")  # due at once: no lost-worker wait
+        assert result.returncode == 0, result.stderr
+        assert bgq.get_job(job_id).state is JobState.FINISHED
+    assert "cold 2 True" in (polling.dir / "attempts.txt").read_text().splitlines()

@@ -5,6 +5,7 @@ Thin click wrappers over the runtime, the processor and the worker.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -111,16 +112,25 @@ def update_schema_command() -> None:
 )
 @with_appcontext
 def consume_command(queue: str | None, spec: Any, max_jobs: int | None) -> None:
-    """Run jobs as they come until SIGTERM/SIGINT (the current job finishes first)."""
+    """Run jobs as they come until SIGTERM/SIGINT (the current job finishes first).
+
+    A second SIGINT (Ctrl-C twice) stops at once: the running job's attempt is recorded as
+    interrupted and the job is due again at once.
+    """
     stop = threading.Event()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    worker = Worker(current_runtime(), app, queue, spec, max_jobs, stop)
 
     def request_stop(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and stop.is_set():
+            click.echo("second SIGINT: stopping now, the running job is due again", err=True)
+            where = f"pid {os.getpid()} on {worker.processor.hostname}"
+            worker.force_stop(f"{where} was stopped by a second SIGINT while the job ran")
+            os._exit(128 + signal.SIGINT)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    worker = Worker(current_runtime(), app, queue, spec, max_jobs, stop)
     click.echo(worker.describe(), err=True)
     result = worker.run()
     why = "died" if result.died else "reload requested" if result.reloaded else "stopped"

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from ..models import DONE_STATES, RESEND_STATES, RUNNABLE_STATES, Job, JobState
-from .base import StoreBase
+from .base import Claim, StoreBase
 
 
 class Recovery(StoreBase):
@@ -32,11 +32,11 @@ class Recovery(StoreBase):
             )
             reaped = []
             for job_id, host, pid, attempts in lost:
-                message = f"worker lost: pid {pid} on {host} stopped without saving the job"
-                state = JobState.TEMPORARILY_FAILED
-                if max_attempts is not None and attempts >= max_attempts:
-                    state = JobState.PERMANENTLY_FAILED
-                    message = f"gave up after {attempts} attempts: {message}"
+                state, message = _lost_attempt(
+                    f"worker lost: pid {pid} on {host} stopped without saving the job",
+                    attempts,
+                    max_attempts,
+                )
                 done = self._transition(
                     conn,
                     job_id,
@@ -50,6 +50,24 @@ class Recovery(StoreBase):
                 if done:
                     reaped.append(job_id)
         return reaped
+
+    def interrupt(self, claim: Claim, now: datetime, why: str, max_attempts: int | None) -> bool:
+        """The attempt of ``claim`` was cut short by its own worker (a forced shutdown):
+        due again at once, the attempt counted, as a lost worker's would be (but without
+        waiting for the lost-worker delay). ``False`` when the job is no longer its."""
+        state, message = _lost_attempt(
+            f"interrupted: {why}", claim.job.number_of_attempts, max_attempts
+        )
+        with self.engine.begin() as conn:
+            return self._guarded(
+                conn,
+                claim,
+                state=state,
+                available_at=now,
+                updated_at=now,
+                heartbeat_at=None,
+                error_message=message,
+            )
 
     def note_unknown_callbacks(self, now: datetime, known: Sequence[str], note: str) -> int:
         """Mark due jobs that no callback of this worker can run, without touching their state."""
@@ -114,3 +132,11 @@ class Recovery(StoreBase):
             stmt = stmt.where(t.c.finished_at < before)
         with self.engine.begin() as conn:
             return conn.execute(stmt).rowcount
+
+
+def _lost_attempt(message: str, attempts: int, max_attempts: int | None) -> tuple[JobState, str]:
+    """An attempt that ended without an outcome counts: retried at once, or, past
+    ``max_attempts``, failed for good."""
+    if max_attempts is not None and attempts >= max_attempts:
+        return JobState.PERMANENTLY_FAILED, f"gave up after {attempts} attempts: {message}"
+    return JobState.TEMPORARILY_FAILED, message
