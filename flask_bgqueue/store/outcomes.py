@@ -95,19 +95,9 @@ class Outcomes(StoreBase):
 
     def release(self, claims: Sequence[Claim], now: datetime) -> None:
         """Give back claimed jobs that were not started (the worker is stopping)."""
-        t = self.table
         with self.engine.begin() as conn:
             for claim in claims:
-                self._guarded(
-                    conn,
-                    claim,
-                    state=claim.previous_state,
-                    number_of_attempts=t.c.number_of_attempts - 1,
-                    pid=None,
-                    hostname=None,
-                    heartbeat_at=None,
-                    updated_at=now,
-                )
+                self._guarded(conn, claim, **self._unclaimed(claim.previous_state, now))
 
     def release_unknown_claims(
         self, pid: int, hostname: str, claimed_at: Sequence[datetime], now: datetime
@@ -135,16 +125,20 @@ class Outcomes(StoreBase):
                 conn.execute(
                     t.update()
                     .where(mine, t.c.id.in_(ids))
-                    .values(
-                        state=JobState.READY,
-                        number_of_attempts=t.c.number_of_attempts - 1,
-                        pid=None,
-                        hostname=None,
-                        heartbeat_at=None,
-                        updated_at=now,
-                    )
+                    .values(self._unclaimed(JobState.READY, now))
                 )
         return ids
+
+    def _unclaimed(self, state: JobState, now: datetime) -> dict[str, Any]:
+        """What giving back a claimed job that never started writes: its attempt uncounted."""
+        return {
+            "state": state,
+            "number_of_attempts": self.table.c.number_of_attempts - 1,
+            "pid": None,
+            "hostname": None,
+            "heartbeat_at": None,
+            "updated_at": now,
+        }
 
     def heartbeat(self, claims: Sequence[Claim], now: datetime) -> None:
         t = self.table
