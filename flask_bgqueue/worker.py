@@ -146,6 +146,12 @@ class Worker:
                 self.result.reloaded = self._consume_broker(broker)
         finally:
             self.heartbeat.stop()
+            if self.processor.owed:  # stopped while the database was away
+                self.state.logger.error(
+                    "bgqueue: stopping with %d job outcome(s) unsaved; those jobs run again"
+                    " once a sweep takes them back as lost",
+                    len(self.processor.owed.outcomes),
+                )
         return self.result
 
     # -- the consume loop ---------------------------------------------------------------
