@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_AMQP_QUEUE_ARGUMENTS": {},
     "BGQUEUE_DASHBOARD_URL_PREFIX": None,
     "BGQUEUE_DASHBOARD_AUTHORIZE": None,
+    "BGQUEUE_DASHBOARD_REFRESH_SECONDS": 5,
     "BGQUEUE_METRICS": False,
 }
 
@@ -89,6 +90,7 @@ class Settings:
     amqp_queue_arguments: Mapping[str, Any] = field(default_factory=dict)
     dashboard_url_prefix: str | None = None
     dashboard_authorize: Callable[[], Any] | None = None
+    dashboard_refresh_seconds: float = 5
     metrics: bool = False
 
 
@@ -146,6 +148,9 @@ def load_settings(app: Flask) -> Settings:
         amqp_queue_arguments=_mapping(c, "BGQUEUE_AMQP_QUEUE_ARGUMENTS"),
         dashboard_url_prefix=_url_prefix(c, "BGQUEUE_DASHBOARD_URL_PREFIX"),
         dashboard_authorize=_function(c, "BGQUEUE_DASHBOARD_AUTHORIZE"),
+        dashboard_refresh_seconds=_number(
+            c, "BGQUEUE_DASHBOARD_REFRESH_SECONDS", minimum=0, kind=(int, float)
+        ),
         metrics=_metrics(c),
     )
 

@@ -19,6 +19,7 @@ it keeps each job's last attempt only, and ``clear-finished`` deletes rows.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
@@ -144,8 +145,18 @@ class _ThisProcess:
             yield from metric.collect()
 
 
+#: Why there are no metrics to show, when there are none.
+MISSING = "prometheus_client is not installed: pip install 'Flask-BgQueue[metrics]'."
+
+
+def available() -> bool:
+    """Whether prometheus_client is installed (without importing it)."""
+    return importlib.util.find_spec("prometheus_client") is not None
+
+
 def exposition(runtime: Runtime) -> tuple[bytes, str]:
-    """The metrics in Prometheus' text format, and its content type."""
+    """The metrics in Prometheus' text format, and its content type (see :data:`MISSING`
+    when not :func:`available`)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
