@@ -66,7 +66,7 @@ def test_publish_stores_the_trace_context_and_the_worker_span_continues_it(
 
     spans = {s["attributes"]["bgqueue.job.id"]: s for s in _spans(procs, tmp_path)}
     assert set(spans) == {ok_id, failing_id}
-    for job_id, span in spans.items():
+    for span in spans.values():
         assert span["context"]["trace_id"] == f"0x{publisher.trace_id:032x}"
         assert span["parent_id"] == f"0x{publisher.span_id:016x}"
         assert [link["context"]["span_id"] for link in span["links"]] == [
