@@ -170,6 +170,14 @@ def test_a_job_published_after_the_page_opened_appears_without_a_reload(
     assert "arrived-later" in row.inner_text() and "READY" in row.inner_text()
     assert page.input_value("input[name=identifier]") == "typed, not sent"
     assert page.inner_text("#bgq-live").startswith("live")
+    hidden = "hidden => { Object.defineProperty(document, 'hidden', {value: hidden,"
+    hidden += " configurable: true}); document.dispatchEvent(new Event('visibilitychange')); }"
+    page.evaluate(hidden, True)  # as when the tab goes to the background
+    assert page.inner_text("#bgq-live") == "paused while the tab is hidden"
+    with app.app_context():
+        back_id = bgq.publish("send", 8)
+    page.evaluate(hidden, False)  # back in front: refreshed at once
+    page.locator(f"table.jobs tbody tr:has(a:text-is('{back_id}'))").wait_for(timeout=10_000)
 
     page.goto(base + "/")
     ready = page.locator(".bgq-cards .s-ready .n")
