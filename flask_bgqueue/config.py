@@ -6,6 +6,7 @@ is the single place that knows the defaults.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -45,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_AMQP_QUEUE_ARGUMENTS": {},
     "BGQUEUE_DASHBOARD_URL_PREFIX": None,
     "BGQUEUE_DASHBOARD_AUTHORIZE": None,
+    "BGQUEUE_DASHBOARD_REFRESH_SECONDS": 5,
+    "BGQUEUE_METRICS": False,
 }
 
 
@@ -87,6 +90,8 @@ class Settings:
     amqp_queue_arguments: Mapping[str, Any] = field(default_factory=dict)
     dashboard_url_prefix: str | None = None
     dashboard_authorize: Callable[[], Any] | None = None
+    dashboard_refresh_seconds: float = 5
+    metrics: bool = False
 
 
 def load_settings(app: Flask) -> Settings:
@@ -143,7 +148,23 @@ def load_settings(app: Flask) -> Settings:
         amqp_queue_arguments=_mapping(c, "BGQUEUE_AMQP_QUEUE_ARGUMENTS"),
         dashboard_url_prefix=_url_prefix(c, "BGQUEUE_DASHBOARD_URL_PREFIX"),
         dashboard_authorize=_function(c, "BGQUEUE_DASHBOARD_AUTHORIZE"),
+        dashboard_refresh_seconds=_number(
+            c, "BGQUEUE_DASHBOARD_REFRESH_SECONDS", minimum=0, kind=(int, float)
+        ),
+        metrics=_metrics(c),
     )
+
+
+def _metrics(c: Mapping[str, Any]) -> bool:
+    """``BGQUEUE_METRICS``: on only with prometheus_client installed (not imported here)."""
+    on = _flag(c, "BGQUEUE_METRICS")
+    if on and importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigurationError(
+            "BGQUEUE_METRICS is True but prometheus_client is not installed: pip install"
+            " 'Flask-BgQueue[metrics]', or set BGQUEUE_METRICS = False.",
+            "BGQUEUE_METRICS",
+        )
+    return on
 
 
 def _priorities(value: Any) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ import pprint
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from . import serialization
 from .clock import utcnow
@@ -26,9 +27,8 @@ from .models import Job, JobState
 from .publishing import send_jobs_to_broker
 from .runtime import Runtime, current_runtime
 from .selection import JobFilter
+from .store.activity import WORKERS_WINDOW
 
-#: How far back a worker counts as "seen recently" on the overview and in ``stats``.
-WORKERS_WINDOW = timedelta(minutes=15)
 #: The longest text shown for decoded parameters.
 MAX_PARAMETERS_TEXT = 100_000
 
@@ -63,6 +63,10 @@ class Worker:
     last_attempt_at: datetime | None
     last_heartbeat_at: datetime | None
     current_jobs: list[tuple[int, str]] = field(default_factory=list)  # (id, callback)
+    #: The queues of the jobs it claimed.
+    queues: list[str] = field(default_factory=list)
+    #: Jobs whose last attempt was this worker's within the window and has ended.
+    jobs_done: int = 0
 
 
 @dataclass(frozen=True)
@@ -231,15 +235,31 @@ class Inspector:
         return minutes
 
     def workers(self, now: datetime | None = None) -> list[Worker]:
-        """Workers holding a job now or that claimed one in the last :data:`WORKERS_WINDOW`."""
+        """Workers holding a job now or that claimed one in the last :data:`WORKERS_WINDOW`,
+        the most recently active first (derived from the jobs' ``hostname`` and ``pid``)."""
         store = self._app.store
         now = now or utcnow()
         current: dict[tuple[str | None, int | None], list[tuple[int, str]]] = {}
         for job in store.jobs(states=[JobState.PROCESSING]):
             current.setdefault((job.hostname, job.pid), []).append((job.id, job.callback_name))
+        found: dict[tuple[str | None, int | None], dict[str, Any]] = {}
+        for host, pid, queue, attempt, beat, done in store.worker_activity(now - WORKERS_WINDOW):
+            w = found.setdefault((host, pid), {"queues": [], "attempt": attempt, "beat": beat})
+            w["queues"].append(queue)
+            w["attempt"] = max(w["attempt"], attempt)
+            w["beat"] = max((b for b in (w["beat"], beat) if b is not None), default=None)
+            w["done"] = w.get("done", 0) + done
         seen = [
-            Worker(host, pid, attempt, beat, current.get((host, pid), []))
-            for host, pid, attempt, beat in store.workers_seen(now - WORKERS_WINDOW)
+            Worker(
+                host,
+                pid,
+                w["attempt"],
+                w["beat"],
+                current.get((host, pid), []),
+                sorted(w["queues"]),
+                w["done"],
+            )
+            for (host, pid), w in found.items()
         ]
         return sorted(seen, key=lambda w: w.last_attempt_at or now, reverse=True)
 

@@ -126,6 +126,7 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Column("execution_time", sa.Integer),
         sa.Column("traceback", LongText),
         sa.Column("heartbeat_at", Timestamp),
+        sa.Column("trace_context", LongText),
         sa.Index(f"ix_{name}_due", "state", "available_at", "queue", "priority"),
         sa.Index(f"ix_{name}_identifier", "identifier", "id"),
         sa.Index(f"ix_{name}_serial_group", "serial_group", "priority", "id"),
@@ -174,6 +175,8 @@ class Job:
     execution_time: int | None
     traceback: str | None
     heartbeat_at: datetime | None
+    #: The publisher's trace propagation headers as JSON text (see :mod:`.tracing`).
+    trace_context: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:

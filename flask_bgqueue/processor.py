@@ -21,7 +21,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import serialization, signals
+from . import instrumentation, serialization, signals
 from .aio import resolve
 from .clock import utcnow
 from .context import running
@@ -449,8 +449,8 @@ class Processor:
     def run(self, claim: Claim, writer: OutcomeWriter | None = None) -> Outcome:
         """Run one claimed job in a fresh app context and save its outcome (or hand it to
         ``writer``)."""
-        with self.app.app_context():
-            outcome, measured = self._attempt(claim)
+        with self.app.app_context(), instrumentation.attempt(self.state, claim.job) as seen:
+            outcome, measured = seen(*self._attempt(claim))  # reported to metrics, tracing
         values = {**outcome.values, **measured, "updated_at": utcnow(), "heartbeat_at": None}
         if writer is not None:
             writer.add(claim, outcome, values)

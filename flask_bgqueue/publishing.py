@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from flask import current_app
 
-from . import serialization, signals
+from . import instrumentation, serialization, signals, tracing
 from .broker import BrokerError
 from .clock import to_utc_naive, utcnow
 from .exceptions import ConfigurationError, PublishError, UnknownCallbackError
@@ -89,6 +89,7 @@ def build_row(
         "serial_group": serial_group,
         "identifier": identifier,
         "is_unique": bool(is_unique),
+        "trace_context": tracing.carrier(),  # the publisher's trace, when one is current
     }
 
 
@@ -107,6 +108,7 @@ def write_rows(runtime: Runtime, rows: list[dict[str, Any]]) -> list[int]:
     becomes ``BROKER_FAILED`` with the error and ``flask bgq process`` runs it later.
     """
     ids = runtime.store.insert(rows)
+    instrumentation.published(runtime, rows)
     if runtime.broker is not None:
         send_to_broker(runtime, [(job_id, row) for job_id, row in zip(ids, rows, strict=True)])
     if signals.job_published.receivers:  # observers: they cannot undo the publish

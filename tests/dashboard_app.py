@@ -49,3 +49,8 @@ def csrf_token(client: FlaskClient) -> str:
 def job_ids(html: str) -> list[int]:
     """The ids of the job list's rows, in page order."""
     return [int(x) for x in re.findall(r'<td><a href="[^"]*/jobs/(\d+)">', html)]
+
+
+def allow_everyone() -> bool:
+    """An authorization hook for tests (by import string, as in a config file)."""
+    return True

@@ -10,9 +10,10 @@ import json
 import os
 import time
 
+import click
 from flask import Flask
 
-from flask_bgqueue import BackgroundQueue, current_job
+from flask_bgqueue import BackgroundQueue, PermanentError, current_job
 
 bgq = BackgroundQueue()
 
@@ -53,6 +54,37 @@ def noop() -> None:
     pass
 
 
+@bgq.callback("fail")
+def fail(kind: str) -> None:
+    """Fails for ever: permanently when ``kind`` is "permanent", else temporarily."""
+    if kind == "permanent":
+        raise PermanentError("gave up on purpose")
+    raise RuntimeError("failed on purpose")
+
+
+def _export_spans(path: str) -> None:
+    """Trace with OpenTelemetry's SDK into memory; write the spans to ``path`` (JSON) at
+    exit, for a test to read."""
+    import atexit
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+    def dump() -> None:
+        spans = [json.loads(span.to_json()) for span in exporter.get_finished_spans()]
+        with open(path, "w") as f:
+            json.dump(spans, f)
+
+    atexit.register(dump)
+
+
 def create_app() -> Flask:
     app = Flask(__name__, instance_path=os.environ["PROCAPP_DIR"])
     app.config.update(
@@ -63,6 +95,15 @@ def create_app() -> Flask:
     )
     app.config.update(json.loads(os.environ.get("PROCAPP_CONFIG", "{}")))
     bgq.init_app(app)
+    if os.environ.get("PROCAPP_SPANS"):
+        _export_spans(os.environ["PROCAPP_SPANS"])
+
+    @app.cli.command("publish-jobs")
+    @click.argument("jobs")
+    def publish_jobs(jobs: str) -> None:
+        """Publish ``[[callback, parameters], ...]`` (JSON) from this process."""
+        for name, parameters in json.loads(jobs):
+            bgq.publish(name, parameters)
 
     @app.cli.command("sweep")
     def sweep() -> None:

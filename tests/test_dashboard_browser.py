@@ -60,8 +60,9 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def served(make_app: AppFactory) -> Iterator[tuple[Flask, str]]:
-    """The dashboard app served by werkzeug on 127.0.0.1, in a thread."""
-    app = dashboard_app(make_app)
+    """The dashboard app served by werkzeug on 127.0.0.1, in a thread (its live pages
+    refresh every 0.3 s)."""
+    app = dashboard_app(make_app, BGQUEUE_DASHBOARD_REFRESH_SECONDS=0.3)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -144,4 +145,58 @@ def test_a_person_filters_failed_jobs_retries_one_and_sees_it_finished(
     page.reload()
     assert "FINISHED" in page.inner_text("h1")
     assert "Finished at" in page.inner_text(".bgq-why")
+    page.close()
+
+
+def test_a_job_published_after_the_page_opened_appears_without_a_reload(
+    served: tuple[Flask, str], browser: Any, db_url: str
+) -> None:
+    app, base = served
+    bgq = app.bgq  # type: ignore[attr-defined]
+    _fill(app)
+    shots = os.environ.get("BGQUEUE_SCREENSHOTS") if db_url.startswith("postgresql") else None
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+
+    page.goto(base + "/jobs")
+    page.fill("input[name=identifier]", "typed, not sent")  # outside the live part
+    with app.app_context():
+        new_id = bgq.publish("send", 7, identifier="arrived-later")
+    row = page.locator(f"table.jobs tbody tr:has(a:text-is('{new_id}'))")
+    row.wait_for(timeout=10_000)  # the refresh brings it: no reload, no click
+    assert "arrived-later" in row.inner_text() and "READY" in row.inner_text()
+    assert page.input_value("input[name=identifier]") == "typed, not sent"
+    assert page.inner_text("#bgq-live").startswith("live")
+    hidden = "hidden => { Object.defineProperty(document, 'hidden', {value: hidden,"
+    hidden += " configurable: true}); document.dispatchEvent(new Event('visibilitychange')); }"
+    page.evaluate(hidden, True)  # as when the tab goes to the background
+    assert page.inner_text("#bgq-live") == "paused while the tab is hidden"
+    with app.app_context():
+        back_id = bgq.publish("send", 8)
+    page.evaluate(hidden, False)  # back in front: refreshed at once
+    page.locator(f"table.jobs tbody tr:has(a:text-is('{back_id}'))").wait_for(timeout=10_000)
+
+    page.goto(base + "/")
+    ready = page.locator(".bgq-cards .s-ready .n")
+    before = int(ready.inner_text())
+    with app.app_context():
+        bgq.publish("work", 200)
+    page.wait_for_function(
+        "n => Number(document.querySelector('.bgq-cards .s-ready .n').textContent) === n",
+        arg=before + 1,
+        timeout=10_000,
+    )
+    with app.app_context():
+        bgq.process()
+    page.wait_for_function(
+        "() => document.querySelector('#bgq-workers').textContent.includes('default_mail')",
+        timeout=10_000,
+    )
+    if shots:
+        page.screenshot(path=str(Path(shots) / "dashboard-live.png"), full_page=True)
+    assert loads == [base + "/jobs", base + "/"]  # one load per goto: nothing reloaded
+    assert not [m for m in console if "Content Security Policy" in m], console
     page.close()

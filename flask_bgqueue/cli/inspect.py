@@ -9,9 +9,11 @@ from typing import Any
 import click
 from flask.cli import with_appcontext
 
+from .. import metrics
 from ..explain import span
 from ..inspection import Inspector
 from ..models import FAILED_STATES, Job
+from ..runtime import current_runtime
 from ..selection import MAX_JOB_ID, JobFilter, parse_states
 
 #: A job id argument: the id column is a signed 64-bit integer.
@@ -155,9 +157,21 @@ def retry_command(job_ids: tuple[int, ...], failed: bool) -> None:
 
 @click.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="Print the metrics in Prometheus' text format (needs prometheus_client).",
+)
 @with_appcontext
-def stats_command(as_json: bool) -> None:
+def stats_command(as_json: bool, prometheus: bool) -> None:
     """Counts per state and callback, the oldest due job and the workers seen recently."""
+    if as_json and prometheus:
+        raise click.UsageError("give --json or --prometheus, not both.")
+    if prometheus:
+        if not metrics.available():
+            raise click.ClickException(metrics.MISSING)
+        click.echo(metrics.exposition(current_runtime())[0].decode(), nl=False)
+        return
     stats = _inspector().stats(hours=1)
     finished = sum(m.finished for m in stats.throughput)
     failed = sum(m.failed for m in stats.throughput)
@@ -177,6 +191,8 @@ def stats_command(as_json: bool) -> None:
                     "pid": w.pid,
                     "last_attempt_at": str(w.last_attempt_at),
                     "jobs": [i for i, _ in w.current_jobs],
+                    "queues": w.queues,
+                    "jobs_done": w.jobs_done,
                 }
                 for w in stats.workers
             ],

@@ -16,6 +16,7 @@ blueprint = Blueprint(
     static_url_path="/static",
 )
 
+from . import api as api  # noqa: E402  (registers the JSON API and /metrics)
 from . import security as security  # noqa: E402  (registers the guard)
 from . import views as views  # noqa: E402  (registers the routes)
 

@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response
 
 from ..clock import utcnow
 from ..explain import Reason, span
-from ..inspection import Inspector
+from ..inspection import Inspector, JobPage
 from ..models import DISCARDABLE_STATES, FAILED_STATES, RETRYABLE_STATES, JobState
 from ..runtime import current_runtime
 from ..selection import MAX_JOB_ID, JobFilter, check_job_id, parse_states
@@ -22,6 +22,8 @@ from .chart import throughput_svg
 NOTICE_KEY = "_bgqueue_notice"
 FILTER_FIELDS = ("state", "callback", "queue", "group", "identifier", "q")
 MAX_PAGE_SIZE = 500
+#: The header dashboard.js sends when it refreshes a page in the background.
+LIVE_HEADER = "X-BgQueue-Live"
 
 
 def _inspector() -> Inspector:
@@ -34,7 +36,9 @@ def helpers() -> dict[str, Any]:
         "JobState": JobState,
         "FAILED": ",".join(s.name.lower() for s in FAILED_STATES),
         "when": _when,
-        "notice": session.pop(NOTICE_KEY, None),
+        # A page's own refresh (dashboard.js) leaves a notice for the next page shown.
+        "notice": None if request.headers.get(LIVE_HEADER) else session.pop(NOTICE_KEY, None),
+        "refresh_ms": round(current_runtime().settings.dashboard_refresh_seconds * 1000),
         "callbacks": current_runtime().callback_names(),
     }
 
@@ -126,20 +130,29 @@ def overview() -> str:
     )
 
 
-@blueprint.get("/jobs")
-def jobs() -> str:
-    flt = _filter(request.args)
-    limit = _number(request.args, "limit", 1, MAX_PAGE_SIZE) or 50
+def jobs_page(flt: JobFilter, limit: int, newest: bool = True) -> tuple[JobPage, int | None]:
+    """The page ``before=``/``after=`` ask for, and (with ``newest``) the id of the newest
+    job the filter matches (the bulk retry's limit)."""
     before = _number(request.args, "before", 1, MAX_JOB_ID + 1)
     after = _number(request.args, "after", 0, MAX_JOB_ID)
     if before is not None and after is not None:
         abort(400, "give before= or after=, not both.")
     inspector = _inspector()
     page = inspector.page(flt, before_id=before, after_id=after, limit=limit)
-    newest = page.jobs[0].id if page.jobs and not page.has_newer else None
-    if newest is None:
-        top = inspector.page(flt, limit=1).jobs
-        newest = top[0].id if top else None
+    if not newest:
+        return page, None
+    top = page.jobs[0].id if page.jobs and not page.has_newer else None
+    if top is None:
+        first = inspector.page(flt, limit=1).jobs
+        top = first[0].id if first else None
+    return page, top
+
+
+@blueprint.get("/jobs")
+def jobs() -> str:
+    flt = _filter(request.args)
+    limit = _number(request.args, "limit", 1, MAX_PAGE_SIZE) or 50
+    page, newest = jobs_page(flt, limit)
     return render_template(
         "bgqueue/jobs.html",
         page=page,
@@ -149,6 +162,11 @@ def jobs() -> str:
         newest=newest,
         retryable=RETRYABLE_STATES,
     )
+
+
+@blueprint.get("/workers")
+def workers() -> str:
+    return render_template("bgqueue/workers.html", workers=_inspector().workers(), now=utcnow())
 
 
 @blueprint.get("/jobs/<int:job_id>")

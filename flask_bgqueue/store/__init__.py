@@ -4,12 +4,14 @@ Every state change is one conditional UPDATE that names the state it expects
 (:meth:`~.base.StoreBase._transition`), so a job is claimed by one worker only and a late
 worker can never overwrite a newer state. Each module has one job: :mod:`.inserts`
 publishes, :mod:`.claims` claims, :mod:`.outcomes` saves attempts, :mod:`.recovery` takes
-back what was lost, :mod:`.queries` reads for people. Whatever differs between databases
-sits in :mod:`.dialects`; the raw-DBAPI fast path in :mod:`.driver`.
+back what was lost, :mod:`.queries` reads for people, :mod:`.activity` for monitoring.
+Whatever differs between databases sits in :mod:`.dialects`; the raw-DBAPI fast path in
+:mod:`.driver`.
 """
 
 from __future__ import annotations
 
+from .activity import Activity
 from .base import Claim
 from .claims import Claims
 from .dialects import Listener
@@ -21,7 +23,7 @@ from .recovery import Recovery
 __all__ = ["Claim", "Listener", "Store"]
 
 
-class Store(Inserts, Claims, Outcomes, Recovery, Queries):
+class Store(Inserts, Claims, Outcomes, Recovery, Queries, Activity):
     """SQL for one application's job table, on the queue's own engine."""
 
     def listener(self, interval: float) -> Listener:

@@ -204,29 +204,6 @@ class Queries(StoreBase):
                     result.append((kind, minute.replace(tzinfo=None), int(n)))
         return result
 
-    def workers_seen(self, since: datetime) -> list[tuple[str | None, int | None, datetime, Any]]:
-        """``(hostname, pid, last attempt, last heartbeat)`` of workers active since ``since``.
-
-        Derived from the jobs: those PROCESSING now and those attempted since ``since``.
-        """
-        t = self.table
-        stmt = (
-            sa.select(
-                t.c.hostname,
-                t.c.pid,
-                sa.func.max(t.c.last_attempt_at),
-                sa.func.max(t.c.heartbeat_at),
-            )
-            .where(
-                self.in_queue,
-                sa.or_(t.c.state == JobState.PROCESSING, t.c.last_attempt_at >= since),
-                t.c.last_attempt_at.is_not(None),
-            )
-            .group_by(t.c.hostname, t.c.pid)
-        )
-        with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(stmt)]  # type: ignore[misc,unused-ignore]
-
     def last_worker_activity(self) -> datetime | None:
         """The latest claim or heartbeat of any job of this queue."""
         t = self.table
