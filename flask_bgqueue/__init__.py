@@ -7,6 +7,7 @@ from .context import CurrentJob, current_job
 from .exceptions import (
     BgQueueError,
     ConfigurationError,
+    ConfigurationWarning,
     DieException,
     JobOutcome,
     ParametersError,
@@ -29,6 +30,7 @@ __all__ = [
     "BackgroundQueue",
     "BgQueueError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "CurrentJob",
     "DieException",
     "Job",

@@ -40,6 +40,11 @@ class ConfigurationError(BgQueueError, ValueError):
         self.key = key
 
 
+class ConfigurationWarning(UserWarning):
+    """A ``BGQUEUE_*`` key looks wrong but does no harm (a key this version does not know,
+    most likely a typo: the message names the closest known key)."""
+
+
 class PublishError(BgQueueError, ValueError):
     """A job was refused by :meth:`BackgroundQueue.publish`; nothing was written."""
 

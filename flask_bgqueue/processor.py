@@ -34,7 +34,7 @@ from .exceptions import (
     WaitingException,
     one_line,
 )
-from .models import ENDED_STATES, FAILED_STATES, JobState
+from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, JobState
 from .pacing import Pacer
 from .publishing import send_jobs_to_broker
 from .resources import memory_usage
@@ -49,31 +49,49 @@ HOSTNAME = socket.gethostname()
 class SweepResult:
     """What one :meth:`BackgroundQueue.process` call did.
 
-    ``outcomes`` counts the jobs by the state they ended in (``{"FINISHED": 12}``),
-    ``reaped`` lists the jobs taken back from lost workers, ``died`` tells whether a
-    :class:`~flask_bgqueue.DieException` stopped the sweep.
+    ``outcomes`` counts the jobs by the state each one ended the sweep in
+    (``{"FINISHED": 12}``): a job that waited and then ran again in the same sweep counts
+    once, as what it became last. ``runs`` counts how many times a job was run, that job
+    twice. ``reaped`` lists the jobs taken back from lost workers, ``resent`` how many ids
+    were sent to the broker again, ``died`` whether a :class:`~flask_bgqueue.DieException`
+    stopped the sweep.
     """
 
     outcomes: dict[str, int] = field(default_factory=dict)
     reaped: list[int] = field(default_factory=list)
     resent: int = 0
     died: bool = False
+    runs: int = 0
+    #: The jobs whose last run left them due again later (so they may run again here).
+    _again: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def processed(self) -> int:
+        """How many jobs ran (each counted once, however often it ran)."""
         return sum(self.outcomes.values())
 
     @property
-    def finished_any(self) -> bool:
-        """Whether a job ended (not merely waited or was skipped as a duplicate)."""
-        return any(state.name in self.outcomes for state in ENDED_STATES)
+    def did_anything(self) -> bool:
+        """Whether the sweep ran, recovered or sent anything."""
+        return bool(self.runs or self.reaped or self.resent)
 
-    def count(self, state: JobState) -> None:
+    def count(self, job_id: int, state: JobState) -> None:
+        """A run of job ``job_id`` ended in ``state``."""
+        self.runs += 1
+        before = self._again.pop(job_id, None)
+        if before is not None:  # it ran before in this sweep: count it once, as it is now
+            self.outcomes[before] -= 1
+            if not self.outcomes[before]:
+                del self.outcomes[before]
         self.outcomes[state.name] = self.outcomes.get(state.name, 0) + 1
+        if state in AGAIN_STATES:
+            self._again[job_id] = state.name
 
-    def merge(self, other: SweepResult) -> None:
-        for name, n in other.outcomes.items():
-            self.outcomes[name] = self.outcomes.get(name, 0) + n
+    def summary(self) -> str:
+        """One line for a person: ``processed 5 job(s) in 6 runs: 5 finished``."""
+        runs = f" in {self.runs} runs" if self.runs != self.processed else ""
+        states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.outcomes.items()))
+        return f"processed {self.processed} job(s){runs}{': ' + states if states else ''}"
 
 
 @dataclass(frozen=True)
@@ -238,11 +256,10 @@ class Processor:
                         continue
                     return result
                 heartbeat.hold(claims)
-                batch = SweepResult()
+                ended: list[JobState] = []
                 started = time.perf_counter()
-                died = self.run_claims(claims, heartbeat, _counting(batch))
+                died = self.run_claims(claims, heartbeat, _counting(result, ended))
                 pacer.record(len(claims), time.perf_counter() - started)
-                result.merge(batch)
                 if died:
                     result.died = True
                     return result
@@ -251,7 +268,7 @@ class Processor:
                         f"{len(self.owed.outcomes)} job outcome(s) could not be saved; those"
                         " jobs run again once a sweep takes them back as lost"
                     )
-                progressed = progressed or batch.finished_any
+                progressed = progressed or bool(ended)
         finally:
             heartbeat.stop()
 
@@ -599,11 +616,14 @@ class Processor:
             )
 
 
-def _counting(result: SweepResult) -> Callable[[Claim, Outcome], None]:
-    """A :meth:`Processor.run_claims` listener that counts outcomes into ``result``."""
+def _counting(result: SweepResult, ended: list[JobState]) -> Callable[[Claim, Outcome], None]:
+    """A :meth:`Processor.run_claims` listener that counts outcomes into ``result`` and
+    collects in ``ended`` those that ended an attempt (not a wait)."""
 
     def ran(claim: Claim, outcome: Outcome) -> None:
-        result.count(outcome.state)
+        result.count(claim.job.id, outcome.state)
+        if outcome.state in ENDED_STATES:
+            ended.append(outcome.state)
 
     return ran
 
