@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import signals as signals
 from .context import CurrentJob, current_job
 from .exceptions import (
+    ArgumentsError,
     BgQueueError,
     ConfigurationError,
     ConfigurationWarning,
@@ -27,6 +28,7 @@ from .processor import SweepResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentsError",
     "BackgroundQueue",
     "BgQueueError",
     "ConfigurationError",

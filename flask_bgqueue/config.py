@@ -7,6 +7,7 @@ is the single place that knows the defaults.
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import math
 import os
@@ -54,12 +55,34 @@ DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class CallbackSpec:
-    """A registered callback: the function and where its jobs go."""
+    """A registered callback: the function, where its jobs go, and whether ``publish()``
+    checks their parameters against its signature (``signature`` is ``None`` when Python
+    cannot tell it, as for some built-in functions: then nothing is checked)."""
 
     name: str
     func: Callable[..., Any]
     queue: str | None = None
     priority: int | None = None
+    check_arguments: bool = True
+    signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        func: Callable[..., Any],
+        queue: str | None = None,
+        priority: int | None = None,
+        check_arguments: bool = True,
+    ) -> CallbackSpec:
+        """A spec with the function's signature read once, here."""
+        signature = None
+        if check_arguments:
+            try:
+                signature = inspect.signature(func)
+            except (TypeError, ValueError):  # a built-in without one: not checked
+                pass
+        return cls(name, func, queue, priority, check_arguments, signature)
 
 
 @dataclass(frozen=True)
@@ -220,10 +243,16 @@ def _callbacks(value: Any, priorities: tuple[int, ...]) -> dict[str, CallbackSpe
         target = options.pop("callback", None)
         queue = options.pop("queue", None)
         priority = options.pop("priority", None)
+        check_arguments = options.pop("check_arguments", True)
         if options:
             raise ConfigurationError(
                 f"{key}[{name!r}] has unknown options {sorted(options)}; allowed:"
-                " callback, queue, priority.",
+                " callback, queue, priority, check_arguments.",
+                key,
+            )
+        if not isinstance(check_arguments, bool):
+            raise ConfigurationError(
+                f"{key}[{name!r}] has check_arguments {check_arguments!r}; use True or False.",
                 key,
             )
         if not isinstance(name, str) or not name:
@@ -248,7 +277,7 @@ def _callbacks(value: Any, priorities: tuple[int, ...]) -> dict[str, CallbackSpe
             )
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise ConfigurationError(f"{key}[{name!r}] has an invalid queue {queue!r}.", key)
-        specs[name] = CallbackSpec(name, func, queue, priority)
+        specs[name] = CallbackSpec.of(name, func, queue, priority, check_arguments)
     return specs
 
 

@@ -57,6 +57,19 @@ class UnknownCallbackError(PublishError, LookupError):
         self.callback_name = callback_name
 
 
+class ArgumentsError(PublishError):
+    """The parameters do not fit the callback's signature: the job would fail when it ran.
+
+    :attr:`callback_name` names the callback, :attr:`argument` the argument at fault (an
+    unknown or missing one; ``None`` when too many positional values were given).
+    """
+
+    def __init__(self, message: str, callback_name: str, argument: str | None) -> None:
+        super().__init__(message)
+        self.callback_name = callback_name
+        self.argument = argument
+
+
 class ParametersError(PublishError):
     """The parameters cannot be stored in the chosen format.
 

@@ -55,6 +55,14 @@ class BackgroundQueue:
                 " BGQUEUE_BIND_KEY if you name it otherwise), or set BGQUEUE_DATABASE_URI.",
                 "BGQUEUE_BIND_KEY",
             )
+        for spec in self._registry.callbacks.values():
+            if spec.priority is not None and spec.priority not in settings.priorities:
+                raise ConfigurationError(
+                    f"callback {spec.name!r} has priority {spec.priority!r}, which is not in"
+                    f" BGQUEUE_PRIORITIES {list(settings.priorities)}: add it there, or give"
+                    " @bgq.callback another priority.",
+                    "BGQUEUE_PRIORITIES",
+                )
         clash = sorted(set(settings.callbacks) & set(self._registry.callbacks))
         if clash:
             raise ConfigurationError(
@@ -76,16 +84,32 @@ class BackgroundQueue:
     def callback(self, name: F) -> F: ...
     @overload
     def callback(
-        self, name: str | None = None, *, queue: str | None = None, priority: int | None = None
+        self,
+        name: str | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        check_arguments: bool = True,
     ) -> Callable[[F], F]: ...
 
     def callback(
-        self, name: Any = None, *, queue: str | None = None, priority: int | None = None
+        self,
+        name: Any = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        check_arguments: bool = True,
     ) -> Any:
         """Register a function as a callback: ``@bgq.callback`` or ``@bgq.callback("name")``.
 
-        ``queue`` sends its jobs to the sub-queue ``<BGQUEUE_QUEUE>_<queue>``; ``priority``
-        is its default priority (it must be one of ``BGQUEUE_PRIORITIES``).
+        :param name: the name jobs are published under; the function's name by default.
+        :param queue: send its jobs to the sub-queue ``<BGQUEUE_QUEUE>_<queue>``.
+        :param priority: its jobs' default priority, one of ``BGQUEUE_PRIORITIES`` (checked
+            by ``init_app``, or by ``publish()`` for a callback registered after it).
+        :param check_arguments: check at ``publish()`` that the parameters fit the
+            function's signature, and raise :exc:`~flask_bgqueue.ArgumentsError` when they
+            do not, instead of storing a job that fails when it runs. ``False`` turns the
+            check off (for a function that takes what its signature does not tell).
         """
         if callable(name):
             return self.callback()(name)
@@ -100,7 +124,7 @@ class BackgroundQueue:
                 )
             if queue is not None and (not isinstance(queue, str) or not queue):
                 raise ConfigurationError(f"callback {key!r}: queue must be a non-empty string.")
-            callbacks[key] = CallbackSpec(key, func, queue, priority)
+            callbacks[key] = CallbackSpec.of(key, func, queue, priority, check_arguments)
             return func
 
         return decorator

@@ -54,6 +54,8 @@ class Runtime:
         if settings.broker_url is not None:  # checks the scheme and that pika is installed
             self.broker = broker_for_url(settings.broker_url, dict(settings.amqp_queue_arguments))
         self._lock = threading.Lock()
+        #: Callbacks whose parameters held a SQLAlchemy model (warned of once each).
+        self.noted_models: set[str] = set()
 
     def callback(self, name: str) -> CallbackSpec | None:
         spec = self.settings.callbacks.get(name)

@@ -80,7 +80,13 @@ def test_permanent_error_fails_for_good_and_logs_critical(
 
 
 def test_wrong_arguments_fail_the_job_permanently(qapp: Flask) -> None:
-    job = run_one(qapp, lambda to: None, {"recipient": "a"})
+    """Published with the check off (publish() refuses them otherwise), or by an older
+    version of the callback: the job fails for good when it runs."""
+    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq.callback("unchecked", check_arguments=False)(lambda to: None)
+    job_id = bgq.publish("unchecked", {"recipient": "a"})
+    bgq.process()
+    job = bgq.get_job(job_id)
     assert job.state is JobState.PERMANENTLY_FAILED
     assert job.error_message.startswith("TypeError:")
 
@@ -488,7 +494,7 @@ def test_a_delivered_claim_reads_the_same_job_through_the_driver_and_through_sql
     from flask_bgqueue.store import Claim
 
     bgq = qapp.bgq  # type: ignore[attr-defined]
-    bgq.callback("f")(lambda: None)
+    bgq.callback("f")(lambda n=None: None)
     store = bgq._state().store
     plain = [bgq.publish("f", {"n": n}) for n in range(2)]
     grouped = bgq.publish("f", serial_group="g")
