@@ -8,6 +8,7 @@ taken back ("worker lost") only from a worker that really stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -34,7 +35,7 @@ from .exceptions import (
     WaitingException,
     one_line,
 )
-from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, JobState
+from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, Job, JobState
 from .pacing import Pacer
 from .publishing import send_jobs_to_broker
 from .resources import memory_usage
@@ -291,7 +292,9 @@ class Processor:
         )
         for job_id in reaped:
             self.logger.warning(
-                "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id
+                "bgqueue: job %s was PROCESSING under a lost worker; retrying it",
+                job_id,
+                extra={"job_id": job_id},
             )
         return reaped
 
@@ -482,6 +485,7 @@ class Processor:
                 " stopped?); its outcome %s was not saved",
                 claim.job.id,
                 outcome.state.name,
+                extra=job_fields(claim.job, outcome.state),
             )
             return
         self._observe(claim, outcome)
@@ -580,40 +584,68 @@ class Processor:
     def _observe(self, claim: Claim, outcome: Outcome) -> None:
         """Log and send the observation signals; nothing here changes the saved outcome."""
         job = claim.job
+        logger = self.logger
         try:
             if outcome.state is JobState.PERMANENTLY_FAILED:
-                self.logger.critical(
+                logger.critical(
                     "bgqueue: job %s (%s) failed permanently: %s",
                     job.id,
                     job.callback_name,
                     outcome.values.get("error_message"),
+                    extra=job_fields(job, outcome.state),
                 )
-            if outcome.state is JobState.TEMPORARILY_FAILED:
-                self.logger.warning(
+            elif outcome.state is JobState.TEMPORARILY_FAILED:
+                logger.warning(
                     "bgqueue: job %s (%s) failed, attempt %s, retry at %s: %s",
                     job.id,
                     job.callback_name,
                     job.number_of_attempts,
                     outcome.values["available_at"],
                     outcome.values.get("error_message"),
+                    extra=job_fields(job, outcome.state),
                 )
                 if job.number_of_attempts == self.settings.notify_on_number_of_attempts:
-                    self.logger.critical(
+                    logger.critical(
                         "bgqueue: job %s (%s) has failed %s times: %s",
                         job.id,
                         job.callback_name,
                         job.number_of_attempts,
                         outcome.values.get("error_message"),
+                        extra=job_fields(job, outcome.state),
                     )
                     signals.attempts_notification.send(self.app, job=job)
+            elif logger.isEnabledFor(logging.INFO):  # one record per outcome, for log pipelines
+                logger.info(
+                    "bgqueue: job %s (%s): %s",
+                    job.id,
+                    job.callback_name,
+                    outcome.state.name,
+                    extra=job_fields(job, outcome.state),
+                )
             if outcome.state is JobState.FINISHED and signals.job_finished.receivers:
                 signals.job_finished.send(self.app, job=job)
             if outcome.state in FAILED_STATES:
                 signals.job_failed.send(self.app, job=job, exception=outcome.exception)
         except Exception:
-            self.logger.exception(
-                "bgqueue: an observer of job %s failed (the outcome is saved)", job.id
+            logger.exception(
+                "bgqueue: an observer of job %s failed (the outcome is saved)",
+                job.id,
+                extra=job_fields(job, outcome.state),
             )
+
+
+def job_fields(job: Job, state: JobState | None = None) -> dict[str, Any]:
+    """The ``extra`` of a log record about a job: attributes a JSON formatter can pick up
+    (``record.job_id`` ...); ``state`` is the one the job has now, when it is known."""
+    fields = {
+        "job_id": job.id,
+        "callback": job.callback_name,
+        "queue": job.queue,
+        "attempt": job.number_of_attempts,
+    }
+    if state is not None:
+        fields["state"] = state.name
+    return fields
 
 
 def _counting(result: SweepResult, ended: list[JobState]) -> Callable[[Claim, Outcome], None]:

@@ -32,7 +32,7 @@ from .clock import utcnow
 from .exceptions import DatabaseUnavailable, one_line
 from .models import AGAIN_STATES, DELIVERABLE_STATES
 from .pacing import MAX_BATCH, Pacer
-from .processor import Heartbeat, Outcome, Processor
+from .processor import Heartbeat, Outcome, Processor, job_fields
 from .runtime import Runtime
 from .store import Claim
 
@@ -355,7 +355,9 @@ class Worker:
         try:
             broker.publish(job.queue, job.priority, job.id, max(0, int(delay_ms)))
         except BrokerError as exc:  # the row says when it is due; `process` sends it again
-            self.state.logger.warning("bgqueue: could not send job %s again: %s", job.id, exc)
+            self.state.logger.warning(
+                "bgqueue: could not send job %s again: %s", job.id, exc, extra=job_fields(job)
+            )
 
 
 class _Feed:
