@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 
 from flask import Flask, current_app, g
 
-from . import publishing, serialization
+from . import migrate, publishing, serialization
 from .cli import bgq_command
 from .config import CallbackSpec, load_settings
 from .exceptions import ConfigurationError
@@ -72,6 +72,7 @@ class BackgroundQueue:
             )
         app.extensions[EXTENSION_KEY] = Runtime(self, self._registry, app, settings)
         app.cli.add_command(bgq_command)
+        migrate.register(app)  # Flask-Migrate's autogenerate leaves the job table alone
         if settings.dashboard_url_prefix is not None:
             # Off by default: its views and templates are loaded only when it is mounted.
             from .dashboard import register
