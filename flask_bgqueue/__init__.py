@@ -5,8 +5,10 @@ from __future__ import annotations
 from . import signals as signals
 from .context import CurrentJob, current_job
 from .exceptions import (
+    ArgumentsError,
     BgQueueError,
     ConfigurationError,
+    ConfigurationWarning,
     DieException,
     JobOutcome,
     ParametersError,
@@ -26,9 +28,11 @@ from .processor import SweepResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentsError",
     "BackgroundQueue",
     "BgQueueError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "CurrentJob",
     "DieException",
     "Job",

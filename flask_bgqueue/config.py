@@ -6,9 +6,14 @@ is the single place that knows the defaults.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import inspect
+import json
 import math
 import os
+import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -16,7 +21,7 @@ from typing import Any, cast
 from flask import Flask
 from werkzeug.utils import ImportStringError, import_string
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ConfigurationWarning
 
 PARAMETERS_FORMATS = ("auto", "json", "pickle")
 
@@ -53,12 +58,34 @@ DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class CallbackSpec:
-    """A registered callback: the function and where its jobs go."""
+    """A registered callback: the function, where its jobs go, and whether ``publish()``
+    checks their parameters against its signature (``signature`` is ``None`` when Python
+    cannot tell it, as for some built-in functions: then nothing is checked)."""
 
     name: str
     func: Callable[..., Any]
     queue: str | None = None
     priority: int | None = None
+    check_arguments: bool = True
+    signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        func: Callable[..., Any],
+        queue: str | None = None,
+        priority: int | None = None,
+        check_arguments: bool = True,
+    ) -> CallbackSpec:
+        """A spec with the function's signature read once, here."""
+        signature = None
+        if check_arguments:
+            try:
+                signature = inspect.signature(func)
+            except (TypeError, ValueError):  # a built-in without one: not checked
+                pass
+        return cls(name, func, queue, priority, check_arguments, signature)
 
 
 @dataclass(frozen=True)
@@ -99,6 +126,7 @@ def load_settings(app: Flask) -> Settings:
     for key, value in DEFAULTS.items():
         app.config.setdefault(key, value)
     c = app.config
+    _warn_unknown_keys(c)
 
     priorities = _priorities(c["BGQUEUE_PRIORITIES"])
     fmt = c["BGQUEUE_PARAMETERS_FORMAT"]
@@ -167,10 +195,50 @@ def _metrics(c: Mapping[str, Any]) -> bool:
     return on
 
 
+def _warn_unknown_keys(c: Mapping[str, Any]) -> None:
+    """A ``BGQUEUE_*`` key no version of this module reads is most likely a typo."""
+    for key in c:
+        if not key.startswith("BGQUEUE_") or key in DEFAULTS:
+            continue
+        prefix = len("BGQUEUE_")  # compared without it, or every key would look close
+        close = difflib.get_close_matches(key[prefix:], [k[prefix:] for k in DEFAULTS], n=1)
+        hint = f"did you mean BGQUEUE_{close[0]}?" if close else "see the configuration docs."
+        warnings.warn(
+            f"{key} is not a Flask-BgQueue setting and is ignored; {hint}",
+            ConfigurationWarning,
+            stacklevel=_outside_the_package(),  # the app's init_app call
+        )
+
+
+def _outside_the_package() -> int:
+    """The ``stacklevel`` of a warning raised here that points at the first caller outside
+    this package (``init_app`` or ``BackgroundQueue(app)`` lie in between)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _not(value: Any, write: str | None = None) -> str:
+    """The end of an error message: the value that was given.
+
+    ``app.config.from_prefixed_env()`` parses each value as JSON and keeps the text when it
+    is not valid JSON (``True``, ``1,2``): a string where another type is wanted most
+    likely came from there, so the message says how to write it (``write``).
+    """
+    if isinstance(value, str) and write is not None:
+        return f"; got the string {value!r} (environment values are JSON: write {write})."
+    return f", not {value!r}."
+
+
 def _priorities(value: Any) -> tuple[int, ...]:
     key = "BGQUEUE_PRIORITIES"
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
-        raise ConfigurationError(f"{key} must be a non-empty list of integers, not {value!r}.", key)
+        raise ConfigurationError(
+            f"{key} must be a non-empty list of integers" + _not(value, "a list such as [10, 20]"),
+            key,
+        )
     for p in value:
         if type(p) is not int or not 0 <= p <= 999:
             raise ConfigurationError(
@@ -185,17 +253,27 @@ def _priorities(value: Any) -> tuple[int, ...]:
 def _callbacks(value: Any, priorities: tuple[int, ...]) -> dict[str, CallbackSpec]:
     key = "BGQUEUE_CALLBACKS"
     if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{key} must map callback names to import strings.", key)
+        raise ConfigurationError(
+            f"{key} must map callback names to import strings"
+            + _not(value, '{"name": "package.module:function"}'),
+            key,
+        )
     specs = {}
     for name, entry in value.items():
         options = dict(entry) if isinstance(entry, Mapping) else {"callback": entry}
         target = options.pop("callback", None)
         queue = options.pop("queue", None)
         priority = options.pop("priority", None)
+        check_arguments = options.pop("check_arguments", True)
         if options:
             raise ConfigurationError(
                 f"{key}[{name!r}] has unknown options {sorted(options)}; allowed:"
-                " callback, queue, priority.",
+                " callback, queue, priority, check_arguments.",
+                key,
+            )
+        if not isinstance(check_arguments, bool):
+            raise ConfigurationError(
+                f"{key}[{name!r}] has check_arguments {check_arguments!r}; use True or False.",
                 key,
             )
         if not isinstance(name, str) or not name:
@@ -220,7 +298,7 @@ def _callbacks(value: Any, priorities: tuple[int, ...]) -> dict[str, CallbackSpe
             )
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise ConfigurationError(f"{key}[{name!r}] has an invalid queue {queue!r}.", key)
-        specs[name] = CallbackSpec(name, func, queue, priority)
+        specs[name] = CallbackSpec.of(name, func, queue, priority, check_arguments)
     return specs
 
 
@@ -251,7 +329,11 @@ def _text(c: Mapping[str, Any], key: str, optional: bool = False) -> Any:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{key} must be a non-empty string, not {value!r}.", key)
+        hint = ""
+        if isinstance(value, (int, float)):
+            # from_prefixed_env() read 123 or true as JSON: text needs its quotes there
+            hint = f" (environment values are JSON: write {json.dumps(str(value))} for text)"
+        raise ConfigurationError(f"{key} must be a non-empty string, not {value!r}{hint}.", key)
     return value
 
 
@@ -268,7 +350,7 @@ def _identifier(c: Mapping[str, Any], key: str, max_length: int) -> str:
 def _flag(c: Mapping[str, Any], key: str) -> bool:
     value = c[key]
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{key} must be True or False, not {value!r}.", key)
+        raise ConfigurationError(f"{key} must be True or False" + _not(value, "true or false"), key)
     return value
 
 
@@ -289,14 +371,17 @@ def _number(
         or cast(float, value) < minimum
     ):
         what = "an integer" if kind == (int,) else "a finite number"
-        raise ConfigurationError(f"{key} must be {what} >= {minimum}, not {value!r}.", key)
+        example = f"a number such as {max(minimum, 1)!r}" + (", or null" if optional else "")
+        raise ConfigurationError(f"{key} must be {what} >= {minimum}" + _not(value, example), key)
     return value
 
 
 def _mapping(c: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = c[key]
     if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{key} must be a dict, not {value!r}.", key)
+        raise ConfigurationError(
+            f"{key} must be a dict" + _not(value, 'an object such as {"key": "value"}'), key
+        )
     return dict(value)
 
 

@@ -40,6 +40,11 @@ class ConfigurationError(BgQueueError, ValueError):
         self.key = key
 
 
+class ConfigurationWarning(UserWarning):
+    """A ``BGQUEUE_*`` key looks wrong but does no harm (a key this version does not know,
+    most likely a typo: the message names the closest known key)."""
+
+
 class PublishError(BgQueueError, ValueError):
     """A job was refused by :meth:`BackgroundQueue.publish`; nothing was written."""
 
@@ -50,6 +55,19 @@ class UnknownCallbackError(PublishError, LookupError):
     def __init__(self, message: str, callback_name: str) -> None:
         super().__init__(message)
         self.callback_name = callback_name
+
+
+class ArgumentsError(PublishError):
+    """The parameters do not fit the callback's signature: the job would fail when it ran.
+
+    :attr:`callback_name` names the callback, :attr:`argument` the argument at fault (an
+    unknown or missing one; ``None`` when too many positional values were given).
+    """
+
+    def __init__(self, message: str, callback_name: str, argument: str | None) -> None:
+        super().__init__(message)
+        self.callback_name = callback_name
+        self.argument = argument
 
 
 class ParametersError(PublishError):

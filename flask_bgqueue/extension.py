@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 
 from flask import Flask, current_app, g
 
-from . import publishing, serialization
+from . import migrate, publishing, serialization
 from .cli import bgq_command
 from .config import CallbackSpec, load_settings
 from .exceptions import ConfigurationError
@@ -39,7 +39,11 @@ class BackgroundQueue:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Read and check the ``BGQUEUE_*`` keys, and add the ``flask bgq`` commands."""
+        """Read and check the ``BGQUEUE_*`` keys, and add the ``flask bgq`` commands.
+
+        :param app: the application; its ``BGQUEUE_*`` keys are read now, once.
+        :raises ConfigurationError: a key's value, or a callback's priority, is wrong.
+        """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
                 "Flask-BgQueue is already registered on this app: call init_app(app) once"
@@ -55,6 +59,14 @@ class BackgroundQueue:
                 " BGQUEUE_BIND_KEY if you name it otherwise), or set BGQUEUE_DATABASE_URI.",
                 "BGQUEUE_BIND_KEY",
             )
+        for spec in self._registry.callbacks.values():
+            if spec.priority is not None and spec.priority not in settings.priorities:
+                raise ConfigurationError(
+                    f"callback {spec.name!r} has priority {spec.priority!r}, which is not in"
+                    f" BGQUEUE_PRIORITIES {list(settings.priorities)}: add it there, or give"
+                    " @bgq.callback another priority.",
+                    "BGQUEUE_PRIORITIES",
+                )
         clash = sorted(set(settings.callbacks) & set(self._registry.callbacks))
         if clash:
             raise ConfigurationError(
@@ -64,6 +76,7 @@ class BackgroundQueue:
             )
         app.extensions[EXTENSION_KEY] = Runtime(self, self._registry, app, settings)
         app.cli.add_command(bgq_command)
+        migrate.register(app)  # Flask-Migrate's autogenerate leaves the job table alone
         if settings.dashboard_url_prefix is not None:
             # Off by default: its views and templates are loaded only when it is mounted.
             from .dashboard import register
@@ -76,16 +89,32 @@ class BackgroundQueue:
     def callback(self, name: F) -> F: ...
     @overload
     def callback(
-        self, name: str | None = None, *, queue: str | None = None, priority: int | None = None
+        self,
+        name: str | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        check_arguments: bool = True,
     ) -> Callable[[F], F]: ...
 
     def callback(
-        self, name: Any = None, *, queue: str | None = None, priority: int | None = None
+        self,
+        name: Any = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        check_arguments: bool = True,
     ) -> Any:
         """Register a function as a callback: ``@bgq.callback`` or ``@bgq.callback("name")``.
 
-        ``queue`` sends its jobs to the sub-queue ``<BGQUEUE_QUEUE>_<queue>``; ``priority``
-        is its default priority (it must be one of ``BGQUEUE_PRIORITIES``).
+        :param name: the name jobs are published under; the function's name by default.
+        :param queue: send its jobs to the sub-queue ``<BGQUEUE_QUEUE>_<queue>``.
+        :param priority: its jobs' default priority, one of ``BGQUEUE_PRIORITIES`` (checked
+            by ``init_app``, or by ``publish()`` for a callback registered after it).
+        :param check_arguments: check at ``publish()`` that the parameters fit the
+            function's signature, and raise :exc:`~flask_bgqueue.ArgumentsError` when they
+            do not, instead of storing a job that fails when it runs. ``False`` turns the
+            check off (for a function that takes what its signature does not tell).
         """
         if callable(name):
             return self.callback()(name)
@@ -100,7 +129,7 @@ class BackgroundQueue:
                 )
             if queue is not None and (not isinstance(queue, str) or not queue):
                 raise ConfigurationError(f"callback {key!r}: queue must be a non-empty string.")
-            callbacks[key] = CallbackSpec(key, func, queue, priority)
+            callbacks[key] = CallbackSpec.of(key, func, queue, priority, check_arguments)
             return func
 
         return decorator
@@ -110,7 +139,7 @@ class BackgroundQueue:
     ) -> Callable[[Any], dict[str, Any]]:
         """Register the function whose dict is stored as a claimed job's ``metadata``.
 
-        It receives the job's parameters.
+        :param func: called with the job's parameters when a worker claims it.
         """
         self._registry.metadata_func = func
         return func
@@ -133,6 +162,20 @@ class BackgroundQueue:
         Returns ``None`` when the row is written later: inside :meth:`bulk`, or with
         ``BGQUEUE_PUBLISH_AFTER_APP_COMMIT`` while the app's session has a transaction open.
         Everything is checked before anything is written.
+
+        :param callback_name: a registered callback.
+        :param parameters: a dict (keyword arguments), a list or tuple (positional ones),
+            ``None`` (none) or one value (one argument); checked against the callback's
+            signature unless it was registered with ``check_arguments=False``.
+        :param serial_group: jobs of one group run one at a time, in (priority, id) order.
+        :param identifier: a tag of your own (at most 255 characters).
+        :param is_unique: run only the oldest job with this ``identifier``.
+        :param available_at: not before this time (aware, or naive UTC) or delay.
+        :param priority: one of ``BGQUEUE_PRIORITIES``; default: the callback's, else the
+            first configured.
+        :raises PublishError: the job cannot be stored as asked (its subclasses
+            :exc:`UnknownCallbackError`, :exc:`ArgumentsError` and :exc:`ParametersError`
+            say more); nothing was written.
         """
         runtime = self._state()
         row = publishing.build_row(
@@ -194,11 +237,18 @@ class BackgroundQueue:
     # -- reading ------------------------------------------------------------------------
 
     def get_job(self, job_id: int) -> Job | None:
-        """A snapshot of job ``job_id`` of this queue, or ``None``."""
+        """A snapshot of a job of this queue, or ``None``.
+
+        :param job_id: the id ``publish`` returned.
+        """
         return self._state().store.get(job_id)
 
     def load_parameters(self, job: Job) -> Any:
-        """The job's parameters, decoded (a pickle only after its signature verifies)."""
+        """The job's parameters, decoded (a pickle only after its signature verifies).
+
+        :param job: a snapshot from :meth:`get_job`.
+        :raises SignatureError: a pickle whose signature does not verify.
+        """
         s = self._state().settings
         return serialization.load(
             serialization.Stored(job.parameters, job.parameters_json), s.signing_keys
@@ -207,13 +257,22 @@ class BackgroundQueue:
     def get_unfinished_job_identifiers(
         self, identifiers: Iterable[str] | None = None, exclude_processing: bool = False
     ) -> list[str]:
-        """Identifiers (of those given, or all) that have a job not FINISHED nor REDUNDANT."""
+        """Identifiers (of those given, or all) that have a job not FINISHED nor REDUNDANT.
+
+        :param identifiers: the identifiers to ask about; ``None`` for all.
+        :param exclude_processing: leave out identifiers whose only such job runs now.
+        """
         return self._state().store.unfinished_identifiers(identifiers, exclude_processing)
 
     # -- processing and maintenance -----------------------------------------------------
 
     def process(self, priorities: Sequence[int] | None = None) -> SweepResult:
-        """Run every due job (of ``priorities``, default all) until none is due."""
+        """Run every due job until none is due, as ``flask bgq process`` does (without the
+        host lock).
+
+        :param priorities: only jobs of these priorities; default all.
+        :returns: what it did (:class:`SweepResult`).
+        """
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         return Processor(self._state(), app).sweep(priorities)
 
@@ -228,6 +287,14 @@ class BackgroundQueue:
 
         With a broker, ids come from it; without one the table is polled (and, on
         PostgreSQL, ``LISTEN``/``NOTIFY`` wakes the consumer at once).
+
+        :param queue: one queue, named by a callback's ``queue=`` or in full; default:
+            ``BGQUEUE_QUEUE`` with a broker, every queue without.
+        :param priorities: only jobs of these priorities; default all.
+        :param max_jobs: return after this many jobs.
+        :param stop: set it (from another thread or a signal handler) to stop after the
+            current job.
+        :raises BrokerError: the broker cannot be reached when it starts.
         """
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         return Worker(
@@ -235,11 +302,18 @@ class BackgroundQueue:
         ).run()
 
     def reload_consumers(self, queue: str, number: int) -> None:
-        """Make ``number`` consumers of ``queue`` exit after their current job."""
+        """Make consumers exit after their current job (broker mode).
+
+        :param queue: the queue they consume.
+        :param number: how many of them.
+        """
         self._state().reload_consumers(queue, number)
 
     def clear_finished(self, days: float | None = None) -> int:
-        """Delete FINISHED and REDUNDANT jobs (finished more than ``days`` days ago)."""
+        """Delete FINISHED and REDUNDANT jobs; return how many.
+
+        :param days: only those finished more than this many days ago; default all.
+        """
         return self._state().clear_finished(days)
 
     def update_schema(self) -> bool:

@@ -8,6 +8,7 @@ taken back ("worker lost") only from a worker that really stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -34,7 +35,7 @@ from .exceptions import (
     WaitingException,
     one_line,
 )
-from .models import ENDED_STATES, FAILED_STATES, JobState
+from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, Job, JobState
 from .pacing import Pacer
 from .publishing import send_jobs_to_broker
 from .resources import memory_usage
@@ -49,31 +50,49 @@ HOSTNAME = socket.gethostname()
 class SweepResult:
     """What one :meth:`BackgroundQueue.process` call did.
 
-    ``outcomes`` counts the jobs by the state they ended in (``{"FINISHED": 12}``),
-    ``reaped`` lists the jobs taken back from lost workers, ``died`` tells whether a
-    :class:`~flask_bgqueue.DieException` stopped the sweep.
+    ``outcomes`` counts the jobs by the state each one ended the sweep in
+    (``{"FINISHED": 12}``): a job that waited and then ran again in the same sweep counts
+    once, as what it became last. ``runs`` counts how many times a job was run, that job
+    twice. ``reaped`` lists the jobs taken back from lost workers, ``resent`` how many ids
+    were sent to the broker again, ``died`` whether a :class:`~flask_bgqueue.DieException`
+    stopped the sweep.
     """
 
     outcomes: dict[str, int] = field(default_factory=dict)
     reaped: list[int] = field(default_factory=list)
     resent: int = 0
     died: bool = False
+    runs: int = 0
+    #: The jobs whose last run left them due again later (so they may run again here).
+    _again: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def processed(self) -> int:
+        """How many jobs ran (each counted once, however often it ran)."""
         return sum(self.outcomes.values())
 
     @property
-    def finished_any(self) -> bool:
-        """Whether a job ended (not merely waited or was skipped as a duplicate)."""
-        return any(state.name in self.outcomes for state in ENDED_STATES)
+    def did_anything(self) -> bool:
+        """Whether the sweep ran, recovered or sent anything."""
+        return bool(self.runs or self.reaped or self.resent)
 
-    def count(self, state: JobState) -> None:
+    def count(self, job_id: int, state: JobState) -> None:
+        """A run of job ``job_id`` ended in ``state``."""
+        self.runs += 1
+        before = self._again.pop(job_id, None)
+        if before is not None:  # it ran before in this sweep: count it once, as it is now
+            self.outcomes[before] -= 1
+            if not self.outcomes[before]:
+                del self.outcomes[before]
         self.outcomes[state.name] = self.outcomes.get(state.name, 0) + 1
+        if state in AGAIN_STATES:
+            self._again[job_id] = state.name
 
-    def merge(self, other: SweepResult) -> None:
-        for name, n in other.outcomes.items():
-            self.outcomes[name] = self.outcomes.get(name, 0) + n
+    def summary(self) -> str:
+        """One line for a person: ``processed 5 job(s) in 6 runs: 5 finished``."""
+        runs = f" in {self.runs} runs" if self.runs != self.processed else ""
+        states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.outcomes.items()))
+        return f"processed {self.processed} job(s){runs}{': ' + states if states else ''}"
 
 
 @dataclass(frozen=True)
@@ -238,11 +257,10 @@ class Processor:
                         continue
                     return result
                 heartbeat.hold(claims)
-                batch = SweepResult()
+                ended: list[JobState] = []
                 started = time.perf_counter()
-                died = self.run_claims(claims, heartbeat, _counting(batch))
+                died = self.run_claims(claims, heartbeat, _counting(result, ended))
                 pacer.record(len(claims), time.perf_counter() - started)
-                result.merge(batch)
                 if died:
                     result.died = True
                     return result
@@ -251,7 +269,7 @@ class Processor:
                         f"{len(self.owed.outcomes)} job outcome(s) could not be saved; those"
                         " jobs run again once a sweep takes them back as lost"
                     )
-                progressed = progressed or batch.finished_any
+                progressed = progressed or bool(ended)
         finally:
             heartbeat.stop()
 
@@ -274,7 +292,9 @@ class Processor:
         )
         for job_id in reaped:
             self.logger.warning(
-                "bgqueue: job %s was PROCESSING under a lost worker; retrying it", job_id
+                "bgqueue: job %s was PROCESSING under a lost worker; retrying it",
+                job_id,
+                extra={"job_id": job_id},
             )
         return reaped
 
@@ -465,6 +485,7 @@ class Processor:
                 " stopped?); its outcome %s was not saved",
                 claim.job.id,
                 outcome.state.name,
+                extra=job_fields(claim.job, outcome.state),
             )
             return
         self._observe(claim, outcome)
@@ -563,47 +584,78 @@ class Processor:
     def _observe(self, claim: Claim, outcome: Outcome) -> None:
         """Log and send the observation signals; nothing here changes the saved outcome."""
         job = claim.job
+        logger = self.logger
         try:
             if outcome.state is JobState.PERMANENTLY_FAILED:
-                self.logger.critical(
+                logger.critical(
                     "bgqueue: job %s (%s) failed permanently: %s",
                     job.id,
                     job.callback_name,
                     outcome.values.get("error_message"),
+                    extra=job_fields(job, outcome.state),
                 )
-            if outcome.state is JobState.TEMPORARILY_FAILED:
-                self.logger.warning(
+            elif outcome.state is JobState.TEMPORARILY_FAILED:
+                logger.warning(
                     "bgqueue: job %s (%s) failed, attempt %s, retry at %s: %s",
                     job.id,
                     job.callback_name,
                     job.number_of_attempts,
                     outcome.values["available_at"],
                     outcome.values.get("error_message"),
+                    extra=job_fields(job, outcome.state),
                 )
                 if job.number_of_attempts == self.settings.notify_on_number_of_attempts:
-                    self.logger.critical(
+                    logger.critical(
                         "bgqueue: job %s (%s) has failed %s times: %s",
                         job.id,
                         job.callback_name,
                         job.number_of_attempts,
                         outcome.values.get("error_message"),
+                        extra=job_fields(job, outcome.state),
                     )
                     signals.attempts_notification.send(self.app, job=job)
+            elif logger.isEnabledFor(logging.INFO):  # one record per outcome, for log pipelines
+                logger.info(
+                    "bgqueue: job %s (%s): %s",
+                    job.id,
+                    job.callback_name,
+                    outcome.state.name,
+                    extra=job_fields(job, outcome.state),
+                )
             if outcome.state is JobState.FINISHED and signals.job_finished.receivers:
                 signals.job_finished.send(self.app, job=job)
             if outcome.state in FAILED_STATES:
                 signals.job_failed.send(self.app, job=job, exception=outcome.exception)
         except Exception:
-            self.logger.exception(
-                "bgqueue: an observer of job %s failed (the outcome is saved)", job.id
+            logger.exception(
+                "bgqueue: an observer of job %s failed (the outcome is saved)",
+                job.id,
+                extra=job_fields(job, outcome.state),
             )
 
 
-def _counting(result: SweepResult) -> Callable[[Claim, Outcome], None]:
-    """A :meth:`Processor.run_claims` listener that counts outcomes into ``result``."""
+def job_fields(job: Job, state: JobState | None = None) -> dict[str, Any]:
+    """The ``extra`` of a log record about a job: attributes a JSON formatter can pick up
+    (``record.job_id`` ...); ``state`` is the one the job has now, when it is known."""
+    fields = {
+        "job_id": job.id,
+        "callback": job.callback_name,
+        "queue": job.queue,
+        "attempt": job.number_of_attempts,
+    }
+    if state is not None:
+        fields["state"] = state.name
+    return fields
+
+
+def _counting(result: SweepResult, ended: list[JobState]) -> Callable[[Claim, Outcome], None]:
+    """A :meth:`Processor.run_claims` listener that counts outcomes into ``result`` and
+    collects in ``ended`` those that ended an attempt (not a wait)."""
 
     def ran(claim: Claim, outcome: Outcome) -> None:
-        result.count(outcome.state)
+        result.count(claim.job.id, outcome.state)
+        if outcome.state in ENDED_STATES:
+            ended.append(outcome.state)
 
     return ran
 

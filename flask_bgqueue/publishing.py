@@ -16,6 +16,9 @@ window matters more.
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +28,8 @@ from flask import current_app
 from . import instrumentation, serialization, signals, tracing
 from .broker import BrokerError
 from .clock import to_utc_naive, utcnow
-from .exceptions import ConfigurationError, PublishError, UnknownCallbackError
+from .config import CallbackSpec
+from .exceptions import ArgumentsError, ConfigurationError, PublishError, UnknownCallbackError
 from .models import Job, JobState
 from .runtime import Runtime
 
@@ -74,7 +78,11 @@ def build_row(
         due = to_utc_naive(available_at, now)
     except TypeError as exc:
         raise PublishError(str(exc)) from None
+    if spec.signature is not None:
+        check_arguments(spec, spec.signature, parameters)
     stored = serialization.dump(parameters, s.parameters_format, s.signing_keys)
+    if stored.parameters is not None and s.parameters_format == "auto":
+        _note_models(runtime, callback_name, parameters)
     return {
         "queue": s.queue if spec.queue is None else f"{s.queue}_{spec.queue}",
         "priority": priority,
@@ -91,6 +99,76 @@ def build_row(
         "is_unique": bool(is_unique),
         "trace_context": tracing.carrier(),  # the publisher's trace, when one is current
     }
+
+
+def check_arguments(spec: CallbackSpec, signature: inspect.Signature, parameters: Any) -> None:
+    """Raise :exc:`ArgumentsError` unless the callback can be called with ``parameters``,
+    passed as a job passes them: a dict as keyword arguments, a list or tuple as positional
+    ones, ``None`` as none, anything else as one (see ``processor._call``)."""
+    if parameters is None:
+        args: tuple[Any, ...] = ()
+        kwargs: dict[Any, Any] = {}
+    elif isinstance(parameters, dict):
+        args, kwargs = (), parameters
+    elif isinstance(parameters, (list, tuple)):
+        args, kwargs = tuple(parameters), {}
+    else:
+        args, kwargs = (parameters,), {}
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        argument, problem = _misfit(signature, kwargs, exc)
+        plain = signature.replace(
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+            return_annotation=signature.empty,
+        )
+        raise ArgumentsError(
+            f"callback {spec.name!r}: {spec.name}{plain} {problem}, so the job would"
+            " fail when it ran; nothing was stored. Fix the parameters, or register the"
+            " callback with check_arguments=False if it takes what its signature does not"
+            " tell.",
+            spec.name,
+            argument,
+        ) from None
+
+
+def _misfit(
+    signature: inspect.Signature, kwargs: dict[Any, Any], exc: TypeError
+) -> tuple[str | None, str]:
+    """The argument at fault and what is wrong with it, from ``bind``'s refusal."""
+    params = signature.parameters
+    takes_any_keyword = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not takes_any_keyword:
+        for key in kwargs:
+            if key in params and params[key].kind is inspect.Parameter.POSITIONAL_ONLY:
+                return str(key), f"takes {key!r} only by position (publish a list)"
+            if key not in named:
+                close = difflib.get_close_matches(str(key), named, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                return str(key), f"takes no argument {key!r}{hint}"
+    missing = re.search(r"missing a required (?:keyword-only )?argument: '(\w+)'", str(exc))
+    if missing:
+        return missing.group(1), f"needs the argument {missing.group(1)!r}"
+    return None, f"cannot take these parameters ({exc})"
+
+
+def _note_models(runtime: Runtime, callback_name: str, parameters: Any) -> None:
+    """Warn, once per callback, of SQLAlchemy model instances stored as a pickle."""
+    found = serialization.find_models(parameters)
+    if not found or callback_name in runtime.noted_models:
+        return
+    runtime.noted_models.add(callback_name)
+    path, model = found[0]
+    runtime.logger.warning(
+        "bgqueue: publish(%r): %s is a SQLAlchemy %s instance, stored as a pickle; the job"
+        " gets a detached copy of the row as it was when published (and a pickle a later"
+        " version of the model may not load). Pass its id and load it in the callback.",
+        callback_name,
+        path,
+        type(model).__name__,
+        extra={"callback": callback_name},
+    )
 
 
 def write(runtime: Runtime, rows: list[dict[str, Any]]) -> list[int]:

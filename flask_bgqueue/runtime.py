@@ -8,6 +8,7 @@ extension's facade reaches the app's queue through :func:`current_runtime`.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, current_app
+from flask.logging import default_handler, has_level_handler
 
 from . import schema
 from .broker import Broker, broker_for_url
@@ -47,13 +49,15 @@ class Runtime:
         self.owner = owner  # the BackgroundQueue this runtime belongs to
         self.registry = registry
         self.settings = settings
-        self.logger = app.logger
+        self.logger = logger()
         self._store: Store | None = None
         self._engine: sa.Engine | None = None
         self.broker: Broker | None = None
         if settings.broker_url is not None:  # checks the scheme and that pika is installed
             self.broker = broker_for_url(settings.broker_url, dict(settings.amqp_queue_arguments))
         self._lock = threading.Lock()
+        #: Callbacks whose parameters held a SQLAlchemy model (warned of once each).
+        self.noted_models: set[str] = set()
 
     def callback(self, name: str) -> CallbackSpec | None:
         spec = self.settings.callbacks.get(name)
@@ -136,6 +140,20 @@ class Runtime:
                 " SIGTERM to the consumers: each exits after its current job."
             )
         self.broker.request_reload(self.queue_name(queue)[0], number)
+
+
+def logger() -> logging.Logger:
+    """The ``flask_bgqueue`` logger, set apart from the app's so its level can differ.
+
+    As Flask does for ``app.logger``: when no handler would show its warnings, it gets
+    Flask's default handler (standard error), so a consumer or a cron run still says what
+    went wrong. Configure logging (``logging.config.dictConfig``) before ``init_app`` and
+    that handler is not added.
+    """
+    log = logging.getLogger("flask_bgqueue")
+    if not has_level_handler(log) and default_handler not in log.handlers:
+        log.addHandler(default_handler)
+    return log
 
 
 def current_runtime(owner: object | None = None) -> Runtime:

@@ -86,6 +86,26 @@ def dump(value: Any, fmt: str, keys: tuple[bytes, ...]) -> Stored:
     return Stored(_MAGIC + _sign(keys[0], data) + data, None)
 
 
+def find_models(value: Any, path: str = "parameters") -> list[tuple[str, Any]]:
+    """SQLAlchemy model instances in ``value`` (in its containers too), with their paths.
+
+    Told by the state SQLAlchemy keeps on each instance, so sqlalchemy.orm is not imported.
+    """
+    if hasattr(value, "_sa_instance_state"):
+        return [(path, value)]
+    found: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += find_models(v, f"{path}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found += find_models(v, f"{path}[{i}]")
+    elif isinstance(value, (set, frozenset)):
+        for v in value:
+            found += find_models(v, f"{path} item")
+    return found
+
+
 def load(stored: Stored, keys: tuple[bytes, ...]) -> Any:
     """Decode stored parameters; raise :class:`SignatureError` rather than unpickle a forgery."""
     if stored.parameters_json is not None:

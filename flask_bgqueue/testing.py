@@ -29,7 +29,12 @@ _UNSET: Any = object()
 def published_jobs(
     bgq: BackgroundQueue, callback_name: str | None = None, state: JobState | None = None
 ) -> list[Job]:
-    """The jobs in the table, oldest first, optionally of one callback and one state."""
+    """The jobs in the table, oldest first.
+
+    :param bgq: the extension.
+    :param callback_name: only jobs of this callback.
+    :param state: only jobs in this state.
+    """
     return bgq._state().store.jobs(callback_name, None if state is None else [state])
 
 
@@ -43,8 +48,14 @@ def assert_published(
 ) -> list[Job]:
     """Assert that jobs of ``callback_name`` with these parameters and columns were published.
 
-    ``columns`` compares job attributes (``serial_group="invoice-42"``, ``priority=10`` ...).
-    Returns the matching jobs. With ``count`` the number must match exactly, else at least one.
+    Returns the matching jobs.
+
+    :param bgq: the extension.
+    :param callback_name: the callback the jobs were published for.
+    :param parameters: the parameters they must have (decoded); any when left out.
+    :param count: how many must match exactly; at least one when ``None``.
+    :param columns: job attributes to compare (``serial_group="invoice-42"``,
+        ``priority=10`` ...).
     """
     jobs = published_jobs(bgq, callback_name)
     matching = [
@@ -66,7 +77,11 @@ def assert_published(
 
 
 def assert_not_published(bgq: BackgroundQueue, callback_name: str | None = None) -> None:
-    """Assert that no job (of ``callback_name``) is in the table."""
+    """Assert that no job is in the table.
+
+    :param bgq: the extension.
+    :param callback_name: only jobs of this callback count.
+    """
     jobs = published_jobs(bgq, callback_name)
     if jobs:
         raise AssertionError(
@@ -78,7 +93,10 @@ def assert_not_published(bgq: BackgroundQueue, callback_name: str | None = None)
 def run_jobs(bgq: BackgroundQueue, *, include_future: bool = False) -> SweepResult:
     """Run due jobs inline, as ``flask bgq process`` would, and return what happened.
 
-    With ``include_future`` delayed jobs and jobs waiting for a retry run too.
+    :param bgq: the extension.
+    :param include_future: run delayed jobs and jobs waiting for a retry too.
+    :returns: a :class:`~flask_bgqueue.SweepResult`; its ``outcomes`` counts each job once,
+        by the state it ended in.
     """
     if include_future:
         bgq._state().store.make_due(utcnow())

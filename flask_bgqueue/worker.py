@@ -32,7 +32,7 @@ from .clock import utcnow
 from .exceptions import DatabaseUnavailable, one_line
 from .models import AGAIN_STATES, DELIVERABLE_STATES
 from .pacing import MAX_BATCH, Pacer
-from .processor import Heartbeat, Outcome, Processor
+from .processor import Heartbeat, Outcome, Processor, job_fields
 from .runtime import Runtime
 from .store import Claim
 
@@ -96,6 +96,7 @@ class Worker:
             self.store, self.settings.heartbeat_interval_seconds, state.logger
         )
         self._last_reap = 0.0
+        self._connected = False  # to the broker, once: a failure before that is fatal
 
     def describe(self) -> str:
         """Who this consumer is, in one line: queue, priorities, mode, where, pid."""
@@ -214,23 +215,46 @@ class Worker:
             return
 
     def _consume_broker(self, broker: Broker) -> bool:
-        """The consume loop on broker consumers, a new one after each lost connection."""
+        """The consume loop on broker consumers, a new one after each lost connection.
+
+        A broker that cannot be reached at start (a wrong password, virtual host or host)
+        will not heal by waiting: :class:`BrokerError` naming it, and the command exits 1.
+        A connection lost later is retried with backoff (as the database's), each retry
+        logged with the broker's address.
+        """
         started = time.time()
         runner = _JobThread()
+        where = f"the broker at {broker.describe()}"
+        delay, tries = RECONNECT_FIRST_SECONDS, 0
         try:
             while not self.stop.is_set():
                 try:
                     consumer = broker.consumer(self.queue, self.priorities, started)
-                    try:
-                        return self._consume(_BrokerFeed(self, consumer, runner))
-                    finally:
-                        consumer.close()
                 except BrokerConnectionLost as exc:
+                    if not self._connected:
+                        raise BrokerError(f"cannot connect to {where}: {exc}") from exc
+                    tries += 1
                     log.warning(
-                        "bgqueue: lost RabbitMQ (%r); reconnecting in 1 s", exc.__cause__ or exc
+                        "bgqueue: %s still unreachable: %s; retry %d in %.2g s",
+                        where,
+                        exc,
+                        tries,
+                        delay,
                     )
-                    if not self.stop.is_set():
-                        time.sleep(1)
+                    self.stop.wait(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+                    continue
+                if tries:
+                    log.warning("bgqueue: %s is back after %d retries", where, tries)
+                self._connected, delay, tries = True, RECONNECT_FIRST_SECONDS, 0
+                try:
+                    return self._consume(_BrokerFeed(self, consumer, runner))
+                except BrokerConnectionLost as exc:
+                    log.warning("bgqueue: lost %s: %s; reconnecting in %.2g s", where, exc, delay)
+                    self.stop.wait(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+                finally:
+                    consumer.close()
             return False
         finally:
             runner.close()
@@ -361,7 +385,9 @@ class Worker:
         try:
             broker.publish(job.queue, job.priority, job.id, max(0, int(delay_ms)))
         except BrokerError as exc:  # the row says when it is due; `process` sends it again
-            self.state.logger.warning("bgqueue: could not send job %s again: %s", job.id, exc)
+            self.state.logger.warning(
+                "bgqueue: could not send job %s again: %s", job.id, exc, extra=job_fields(job)
+            )
 
 
 class _Feed:

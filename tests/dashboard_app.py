@@ -20,7 +20,7 @@ def dashboard_app(make_app: AppFactory, **config: Any) -> Flask:
     failing: set[Any] = set()
 
     @bgq.callback
-    def work(n: Any) -> None:
+    def work(n: Any = None, **details: Any) -> None:
         if n in failing:
             raise ValueError(f"cannot work on {n}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
-from flask_bgqueue import BackgroundQueue, ConfigurationError
+from flask_bgqueue import BackgroundQueue, ConfigurationError, ConfigurationWarning
 from flask_bgqueue.config import DEFAULTS
 
 
@@ -175,3 +175,93 @@ def test_config_and_decorator_callback_with_one_name_is_an_error() -> None:
         ConfigurationError, match="both in BGQUEUE_CALLBACKS and with @bgq.callback"
     ):
         bgq.init_app(app_with(BGQUEUE_CALLBACKS={"pid": "os:getpid"}))
+
+
+# -- values from the environment (app.config.from_prefixed_env) ----------------------------
+
+
+def env_app(monkeypatch: pytest.MonkeyPatch, **env: str) -> Flask:
+    for name, value in env.items():
+        monkeypatch.setenv(f"FLASK_{name}", value)
+    app = app_with()
+    app.config.from_prefixed_env()
+    return app
+
+
+def test_environment_values_written_as_json_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = env_app(
+        monkeypatch,
+        BGQUEUE_AUTO_UPDATE_SCHEMA="false",
+        BGQUEUE_PRIORITIES="[10, 20]",
+        BGQUEUE_MAX_ATTEMPTS="null",
+        BGQUEUE_QUEUE="mail",
+    )
+    BackgroundQueue(app)
+    s = app.extensions["bgqueue"].settings
+    assert (s.auto_update_schema, s.priorities, s.max_attempts, s.queue) == (
+        False,
+        (10, 20),
+        None,
+        "mail",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "message"),
+    [
+        (
+            "BGQUEUE_AUTO_UPDATE_SCHEMA",
+            "True",
+            "BGQUEUE_AUTO_UPDATE_SCHEMA must be True or False; got the string 'True'"
+            " (environment values are JSON: write true or false).",
+        ),
+        (
+            "BGQUEUE_PRIORITIES",
+            "10,20",
+            "BGQUEUE_PRIORITIES must be a non-empty list of integers; got the string '10,20'"
+            " (environment values are JSON: write a list such as [10, 20]).",
+        ),
+        (
+            "BGQUEUE_MAX_ATTEMPTS",
+            "five",
+            "BGQUEUE_MAX_ATTEMPTS must be an integer >= 1; got the string 'five'"
+            " (environment values are JSON: write a number such as 1, or null).",
+        ),
+        (
+            "BGQUEUE_ENGINE_OPTIONS",
+            "pool_size=5",
+            "BGQUEUE_ENGINE_OPTIONS must be a dict; got the string 'pool_size=5'"
+            ' (environment values are JSON: write an object such as {"key": "value"}).',
+        ),
+        (
+            "BGQUEUE_QUEUE",
+            "123",
+            "BGQUEUE_QUEUE must be a non-empty string, not 123"
+            ' (environment values are JSON: write "123" for text).',
+        ),
+    ],
+)
+def test_a_wrong_environment_value_says_what_it_got_and_what_to_write(
+    monkeypatch: pytest.MonkeyPatch, key: str, text: str, message: str
+) -> None:
+    app = env_app(monkeypatch, **{key: text})
+    with pytest.raises(ConfigurationError) as info:
+        BackgroundQueue(app)
+    assert str(info.value) == message and info.value.key == key
+
+
+def test_an_unknown_key_is_a_warning_naming_the_closest_known_key() -> None:
+    app = app_with(BGQUEUE_PRIORITY=[10, 20], BGQUEUE_PRIORITIES=[10, 20])
+    with pytest.warns(ConfigurationWarning) as caught:
+        BackgroundQueue(app)
+    [warning] = caught
+    assert str(warning.message) == (
+        "BGQUEUE_PRIORITY is not a Flask-BgQueue setting and is ignored;"
+        " did you mean BGQUEUE_PRIORITIES?"
+    )
+    assert warning.filename == __file__  # it points at the init_app call
+
+
+def test_an_unknown_key_like_no_known_one_points_at_the_docs() -> None:
+    with pytest.warns(ConfigurationWarning, match="XYZZY is not a .* see the configuration docs"):
+        BackgroundQueue().init_app(app_with(BGQUEUE_XYZZY=1))

@@ -1,7 +1,7 @@
 """The dashboard driven by a real browser: headless Chromium through Playwright.
 
-Set ``BGQUEUE_SCREENSHOTS`` to a folder (``docs/_static``) to save the pictures the docs
-show. Without Chromium the test is skipped locally and fails under ``CI=true``.
+The pictures the docs show are made by ``scripts/screenshots.py``, run here too so that it
+keeps working. Without Chromium the tests are skipped locally and fail under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,6 @@ def test_a_person_filters_failed_jobs_retries_one_and_sees_it_finished(
 ) -> None:
     app, base = served
     failed_id = _fill(app)
-    shots = os.environ.get("BGQUEUE_SCREENSHOTS") if db_url.startswith("postgresql") else None
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     console: list[str] = []
     page.on("console", lambda message: console.append(message.text))
@@ -106,22 +105,16 @@ def test_a_person_filters_failed_jobs_retries_one_and_sees_it_finished(
     assert page.inner_text("h1") == "Overview"
     assert "temporarily failed" in page.inner_text(".bgq-cards")
     assert page.locator("svg.bgq-chart rect.failed").count() >= 1
-    if shots:
-        page.screenshot(path=str(Path(shots) / "dashboard-overview.png"), full_page=True)
 
     page.click("nav >> text=Failed")
     rows = page.locator("table.jobs tbody tr")
     assert rows.count() == 2
     assert "cannot work on 13" in page.inner_text("table.jobs")
-    if shots:
-        page.screenshot(path=str(Path(shots) / "dashboard-jobs.png"), full_page=True)
 
     page.click(f"table.jobs >> text='{failed_id}'")
     assert page.inner_text("h1").startswith(f"Job {failed_id}")
     assert "After failed attempt 1, it is retried at" in page.inner_text(".bgq-why")
     assert "ValueError: cannot work on 13" in page.inner_text("body")
-    if shots:
-        page.screenshot(path=str(Path(shots) / "dashboard-job.png"), full_page=True)
 
     app.failing.clear()  # type: ignore[attr-defined]
     questions: list[str] = []
@@ -200,3 +193,24 @@ def test_a_job_published_after_the_page_opened_appears_without_a_reload(
     assert loads == [base + "/jobs", base + "/"]  # one load per goto: nothing reloaded
     assert not [m for m in console if "Content Security Policy" in m], console
     page.close()
+
+
+def test_the_docs_pictures_can_be_remade_and_show_no_path_of_this_machine(tmp_path: Path) -> None:
+    """``scripts/screenshots.py`` (it refuses a page that shows a local path)."""
+    import importlib.util
+
+    if not os.access(CHROMIUM, os.X_OK):
+        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "screenshots.py"
+    spec = importlib.util.spec_from_file_location("screenshots", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shots = module.main(tmp_path / "shots")
+    assert [p.name for p in shots] == [
+        "dashboard-overview.png",
+        "dashboard-jobs.png",
+        "dashboard-job.png",
+    ]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in shots)

@@ -132,7 +132,7 @@ def test_a_second_process_run_exits_0_at_once_while_one_is_running(procs: ProcEn
         first = procs.start("bgq", "process")
         wait_for(lambda: bgq.get_job(job_id).state is JobState.PROCESSING, what="the claim")
         started = time.monotonic()
-        second = procs.run("bgq", "process")
+        second = procs.run("bgq", "process", "-v")
         assert second.returncode == 0 and "already running" in second.stdout
         assert time.monotonic() - started < 10
         (procs.dir / "busy.hold").unlink()
@@ -161,7 +161,7 @@ def test_each_command_skips_while_locked_and_a_killed_holder_never_blocks(
         text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    busy = procs.run("bgq", command)
+    busy = procs.run("bgq", command, *(["-v"] if command == "process" else []))
     assert busy.returncode == 0 and "already running on this host" in busy.stdout
     holder.send_signal(signal.SIGKILL)
     holder.wait()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -178,11 +180,36 @@ class AmqpBroker(Broker):
 
 @contextlib.contextmanager
 def _connection_lost() -> Iterator[None]:
-    """pika's (and the socket's) errors of a consumer as :class:`BrokerConnectionLost`."""
+    """pika's (and the socket's) errors of a consumer as :class:`BrokerConnectionLost`,
+    saying what went wrong in words (:func:`explain`)."""
     try:
         yield
     except (pika.exceptions.AMQPError, OSError) as exc:
-        raise BrokerConnectionLost(f"lost RabbitMQ: {exc!r}") from exc
+        raise BrokerConnectionLost(explain(exc)) from exc
+
+
+def explain(exc: BaseException) -> str:
+    """Why a connection to RabbitMQ failed or dropped, for a person (never the password)."""
+    if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
+        return "RabbitMQ refused the user name or password (ACCESS_REFUSED)"
+    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
+        return "the virtual host does not exist, or the user may not use it (NOT_ALLOWED)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name is not known ({exc.strerror})"
+    if isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args:
+        cause = exc.args[0]
+        socket_error = getattr(cause, "exception", None)  # AMQPConnectorSocketConnectError
+        if isinstance(socket_error, OSError):
+            # strerror, or pika's own text (its args hold the errno's text quoted)
+            text = socket_error.strerror or os.strerror(socket_error.errno or 0)
+            return f"nothing answers there ({text})"
+        if isinstance(cause, pika.exceptions.ConnectionClosedByBroker):
+            return f"RabbitMQ closed the connection ({cause.reply_code} {cause.reply_text})"
+    if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
+        return f"RabbitMQ closed the connection ({exc.reply_code} {exc.reply_text})"
+    if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+        return f"RabbitMQ closed the channel ({exc.reply_code} {exc.reply_text})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class AmqpConsumer(Consumer):

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import wraps
 from typing import Any
 
@@ -24,16 +25,28 @@ from ..runtime import current_runtime
 from ..worker import Worker
 
 
-def host_locked(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Run the command only when no other run of it holds the host lock; else exit 0."""
+def host_locked(
+    name: str, quiet: Callable[[dict[str, Any]], bool] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run the command only when no other run of it holds the host lock; else exit 0,
+    saying so unless ``quiet(command arguments)``."""
 
     def decorator(f: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             s = current_runtime().settings
-            with host_lock(s.locks_dir, f"bgqueue-{s.table_name}-{name}") as held:
+            with ExitStack() as stack:
+                try:
+                    lock = host_lock(s.locks_dir, f"bgqueue-{s.table_name}-{name}")
+                    held = stack.enter_context(lock)
+                except OSError as exc:
+                    raise click.ClickException(
+                        f"cannot take the host lock in {s.locks_dir} ({exc.strerror or exc}):"
+                        " set BGQUEUE_LOCKS_DIR to a folder this user may write to."
+                    ) from None
                 if not held:
-                    click.echo(f"bgq {name} is already running on this host; nothing to do.")
+                    if quiet is None or not quiet(kwargs):
+                        click.echo(f"bgq {name} is already running on this host; nothing to do.")
                     return None
                 return f(*args, **kwargs)
 
@@ -67,14 +80,27 @@ priority_option = click.option(
 
 @click.command("process")
 @priority_option
+@click.option(
+    "-v",
+    "--verbose",
+    "verbosity",
+    flag_value="verbose",
+    help="Always print the summary, even when nothing was due (and when already running).",
+)
+@click.option("-q", "--quiet", "verbosity", flag_value="quiet", help="Print nothing but errors.")
 @with_appcontext
-@host_locked("process")
-def process_command(spec: Any) -> None:
-    """Run every due job, by priority then id, until none is due (for cron)."""
+@host_locked("process", quiet=lambda kwargs: kwargs.get("verbosity") != "verbose")
+def process_command(spec: Any, verbosity: str | None) -> None:
+    """Run every due job, by priority then id, until none is due (for cron).
+
+    Prints what it did, and nothing when nothing was due, so cron mails only when there is
+    something to read.
+    """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     result = Processor(current_runtime(), app).sweep(spec)
-    summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.outcomes.items()))
-    click.echo(f"processed {result.processed} job(s){': ' + summary if summary else ''}")
+    if verbosity == "quiet" or (verbosity is None and not result.did_anything):
+        return
+    click.echo(result.summary())
     if result.resent:
         click.echo(f"sent {result.resent} job(s) to the broker again")
     if result.reaped:

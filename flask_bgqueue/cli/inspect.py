@@ -55,7 +55,14 @@ def _short(text: str | None, width: int) -> str:
 @click.option("-i", "--identifier", help="Only jobs with this identifier.")
 @click.option("-t", "--text", help="Only jobs whose error or JSON parameters contain TEXT.")
 @click.option("--before", type=JOB_ID, help="Only jobs with a lower id (paging).")
-@click.option("-n", "--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=50,
+    show_default=True,
+    help="Show at most this many jobs (then --before pages on).",
+)
 @with_appcontext
 def list_command(
     states: Any,
