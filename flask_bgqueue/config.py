@@ -16,6 +16,7 @@ from flask import Flask
 from werkzeug.utils import ImportStringError, import_string
 
 from .exceptions import ConfigurationError
+from .schedule import Schedule, ScheduleError
 
 PARAMETERS_FORMATS = ("auto", "json", "pickle")
 
@@ -27,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_QUEUE": "default",
     "BGQUEUE_PRIORITIES": [1],
     "BGQUEUE_CALLBACKS": {},
+    "BGQUEUE_SCHEDULE": {},
     "BGQUEUE_PARAMETERS_FORMAT": "auto",
     "BGQUEUE_SIGNING_KEY": None,
     "BGQUEUE_BULK_SIZE": 100,
@@ -87,6 +89,7 @@ class Settings:
     amqp_queue_arguments: Mapping[str, Any] = field(default_factory=dict)
     dashboard_url_prefix: str | None = None
     dashboard_authorize: Callable[[], Any] | None = None
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
 
 
 def load_settings(app: Flask) -> Settings:
@@ -143,6 +146,7 @@ def load_settings(app: Flask) -> Settings:
         amqp_queue_arguments=_mapping(c, "BGQUEUE_AMQP_QUEUE_ARGUMENTS"),
         dashboard_url_prefix=_url_prefix(c, "BGQUEUE_DASHBOARD_URL_PREFIX"),
         dashboard_authorize=_function(c, "BGQUEUE_DASHBOARD_AUTHORIZE"),
+        schedules=_schedules(c["BGQUEUE_SCHEDULE"]),
     )
 
 
@@ -201,6 +205,48 @@ def _callbacks(value: Any, priorities: tuple[int, ...]) -> dict[str, CallbackSpe
             raise ConfigurationError(f"{key}[{name!r}] has an invalid queue {queue!r}.", key)
         specs[name] = CallbackSpec(name, func, queue, priority)
     return specs
+
+
+SCHEDULE_OPTIONS = ("cron", "callback", "parameters", "timezone", "catch_up")
+
+
+def _schedules(value: Any) -> dict[str, Schedule]:
+    """``{"name": "*/5 * * * *"}`` or ``{"name": {"cron": ..., "callback": ...,
+    "parameters": ..., "timezone": ..., "catch_up": ...}}``; the callback defaults to the
+    name. Whether the callback exists is checked when a worker looks at the schedule (a
+    ``@bgq.callback`` may be registered after ``init_app``)."""
+    key = "BGQUEUE_SCHEDULE"
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{key} must map schedule names to cron expressions or dicts, not {value!r}.", key
+        )
+    schedules = {}
+    for name, entry in value.items():
+        if not isinstance(name, str) or not name or len(name) > 255:
+            raise ConfigurationError(f"{key} holds an invalid schedule name {name!r}.", key)
+        options = dict(entry) if isinstance(entry, Mapping) else {"cron": entry}
+        unknown = sorted(set(options) - set(SCHEDULE_OPTIONS))
+        if unknown or "cron" not in options:
+            raise ConfigurationError(
+                f"{key}[{name!r}] needs 'cron' and allows only {', '.join(SCHEDULE_OPTIONS)}"
+                f"{f'; unknown: {unknown}' if unknown else ''}.",
+                key,
+            )
+        callback = options.get("callback", name)
+        if not isinstance(callback, str) or not callback:
+            raise ConfigurationError(f"{key}[{name!r}]: callback must be a callback's name.", key)
+        try:
+            schedules[name] = Schedule(
+                name,
+                options["cron"],
+                options.get("parameters"),
+                options.get("timezone", "UTC"),
+                options.get("catch_up", "one"),
+                callback,
+            )
+        except ScheduleError as exc:
+            raise ConfigurationError(f"{key}: {exc}", key) from None
+    return schedules
 
 
 def _signing_keys(app: Flask) -> tuple[bytes, ...]:

@@ -36,7 +36,8 @@ from .exceptions import (
 )
 from .models import ENDED_STATES, FAILED_STATES, JobState
 from .pacing import Pacer
-from .publishing import send_jobs_to_broker
+from .periodic import enqueue_due
+from .publishing import send_jobs_to_broker, send_to_broker
 from .resources import memory_usage
 from .retry import backoff
 from .runtime import Runtime
@@ -210,6 +211,7 @@ class Processor:
         self.store.ensure_statistics()
         now = utcnow()
         result.reaped = self.reap(now)
+        enqueue_due(self.state, now)  # periodic schedules' due ticks become jobs
         known = self.state.callback_names()
         states = None
         if self.state.broker is not None:
@@ -331,12 +333,19 @@ class Processor:
     def save_outcomes(self, items: list[tuple[Claim, Outcome, dict[str, Any]]]) -> None:
         """Save outcomes together and observe them; when the database fails, they are owed
         (:attr:`owed`) and the error goes up."""
+        clones: list[tuple[int, dict[str, Any]]] = []  # of recurring jobs (publish(recurring))
         try:
-            saved = self.store.save_outcomes([(c, o.state, v) for c, o, v in items])
+            saved = self.store.save_outcomes(
+                [(c, o.state, v) for c, o, v in items],
+                recurring_after=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
+                clones=clones,
+            )
         except Exception as exc:
             if self.store.is_database_error(exc):
                 self.owed.outcomes.extend(items)
             raise
+        if clones and self.state.broker is not None:
+            send_to_broker(self.state, clones)
         with self.app.app_context():
             for (claim, outcome, _), ok in zip(items, saved, strict=True):
                 self.after_save(claim, outcome, ok)

@@ -32,6 +32,7 @@ from .clock import utcnow
 from .exceptions import DatabaseUnavailable, one_line
 from .models import AGAIN_STATES, DELIVERABLE_STATES
 from .pacing import MAX_BATCH, Pacer
+from .periodic import Ticker
 from .processor import Heartbeat, Outcome, Processor
 from .runtime import Runtime
 from .store import Claim
@@ -96,6 +97,7 @@ class Worker:
             self.store, self.settings.heartbeat_interval_seconds, state.logger
         )
         self._last_reap = 0.0
+        self.ticker = Ticker(state)  # periodic schedules: due ticks become jobs
 
     def describe(self) -> str:
         """Who this consumer is, in one line: queue, priorities, mode, where, pid."""
@@ -158,6 +160,7 @@ class Worker:
                 if self.processor.owed:
                     raise DatabaseUnavailable("job outcomes or claims could not be written")
                 self._reap()
+                self.ticker.maybe_run()
                 if feed.take_reload_request():
                     return True
                 taken = feed.take(self._batch_limit())
