@@ -226,3 +226,14 @@ def set_paused(runtime: Runtime, name: str, paused: bool) -> None:
     if not store.pause_schedule(name, paused, utcnow()):
         known = ", ".join(v.name for v in overview(runtime)) or "none"
         raise BgQueueError(f"no schedule named {name!r}; known: {known}.")
+
+
+def forget(runtime: Runtime, name: str) -> None:
+    """Delete what the database remembers of an orphaned schedule (its jobs stay)."""
+    if name in runtime.schedules():
+        raise BgQueueError(
+            f"schedule {name!r} is still defined in this app; remove it from the code or"
+            " BGQUEUE_SCHEDULE first (or pause it)."
+        )
+    if not runtime.store.forget_schedule(name):
+        raise BgQueueError(f"the database remembers no schedule named {name!r}.")
