@@ -11,9 +11,9 @@ from markupsafe import Markup, escape
 from werkzeug.wrappers import Response
 
 from ..clock import utcnow
+from ..exceptions import BgQueueError
 from ..explain import Reason, explain_schedule, span
 from ..inspection import Inspector
-from ..exceptions import BgQueueError
 from ..models import DISCARDABLE_STATES, FAILED_STATES, RETRYABLE_STATES, JobState
 from ..periodic import overview as schedule_overview
 from ..periodic import set_paused
