@@ -232,7 +232,7 @@ class Processor:
                     # Jobs of a serial group left WAITING by another worker become due
                     # shortly; wait for them only while jobs keep finishing, so a job that
                     # keeps asking to wait cannot hold the sweep forever.
-                    soonest = self.store.next_available_at(priorities, known)
+                    soonest = self.store.next_available_at(priorities, known, (JobState.WAITING,))
                     delay = (soonest - utcnow()).total_seconds() if soonest else None
                     if progressed and delay is not None and delay <= waiting.total_seconds() + 0.05:
                         progressed = False

@@ -362,11 +362,16 @@ class Claims(StoreBase):
         return self.dialect.try_lock_group(conn, self._group_lock_prefix + group)
 
     def next_available_at(
-        self, priorities: Sequence[int] | None, callbacks: Iterable[str]
+        self,
+        priorities: Sequence[int] | None,
+        callbacks: Iterable[str],
+        states: Sequence[JobState] = RUNNABLE_STATES,
     ) -> datetime | None:
-        """When the soonest runnable job of these priorities and callbacks becomes due."""
+        """When the soonest job of these priorities, callbacks and states becomes due."""
         t = self.table
-        stmt = sa.select(sa.func.min(t.c.available_at)).where(self._runnable(priorities, callbacks))
+        stmt = sa.select(sa.func.min(t.c.available_at)).where(
+            self._runnable(priorities, callbacks, states)
+        )
         with self.engine.connect() as conn:
             return conn.execute(stmt).scalar()
 
