@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from flask_bgqueue import JobState
 from flask_bgqueue.explain import explain
+from flask_bgqueue.models import PENDING_STATES
 from tests.conftest import AppFactory, ProcEnv
 
 
@@ -111,3 +112,10 @@ def test_four_workers_coalesce_without_deadlock(procs: ProcEnv) -> None:
     for group in ("g0", "g1", "g2"):
         spans = sorted((float(x[2]), float(x[3])) for x in runs.values() if x[0] == group)
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+def _pending(app: object) -> bool:
+    store = app.extensions["bgqueue"].store  # type: ignore[attr-defined]
+    t = store.table
+    with store.engine.connect() as conn:
+        return bool(conn.execute(sa.select(t.c.id).where(t.c.state.in_(PENDING_STATES))).first())
