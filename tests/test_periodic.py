@@ -217,3 +217,26 @@ def test_periodic_must_sit_above_a_callback() -> None:
 
     with pytest.raises(ConfigurationError, match="unknown time zone"):
         bgq.periodic("* * * * *", timezone="Nowhere")(bgq.callback("g")(lambda: None))
+
+
+def test_with_a_broker_tick_jobs_and_recurring_copies_are_sent_to_it(
+    make_app: AppFactory,
+) -> None:
+    import uuid
+
+    from flask_bgqueue.broker.memory import MemoryBroker
+
+    url = f"memory://{uuid.uuid4().hex}"
+    app = periodic_app(make_app, BGQUEUE_BROKER_URL=url, BGQUEUE_WAITING_JOB_EXPIRATION_MS=0)
+    app.bgq.callback("again")(lambda: None)  # type: ignore[attr-defined]
+    broker = MemoryBroker.named(url)
+    with app.app_context():
+        runtime = app.extensions["bgqueue"]
+        enqueue_due(runtime, T)
+        [tick_job] = enqueue_due(runtime, T + timedelta(minutes=5))
+        copied = app.bgq.publish("again", recurring=True)  # type: ignore[attr-defined]
+        assert broker.pending("default", 1) == [tick_job, copied]
+        stop = threading.Event()
+        app.bgq.consume(max_jobs=2, stop=stop)  # type: ignore[attr-defined]
+        [copy] = [j for j in range(copied + 1, copied + 3) if app.bgq.get_job(j)]  # type: ignore[attr-defined]
+        assert copy in broker.pending("default", 1)
