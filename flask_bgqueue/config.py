@@ -22,6 +22,7 @@ from flask import Flask
 from werkzeug.utils import ImportStringError, import_string
 
 from .exceptions import ConfigurationError, ConfigurationWarning
+from .schedule import Schedule, ScheduleError
 
 PARAMETERS_FORMATS = ("auto", "json", "pickle")
 
@@ -33,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_QUEUE": "default",
     "BGQUEUE_PRIORITIES": [1],
     "BGQUEUE_CALLBACKS": {},
+    "BGQUEUE_SCHEDULE": {},
     "BGQUEUE_PARAMETERS_FORMAT": "auto",
     "BGQUEUE_SIGNING_KEY": None,
     "BGQUEUE_BULK_SIZE": 100,
@@ -119,6 +121,7 @@ class Settings:
     dashboard_authorize: Callable[[], Any] | None = None
     dashboard_refresh_seconds: float = 5
     metrics: bool = False
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
 
 
 def load_settings(app: Flask) -> Settings:
@@ -180,6 +183,7 @@ def load_settings(app: Flask) -> Settings:
             c, "BGQUEUE_DASHBOARD_REFRESH_SECONDS", minimum=0, kind=(int, float)
         ),
         metrics=_metrics(c),
+        schedules=_schedules(c["BGQUEUE_SCHEDULE"]),
     )
 
 
@@ -300,6 +304,48 @@ def _callbacks(value: Any, priorities: tuple[int, ...]) -> dict[str, CallbackSpe
             raise ConfigurationError(f"{key}[{name!r}] has an invalid queue {queue!r}.", key)
         specs[name] = CallbackSpec.of(name, func, queue, priority, check_arguments)
     return specs
+
+
+SCHEDULE_OPTIONS = ("cron", "callback", "parameters", "timezone", "catch_up")
+
+
+def _schedules(value: Any) -> dict[str, Schedule]:
+    """``{"name": "*/5 * * * *"}`` or ``{"name": {"cron": ..., "callback": ...,
+    "parameters": ..., "timezone": ..., "catch_up": ...}}``; the callback defaults to the
+    name. Whether the callback exists is checked when a worker looks at the schedule (a
+    ``@bgq.callback`` may be registered after ``init_app``)."""
+    key = "BGQUEUE_SCHEDULE"
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{key} must map schedule names to cron expressions or dicts, not {value!r}.", key
+        )
+    schedules = {}
+    for name, entry in value.items():
+        if not isinstance(name, str) or not name or len(name) > 255:
+            raise ConfigurationError(f"{key} holds an invalid schedule name {name!r}.", key)
+        options = dict(entry) if isinstance(entry, Mapping) else {"cron": entry}
+        unknown = sorted(set(options) - set(SCHEDULE_OPTIONS))
+        if unknown or "cron" not in options:
+            raise ConfigurationError(
+                f"{key}[{name!r}] needs 'cron' and allows only {', '.join(SCHEDULE_OPTIONS)}"
+                f"{f'; unknown: {unknown}' if unknown else ''}.",
+                key,
+            )
+        callback = options.get("callback", name)
+        if not isinstance(callback, str) or not callback:
+            raise ConfigurationError(f"{key}[{name!r}]: callback must be a callback's name.", key)
+        try:
+            schedules[name] = Schedule(
+                name,
+                options["cron"],
+                options.get("parameters"),
+                options.get("timezone", "UTC"),
+                options.get("catch_up", "one"),
+                callback,
+            )
+        except ScheduleError as exc:
+            raise ConfigurationError(f"{key}: {exc}", key) from None
+    return schedules
 
 
 def _signing_keys(app: Flask) -> tuple[bytes, ...]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .models import PENDING_STATES, Job, JobState
 
 if TYPE_CHECKING:
+    from .periodic import ScheduleView
     from .store import Store
 
 
@@ -44,6 +45,17 @@ def explain(
         if job.error_message:
             return [Reason("finished", f"Finished {when}, skipped: {job.error_message}")]
         return [Reason("finished", f"Finished {when}. Nothing left to do.")]
+    if s is JobState.REDUNDANT and (job.error_message or "").startswith("coalesced into job"):
+        into = job.error_message.rsplit(" ", 1)[-1] if job.error_message else ""
+        return [
+            Reason(
+                "coalesced",
+                f"Coalesced into job {into} of its serial group {job.serial_group!r} (its"
+                f" coalesce_threshold {job.coalesce_threshold} was at least that job's): that"
+                " run covered it, and it will never run itself.",
+                int(into) if into.isdigit() else None,
+            )
+        ]
     if s is JobState.REDUNDANT:
         twin = store.older_twin(job) if job.identifier is not None else None
         return [
@@ -131,6 +143,39 @@ def explain(
             )
         )
     return reasons
+
+
+def explain_schedule(view: ScheduleView, now: datetime) -> list[Reason]:
+    """Why a periodic schedule makes no job now, or when it makes the next one."""
+    if view.orphaned:
+        return [
+            Reason(
+                "orphaned",
+                "Orphaned: no schedule of this name is in the app's code or BGQUEUE_SCHEDULE"
+                " any more, so it makes no jobs. 'flask bgq schedules --forget NAME' deletes"
+                " what the database remembers of it (its jobs stay).",
+            )
+        ]
+    if view.paused:
+        return [
+            Reason(
+                "paused",
+                "Paused: its ticks pass without jobs until 'flask bgq schedules --resume"
+                f" {view.name}' (or the dashboard) resumes it; then catch_up={view.catch_up!r}"
+                " decides what the pause missed.",
+            )
+        ]
+    if view.problem:
+        return [Reason("schedule_problem", f"It makes no jobs: {view.problem}.")]
+    if view.next_tick_at is None:
+        return [Reason("no_tick", "Its expression matches no time in the next 50 years.")]
+    return [
+        Reason(
+            "next_tick",
+            f"Next tick {_at(view.next_tick_at)} (in {span(view.next_tick_at - now)}): the"
+            " first 'flask bgq process' run or consumer to look after it makes its job.",
+        )
+    ]
 
 
 def _processing(job: Job, now: datetime, lost_after: timedelta) -> Reason:

@@ -20,8 +20,10 @@ from .cli import bgq_command
 from .config import CallbackSpec, load_settings
 from .exceptions import ConfigurationError
 from .models import Job
+from .periodic import ScheduleView, overview, set_paused
 from .processor import Processor, SweepResult
 from .runtime import EXTENSION_KEY, Registry, Runtime, current_runtime
+from .schedule import Schedule, ScheduleError
 from .worker import ConsumeResult, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,6 +75,13 @@ class BackgroundQueue:
                 f"callback {clash[0]!r} is registered both in BGQUEUE_CALLBACKS and with"
                 " @bgq.callback; give one of them another name.",
                 "BGQUEUE_CALLBACKS",
+            )
+        clash = sorted(set(settings.schedules) & set(self._registry.schedules))
+        if clash:
+            raise ConfigurationError(
+                f"schedule {clash[0]!r} is defined both in BGQUEUE_SCHEDULE and with"
+                " @bgq.periodic; keep one of them.",
+                "BGQUEUE_SCHEDULE",
             )
         app.extensions[EXTENSION_KEY] = Runtime(self, self._registry, app, settings)
         app.cli.add_command(bgq_command)
@@ -134,6 +143,44 @@ class BackgroundQueue:
 
         return decorator
 
+    def periodic(
+        self,
+        expression: str,
+        *,
+        parameters: Any = None,
+        timezone: str = "UTC",
+        catch_up: str = "one",
+    ) -> Callable[[F], F]:
+        """Publish the callback below at every tick of a cron ``expression``.
+
+        Put it above ``@bgq.callback``; the schedule is named after the callback. Five
+        fields (``"*/5 * * * *"``), or six with the seconds first (``"*/10 * * * * *"``),
+        in the time zone ``timezone`` (an IANA name). ``catch_up`` says what happens to the
+        ticks no worker saw: ``"one"`` job for all of them (default), ``"all"`` of them, or
+        ``"none"``. See :doc:`/periodic`.
+        """
+
+        def decorator(func: F) -> F:
+            spec = next((c for c in self._registry.callbacks.values() if c.func is func), None)
+            if spec is None:
+                raise ConfigurationError(
+                    f"@bgq.periodic({expression!r}) found no callback for {func!r}: put it"
+                    " above @bgq.callback (decorators apply bottom-up)."
+                )
+            if spec.name in self._registry.schedules:
+                raise ConfigurationError(
+                    f"callback {spec.name!r} already has a schedule; a callback has one"
+                    " (use BGQUEUE_SCHEDULE entries with other names for more)."
+                )
+            try:
+                schedule = Schedule(spec.name, expression, parameters, timezone, catch_up)
+            except ScheduleError as exc:
+                raise ConfigurationError(str(exc)) from None
+            self._registry.schedules[spec.name] = schedule
+            return func
+
+        return decorator
+
     def processing_metadata(
         self, func: Callable[[Any], dict[str, Any]]
     ) -> Callable[[Any], dict[str, Any]]:
@@ -156,8 +203,16 @@ class BackgroundQueue:
         is_unique: bool = False,
         available_at: datetime | timedelta | None = None,
         priority: int | None = None,
+        recurring: bool = False,
+        coalesce_threshold: int | None = None,
     ) -> int | None:
         """Store a job and return its id.
+
+        ``recurring``: once the job has finished, a copy is published to run
+        ``BGQUEUE_WAITING_JOB_EXPIRATION_MS`` later, unless an unfinished job with the same
+        identifier exists (a failure makes no copy). ``coalesce_threshold`` (with
+        ``serial_group``): when this job is claimed, the group's pending jobs whose
+        threshold is at least this one's become ``REDUNDANT``: this run covers them.
 
         Returns ``None`` when the row is written later: inside :meth:`bulk`, or with
         ``BGQUEUE_PUBLISH_AFTER_APP_COMMIT`` while the app's session has a transaction open.
@@ -187,6 +242,8 @@ class BackgroundQueue:
             is_unique=is_unique,
             available_at=available_at,
             priority=priority,
+            recurring=recurring,
+            coalesce_threshold=coalesce_threshold,
         )
         bulk = g.get("_bgqueue_bulk")
         if bulk is not None:
@@ -315,6 +372,19 @@ class BackgroundQueue:
         :param days: only those finished more than this many days ago; default all.
         """
         return self._state().clear_finished(days)
+
+    def schedules(self) -> list[ScheduleView]:
+        """Every schedule, with its last and next tick and its last job's state; those the
+        database remembers but this app no longer defines are ``orphaned``."""
+        return overview(self._state())
+
+    def pause_schedule(self, name: str) -> None:
+        """Stop a schedule making jobs, for every worker, until :meth:`resume_schedule`."""
+        set_paused(self._state(), name, True)
+
+    def resume_schedule(self, name: str) -> None:
+        """Let a paused schedule make jobs again (its ``catch_up`` rule covers the pause)."""
+        set_paused(self._state(), name, False)
 
     def update_schema(self) -> bool:
         """Create or upgrade the job table; return whether anything changed."""

@@ -127,11 +127,20 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Column("traceback", LongText),
         sa.Column("heartbeat_at", Timestamp),
         sa.Column("trace_context", LongText),
+        # migration 0008: the original's RECURRING mode and coalescing, and periodic ticks
+        sa.Column(
+            "recurring", sa.Boolean, nullable=False, default=False, server_default=sa.false()
+        ),
+        sa.Column("coalesce_threshold", sa.Integer),
+        sa.Column("schedule", sa.String(255)),
+        sa.Column("tick_at", Timestamp),
         sa.Index(f"ix_{name}_due", "state", "available_at", "queue", "priority"),
         sa.Index(f"ix_{name}_identifier", "identifier", "id"),
         sa.Index(f"ix_{name}_serial_group", "serial_group", "priority", "id"),
         sa.Index(f"ix_{name}_finished_at", "finished_at"),
         sa.Index(f"ix_{name}_last_attempt_at", "last_attempt_at"),
+        # One job per tick of a schedule, enforced by the database (NULLs never collide).
+        sa.Index(f"ux_{name}_schedule_tick", "schedule", "tick_at", unique=True),
         # PostgreSQL and SQLite only (see migration 0004): the runnable jobs in claim order.
         sa.Index(
             f"ix_{name}_claim",
@@ -140,6 +149,27 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
             postgresql_where=runnable,
             sqlite_where=runnable,
         ),
+    )
+
+
+def schedule_table(job_table_name: str, metadata: sa.MetaData | None = None) -> sa.Table:
+    """``<table>_schedule``: one row per periodic schedule ever seen (migration 0008).
+
+    ``last_tick_at`` is the newest tick (naive UTC) turned into a job or passed over; a
+    worker moves it forward only from the value it read, in the transaction that inserts
+    the tick's job, so two workers never both take a tick.
+    """
+    return sa.Table(
+        f"{job_table_name}_schedule",
+        metadata if metadata is not None else sa.MetaData(),
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("expression", sa.String(255), nullable=False),
+        sa.Column("timezone", sa.String(64), nullable=False),
+        sa.Column("paused", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+        sa.Column("last_tick_at", Timestamp),
+        sa.Column("last_job_id", sa.BigInteger),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Column("updated_at", Timestamp, nullable=False),
     )
 
 
@@ -177,6 +207,10 @@ class Job:
     heartbeat_at: datetime | None
     #: The publisher's trace propagation headers as JSON text (see :mod:`.tracing`).
     trace_context: str | None = None
+    recurring: bool = False
+    coalesce_threshold: int | None = None
+    schedule: str | None = None
+    tick_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -188,6 +222,7 @@ class Job:
         values = {name: m[name] for name in _JOB_FIELDS}
         values["state"] = JobState(values["state"])
         values["is_unique"] = bool(values["is_unique"])
+        values["recurring"] = bool(values["recurring"])
         if values["parameters"] is not None:
             values["parameters"] = bytes(values["parameters"])
         return cls(**values)

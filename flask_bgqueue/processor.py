@@ -37,7 +37,8 @@ from .exceptions import (
 )
 from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, Job, JobState
 from .pacing import Pacer
-from .publishing import send_jobs_to_broker
+from .periodic import enqueue_due
+from .publishing import send_jobs_to_broker, send_to_broker
 from .resources import memory_usage
 from .retry import backoff
 from .runtime import Runtime
@@ -229,6 +230,7 @@ class Processor:
         self.store.ensure_statistics()
         now = utcnow()
         result.reaped = self.reap(now)
+        enqueue_due(self.state, now)  # periodic schedules' due ticks become jobs
         known = self.state.callback_names()
         states = None
         if self.state.broker is not None:
@@ -249,7 +251,7 @@ class Processor:
                     # Jobs of a serial group left WAITING by another worker become due
                     # shortly; wait for them only while jobs keep finishing, so a job that
                     # keeps asking to wait cannot hold the sweep forever.
-                    soonest = self.store.next_available_at(priorities, known)
+                    soonest = self.store.next_available_at(priorities, known, (JobState.WAITING,))
                     delay = (soonest - utcnow()).total_seconds() if soonest else None
                     if progressed and delay is not None and delay <= waiting.total_seconds() + 0.05:
                         progressed = False
@@ -351,12 +353,19 @@ class Processor:
     def save_outcomes(self, items: list[tuple[Claim, Outcome, dict[str, Any]]]) -> None:
         """Save outcomes together and observe them; when the database fails, they are owed
         (:attr:`owed`) and the error goes up."""
+        clones: list[tuple[int, dict[str, Any]]] = []  # of recurring jobs (publish(recurring))
         try:
-            saved = self.store.save_outcomes([(c, o.state, v) for c, o, v in items])
+            saved = self.store.save_outcomes(
+                [(c, o.state, v) for c, o, v in items],
+                recurring_after=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
+                clones=clones,
+            )
         except Exception as exc:
             if self.store.is_database_error(exc):
                 self.owed.outcomes.extend(items)
             raise
+        if clones and self.state.broker is not None:
+            send_to_broker(self.state, clones)
         with self.app.app_context():
             for (claim, outcome, _), ok in zip(items, saved, strict=True):
                 self.after_save(claim, outcome, ok)

@@ -49,6 +49,8 @@ def build_row(
     is_unique: bool,
     available_at: datetime | timedelta | None,
     priority: int | None,
+    recurring: bool = False,
+    coalesce_threshold: int | None = None,
 ) -> dict[str, Any]:
     """The row of a new job, after checking every argument (see ``publish()``)."""
     s = runtime.settings
@@ -67,6 +69,13 @@ def build_row(
     for label, text in (("serial_group", serial_group), ("identifier", identifier)):
         if text is not None and (not isinstance(text, str) or len(text) > 255):
             raise PublishError(f"{label} must be a string of at most 255 characters.")
+    if coalesce_threshold is not None and (
+        type(coalesce_threshold) is not int or coalesce_threshold < 0 or serial_group is None
+    ):
+        raise PublishError(
+            f"coalesce_threshold={coalesce_threshold!r}: give a whole number >= 0, with a"
+            " serial_group (coalescing happens within a group)."
+        )
     if priority is None:
         priority = spec.priority if spec.priority is not None else s.priorities[0]
     if priority not in s.priorities:
@@ -98,6 +107,8 @@ def build_row(
         "identifier": identifier,
         "is_unique": bool(is_unique),
         "trace_context": tracing.carrier(),  # the publisher's trace, when one is current
+        "recurring": bool(recurring),
+        "coalesce_threshold": coalesce_threshold,
     }
 
 

@@ -24,6 +24,7 @@ from .broker import Broker, broker_for_url
 from .clock import utcnow
 from .config import CallbackSpec, Settings
 from .exceptions import ConfigurationError, SchemaError
+from .schedule import Schedule
 from .store import Store
 from .store.dialects import enable_wal, engine_options, prepare_engine
 
@@ -32,13 +33,15 @@ EXTENSION_KEY = "bgqueue"
 
 @dataclass
 class Registry:
-    """The callbacks registered with ``@bgq.callback`` and the processing-metadata hook.
+    """The callbacks registered with ``@bgq.callback``, their ``@bgq.periodic`` schedules
+    and the processing-metadata hook.
 
     One per :class:`~flask_bgqueue.BackgroundQueue`, shared by every app it is registered
     on; callbacks may still be added after ``init_app``.
     """
 
     callbacks: dict[str, CallbackSpec] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
     metadata_func: Callable[[Any], dict[str, Any]] | None = None
 
 
@@ -58,6 +61,8 @@ class Runtime:
         self._lock = threading.Lock()
         #: Callbacks whose parameters held a SQLAlchemy model (warned of once each).
         self.noted_models: set[str] = set()
+        #: Problems of schedules already logged by this process (each is logged once).
+        self.schedule_warnings: set[str] = set()
 
     def callback(self, name: str) -> CallbackSpec | None:
         spec = self.settings.callbacks.get(name)
@@ -65,6 +70,12 @@ class Runtime:
 
     def callback_names(self) -> list[str]:
         return sorted({*self.settings.callbacks, *self.registry.callbacks})
+
+    def schedules(self) -> dict[str, Schedule]:
+        """The periodic schedules: ``@bgq.periodic`` ones and ``BGQUEUE_SCHEDULE``'s."""
+        if not self.settings.schedules:
+            return self.registry.schedules
+        return {**self.registry.schedules, **self.settings.schedules}
 
     @property
     def store(self) -> Store:

@@ -32,6 +32,7 @@ from .clock import utcnow
 from .exceptions import DatabaseUnavailable, one_line
 from .models import AGAIN_STATES, DELIVERABLE_STATES
 from .pacing import MAX_BATCH, Pacer
+from .periodic import Ticker
 from .processor import Heartbeat, Outcome, Processor, job_fields
 from .runtime import Runtime
 from .store import Claim
@@ -97,6 +98,7 @@ class Worker:
         )
         self._last_reap = 0.0
         self._connected = False  # to the broker, once: a failure before that is fatal
+        self.ticker = Ticker(state)  # periodic schedules: due ticks become jobs
 
     def describe(self) -> str:
         """Who this consumer is, in one line: queue, priorities, mode, where, pid."""
@@ -165,6 +167,7 @@ class Worker:
                 if self.processor.owed:
                     raise DatabaseUnavailable("job outcomes or claims could not be written")
                 self._reap()
+                self.ticker.maybe_run()
                 if feed.take_reload_request():
                     return True
                 taken = feed.take(self._batch_limit())

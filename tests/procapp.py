@@ -49,6 +49,14 @@ def slow(name: str, seconds: float) -> None:
     _record(f"slow {name} end {os.getpid()}")
 
 
+@bgq.callback("tick")
+def tick() -> None:
+    """A periodic job: write "job_id pid" to ticks.txt."""
+    job = current_job()
+    assert job is not None
+    _record(f"{job.id} {os.getpid()}", "ticks.txt")
+
+
 @bgq.callback("noop")
 def noop() -> None:
     pass

@@ -123,14 +123,16 @@ def test_the_version_table_is_the_queues_own(
 
 def test_the_model_matches_the_migrations(db_url: str, table_name: str, drop_tables: None) -> None:
     """models.job_table() must describe exactly what the migrations create."""
-    from flask_bgqueue.models import job_table
+    from flask_bgqueue.models import job_table, schedule_table
 
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     schema.upgrade(engine, table_name)
     inspector = sa.inspect(engine)
     migrated = {c["name"] for c in inspector.get_columns(table_name)}
     indexes = {i["name"] for i in inspector.get_indexes(table_name)}
+    schedule_columns = {c["name"] for c in inspector.get_columns(f"{table_name}_schedule")}
     engine.dispose()
+    assert schedule_columns == {c.name for c in schedule_table(table_name).columns}
     model = job_table(table_name)
     expected_columns = {c.name for c in model.columns}
     if db_url.startswith("mysql"):  # no partial indexes: a virtual column serves the claim

@@ -1,7 +1,8 @@
 """``flask bgq …``: the command group.
 
 ``commands.py`` runs and maintains jobs (process, consume, clear-finished, update-schema,
-reload-consumers); ``inspect.py`` looks at them (list, show, retry, stats, health).
+reload-consumers); ``inspect.py`` looks at them (list, show, retry, stats, health);
+``schedules.py`` lists, pauses and resumes the periodic schedules.
 
 A Flask-BgQueue error or a database error in any command is one ``Error: …`` line and exit
 status 1; ``flask bgq --traceback …`` or ``FLASK_DEBUG=1`` shows the stack instead. That
@@ -22,7 +23,7 @@ from flask.helpers import get_debug_flag
 
 from ..exceptions import BgQueueError, one_line
 from ..runtime import EXTENSION_KEY
-from . import commands, inspect
+from . import commands, inspect, schedules
 
 
 class _Group(click.Group):
@@ -58,7 +59,7 @@ def bgq_command(traceback: bool) -> None:
     """Flask-BgQueue: process, inspect and maintain background jobs."""
 
 
-for _command in (*commands.COMMANDS, *inspect.COMMANDS):
+for _command in (*commands.COMMANDS, *inspect.COMMANDS, *schedules.COMMANDS):
     bgq_command.add_command(_command)
 
 __all__ = ["bgq_command"]

@@ -11,9 +11,12 @@ from markupsafe import Markup, escape
 from werkzeug.wrappers import Response
 
 from ..clock import utcnow
-from ..explain import Reason, span
+from ..exceptions import BgQueueError
+from ..explain import Reason, explain_schedule, span
 from ..inspection import Inspector, JobPage
 from ..models import DISCARDABLE_STATES, FAILED_STATES, RETRYABLE_STATES, JobState
+from ..periodic import overview as schedule_overview
+from ..periodic import set_paused
 from ..runtime import current_runtime
 from ..selection import MAX_JOB_ID, JobFilter, check_job_id, parse_states
 from . import blueprint
@@ -225,3 +228,24 @@ def retry_matching() -> Response:
     done = _inspector().retry_matching(flt, max_id=max_id)
     _notice(f"{len(done)} job(s) are READY and due now.")
     return redirect(url_for(".jobs", **_filter_args(flt)))
+
+
+@blueprint.get("/schedules")
+def schedules() -> str:
+    now = utcnow()
+    views = schedule_overview(current_runtime(), now)
+    return render_template(
+        "bgqueue/schedules.html",
+        schedules=[(v, explain_schedule(v, now)[0]) for v in views],
+        now=now,
+    )
+
+
+@blueprint.post("/schedules/<name>/<any(pause, resume):action>")
+def pause_schedule(name: str, action: str) -> Response:
+    try:
+        set_paused(current_runtime(), name, action == "pause")
+    except BgQueueError as exc:
+        abort(404, str(exc))
+    _notice(f"Schedule {name!r} is {'paused' if action == 'pause' else 'resumed'}.")
+    return redirect(url_for(".schedules"))

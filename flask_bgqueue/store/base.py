@@ -56,6 +56,12 @@ class StoreBase:
         """PostgreSQL: the channel a trigger NOTIFYs when jobs are inserted (migration 0005)."""
         return f"bgq_{self.table.name}"
 
+    def _insert_one(self, conn: sa.Connection, row: dict[str, Any]) -> int:
+        """Insert one job inside a transaction of the caller's; its id."""
+        key = conn.execute(self.table.insert().values(row)).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
     def _guarded(self, conn: sa.Connection, claim: Claim, **values: Any) -> bool:
         """Change a claimed job, if it is still this attempt's."""
         t = self.table

@@ -94,6 +94,8 @@ class Claims(StoreBase):
                             conn, job, now + waiting_expiration, f"waiting for job {blocker}"
                         )
                         continue
+                    if job.coalesce_threshold is not None:
+                        self._coalesce(conn, job, now)
                 chosen.append(job)
             if not chosen:
                 return []
@@ -281,6 +283,39 @@ class Claims(StoreBase):
         )
         return conn.execute(stmt).scalar()
 
+    def _coalesce(self, conn: sa.Connection, job: Job, now: datetime) -> None:
+        """The original's coalescing, under the group's lock: the group's pending jobs
+        whose threshold is at least ``job``'s become ``REDUNDANT``, as ``job`` about to run
+        covers them. Jobs published for later (not yet due and not waiting) stay.
+
+        Their rows are locked with ``SKIP LOCKED``: a row another claim holds right now (it
+        read it and will skip it, the group being locked) stays pending rather than make
+        two claims wait for each other's rows.
+        """
+        t = self.table
+        pending = self.dialect.lock_for_claim(
+            sa.select(t.c.id).where(
+                t.c.serial_group == job.serial_group,
+                self.in_queue,
+                t.c.id != job.id,
+                t.c.state.in_(PENDING_STATES),
+                t.c.coalesce_threshold >= job.coalesce_threshold,
+                sa.or_(t.c.available_at <= now, t.c.state == JobState.WAITING),
+            )
+        )
+        ids = list(conn.execute(pending).scalars())
+        if ids:
+            conn.execute(
+                t.update()
+                .where(t.c.id.in_(ids), t.c.state.in_(PENDING_STATES))
+                .values(
+                    state=JobState.REDUNDANT,
+                    finished_at=now,
+                    updated_at=now,
+                    error_message=f"coalesced into job {job.id}",
+                )
+            )
+
     def _set_redundant(self, conn: sa.Connection, job: Job, now: datetime) -> None:
         self._transition(
             conn,
@@ -327,11 +362,16 @@ class Claims(StoreBase):
         return self.dialect.try_lock_group(conn, self._group_lock_prefix + group)
 
     def next_available_at(
-        self, priorities: Sequence[int] | None, callbacks: Iterable[str]
+        self,
+        priorities: Sequence[int] | None,
+        callbacks: Iterable[str],
+        states: Sequence[JobState] = RUNNABLE_STATES,
     ) -> datetime | None:
-        """When the soonest runnable job of these priorities and callbacks becomes due."""
+        """When the soonest job of these priorities, callbacks and states becomes due."""
         t = self.table
-        stmt = sa.select(sa.func.min(t.c.available_at)).where(self._runnable(priorities, callbacks))
+        stmt = sa.select(sa.func.min(t.c.available_at)).where(
+            self._runnable(priorities, callbacks, states)
+        )
         with self.engine.connect() as conn:
             return conn.execute(stmt).scalar()
 

@@ -8,12 +8,13 @@ state.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import JobState
+from ..clock import utcnow
+from ..models import DONE_STATES, Job, JobState
 from .base import Claim, StoreBase
 
 #: What an attempt's outcome writes (see :meth:`Store.save_outcome`).
@@ -56,7 +57,11 @@ class Outcomes(StoreBase):
         return self.save_outcomes([(claim, state, values)])[0]
 
     def save_outcomes(
-        self, outcomes: Sequence[tuple[Claim, JobState, dict[str, Any]]]
+        self,
+        outcomes: Sequence[tuple[Claim, JobState, dict[str, Any]]],
+        *,
+        recurring_after: timedelta = timedelta(seconds=1),
+        clones: list[tuple[int, dict[str, Any]]] | None = None,
     ) -> list[bool]:
         """Store several attempts' outcomes in one transaction; which ones were still ours.
 
@@ -67,7 +72,13 @@ class Outcomes(StoreBase):
         while it ran), that transaction is rolled back and the outcomes are saved one by
         one, to learn which were still ours. The columns an outcome does not name keep the
         values the claim saw.
+
+        A ``recurring`` job that finished is copied in the same transaction (see
+        :meth:`_clone_recurring`), to run ``recurring_after`` later; the copies' ids and rows
+        are added to ``clones`` (a broker must hear of them).
         """
+        if any(c.job.recurring and state is JobState.FINISHED for c, state, _ in outcomes):
+            return self._save_recurring(outcomes, recurring_after, clones)
         params = [self._outcome_params(c, state, values) for c, state, values in outcomes]
         with self.engine.connect() as conn:
             if len(params) > 1:
@@ -83,6 +94,64 @@ class Outcomes(StoreBase):
                 return [conn.execute(self._save_outcome, params[0]).rowcount == 1]
             with conn.begin():
                 return [conn.execute(self._save_outcome, p).rowcount == 1 for p in params]
+
+    def _save_recurring(
+        self,
+        outcomes: Sequence[tuple[Claim, JobState, dict[str, Any]]],
+        after: timedelta,
+        clones: list[tuple[int, dict[str, Any]]] | None,
+    ) -> list[bool]:
+        """Outcomes one by one, with the copies of finished recurring jobs, in one
+        transaction: a recurring job never finishes without its copy."""
+        saved, made = [], []
+        with self.engine.begin() as conn:
+            for claim, state, values in outcomes:
+                ok = conn.execute(
+                    self._save_outcome, self._outcome_params(claim, state, values)
+                ).rowcount
+                saved.append(ok == 1)
+                if ok == 1 and claim.job.recurring and state is JobState.FINISHED:
+                    clone = self._clone_recurring(
+                        conn, claim.job, values.get("updated_at") or utcnow(), after
+                    )
+                    if clone is not None:
+                        made.append(clone)
+        if clones is not None:
+            clones.extend(made)
+        return saved
+
+    def _clone_recurring(
+        self, conn: sa.Connection, job: Job, now: datetime, after: timedelta
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The original's RECURRING mode: publish a copy of a finished job to run ``after``
+        from now, unless an unfinished job with its identifier exists."""
+        t = self.table
+        if job.identifier is not None:
+            twin = conn.execute(
+                sa.select(t.c.id)
+                .where(
+                    t.c.identifier == job.identifier,
+                    t.c.id != job.id,
+                    t.c.state.not_in(DONE_STATES),
+                    self.in_queue,
+                )
+                .limit(1)
+            ).first()
+            if twin is not None:
+                return None
+        copied = (
+            "queue", "priority", "callback_name", "parameters", "parameters_json",
+            "serial_group", "identifier", "is_unique", "recurring", "coalesce_threshold",
+        )  # fmt: skip
+        row: dict[str, Any] = {c: getattr(job, c) for c in copied}
+        row.update(
+            state=JobState.READY,
+            created_at=now,
+            updated_at=now,
+            available_at=now + after,
+            number_of_attempts=0,
+        )
+        return self._insert_one(conn, row), row
 
     @staticmethod
     def _outcome_params(claim: Claim, state: JobState, values: dict[str, Any]) -> dict[str, Any]:
