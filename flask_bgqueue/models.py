@@ -240,3 +240,17 @@ class Job:
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
 _JOB_FIELD_SET = frozenset(_JOB_FIELDS)
+
+
+def job_fields(job: Job, state: JobState | None = None) -> dict[str, Any]:
+    """The ``extra`` of a log record about a job: attributes a JSON formatter can pick up
+    (``record.job_id`` ...); ``state`` is the one the job has now, when it is known."""
+    fields = {
+        "job_id": job.id,
+        "callback": job.callback_name,
+        "queue": job.queue,
+        "attempt": job.number_of_attempts,
+    }
+    if state is not None:
+        fields["state"] = state.name
+    return fields

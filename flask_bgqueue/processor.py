@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,21 +26,17 @@ from .clock import utcnow
 from .context import running
 from .exceptions import (
     DatabaseUnavailable,
-    DieException,
-    PermanentError,
     SignatureError,
-    SkipException,
-    WaitingException,
-    one_line,
 )
-from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, Job, JobState
+from .holding import Heartbeat, OutcomeWriter, Owed, Pending
+from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, JobState, job_fields
+from .outcome import Outcome, classify, permanent
 from .pacing import Pacer
 from .periodic import enqueue_due
 from .publishing import send_jobs_to_broker, send_to_broker
 from .resources import memory_usage
-from .retry import backoff
 from .runtime import Runtime
-from .store import Claim, Store
+from .store import Claim
 
 HOSTNAME = socket.gethostname()
 
@@ -94,116 +88,6 @@ class SweepResult:
         runs = f" in {self.runs} runs" if self.runs != self.processed else ""
         states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.outcomes.items()))
         return f"processed {self.processed} job(s){runs}{': ' + states if states else ''}"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The row values an attempt ends with, and whether the worker must stop."""
-
-    state: JobState
-    values: dict[str, Any]
-    die: bool = False
-    exception: BaseException | None = None
-
-
-class Heartbeat(threading.Thread):
-    """Refreshes ``heartbeat_at`` of the jobs this process holds, from a daemon thread."""
-
-    def __init__(self, store: Store, interval: float, logger: Any) -> None:
-        super().__init__(name="bgqueue-heartbeat", daemon=True)
-        self.store, self.interval, self.logger = store, interval, logger
-        self.held: dict[int, Claim] = {}
-        self._stop_event = threading.Event()
-        self._lock = threading.Lock()
-
-    def hold(self, claims: list[Claim]) -> None:
-        with self._lock:
-            self.held.update((c.job.id, c) for c in claims)
-
-    def drop(self, claim: Claim) -> None:
-        with self._lock:
-            self.held.pop(claim.job.id, None)
-
-    def holding(self) -> list[Claim]:
-        """The claims held now (the running job's and those not started)."""
-        with self._lock:
-            return list(self.held.values())
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            with self._lock:
-                claims = list(self.held.values())
-            try:
-                self.store.heartbeat(claims, utcnow())
-            except Exception:  # a database hiccup: the next beat tries again
-                self.logger.exception("bgqueue heartbeat failed")
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-
-@dataclass
-class Owed:
-    """What a worker could not write while its database was away, to write once it is back.
-
-    ``outcomes`` of jobs that ran, ``claims`` of jobs not started (to give back), and the
-    times of claims whose commit went unanswered (their jobs may be ``PROCESSING`` under
-    this worker without its knowing). While anything is owed, the worker takes no job.
-    """
-
-    outcomes: list[tuple[Claim, Outcome, dict[str, Any]]] = field(default_factory=list)
-    claims: list[Claim] = field(default_factory=list)
-    claim_times: list[datetime] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.outcomes or self.claims or self.claim_times)
-
-
-class OutcomeWriter:
-    """Saves the outcomes of a batch of jobs in one transaction instead of one each.
-
-    An outcome waits at most :attr:`FLUSH_AFTER_SECONDS` (a timer flushes it while a
-    later, slower job runs), so a job's successors in its serial group, the dashboard and
-    a crash see it finished almost at once; a crash in that window runs the job again, as
-    a crash during the job would.
-    """
-
-    FLUSH_AFTER_SECONDS = 0.02
-
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
-        self._pending: list[tuple[Claim, Outcome, dict[str, Any]]] = []
-        self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()
-        self._flushing = threading.Lock()
-
-    def add(self, claim: Claim, outcome: Outcome, values: dict[str, Any]) -> None:
-        with self._lock:
-            self._pending.append((claim, outcome, values))
-            if self._timer is None:
-                self._timer = threading.Timer(self.FLUSH_AFTER_SECONDS, self._flush_in_thread)
-                self._timer.daemon = True
-                self._timer.start()
-
-    def flush(self) -> None:
-        with self._flushing:
-            with self._lock:
-                items, self._pending = self._pending, []
-                timer, self._timer = self._timer, None
-            if timer is not None:
-                timer.cancel()
-            if not items:
-                return
-            self.processor.save_outcomes(items)
-
-    def _flush_in_thread(self) -> None:
-        try:
-            self.flush()
-        except Exception as exc:  # owed (see Processor.save_outcomes): no job starts now
-            self.processor.logger.error(
-                "bgqueue: could not save job outcomes (%s); no job starts until they are saved",
-                one_line(exc),
-            )
 
 
 class Processor:
@@ -350,7 +234,7 @@ class Processor:
                 self.owed.claim_times.append(now)
             raise
 
-    def save_outcomes(self, items: list[tuple[Claim, Outcome, dict[str, Any]]]) -> None:
+    def save_outcomes(self, items: list[Pending]) -> None:
         """Save outcomes together and observe them; when the database fails, they are owed
         (:attr:`owed`) and the error goes up."""
         clones: list[tuple[int, dict[str, Any]]] = []  # of recurring jobs (publish(recurring))
@@ -412,7 +296,7 @@ class Processor:
         :class:`OutcomeWriter`: together at the end of the batch, or within
         ``OutcomeWriter.FLUSH_AFTER_SECONDS`` when a later job runs longer.
         """
-        writer = OutcomeWriter(self) if len(claims) > 1 else None
+        writer = OutcomeWriter(self.save_outcomes, self.logger) if len(claims) > 1 else None
         started = 0
         died = False
         try:
@@ -509,9 +393,9 @@ class Processor:
                 self.settings.signing_keys,
             )
         except SignatureError as exc:
-            return self._permanent(exc, f"parameters refused: {exc}"), measured
+            return permanent(exc, f"parameters refused: {exc}"), measured
         except Exception as exc:
-            return self._permanent(exc, f"parameters cannot be decoded: {exc!r}"), measured
+            return permanent(exc, f"parameters cannot be decoded: {exc!r}"), measured
 
         before = memory_usage()
         error: BaseException | None = None
@@ -545,50 +429,7 @@ class Processor:
             except Exception as replaced:  # the receiver decides the outcome
                 replaced.__context__ = error
                 error = replaced
-        return self.classify(claim, error), measured
-
-    def classify(self, claim: Claim, error: BaseException | None) -> Outcome:
-        """The outcome table of the spec (§6), as row values."""
-        now = utcnow()
-        job = claim.job
-        if error is None:
-            return Outcome(
-                JobState.FINISHED, {"finished_at": now, "error_message": None, "traceback": None}
-            )
-        die = isinstance(error, DieException)
-        cause = error
-        if die:
-            cause = error.__cause__ or PermanentError(str(error) or "DieException")
-        failure = {"error_message": _message(cause), "traceback": _traceback(error)}
-        if isinstance(cause, SkipException):
-            values = {"finished_at": now, "error_message": str(cause), "traceback": None}
-            return Outcome(JobState.FINISHED, values, die, cause)
-        if isinstance(cause, WaitingException):
-            values = {
-                **failure,
-                "error_message": str(cause) or "waiting",
-                "available_at": now
-                + timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
-                "number_of_attempts": job.number_of_attempts - 1,  # waiting is not an attempt
-            }
-            return Outcome(JobState.WAITING, values, die, cause)
-        if isinstance(cause, (PermanentError, TypeError)):
-            return Outcome(JobState.PERMANENTLY_FAILED, failure, die, cause)
-        limit = self.settings.max_attempts
-        if limit is not None and job.number_of_attempts >= limit:
-            failure["error_message"] = (
-                f"gave up after {job.number_of_attempts} attempts: {failure['error_message']}"
-            )
-            return Outcome(JobState.PERMANENTLY_FAILED, failure, die, cause)
-        values = {**failure, "available_at": now + backoff(job.number_of_attempts)}
-        return Outcome(JobState.TEMPORARILY_FAILED, values, die, cause)
-
-    def _permanent(self, exc: BaseException, message: str) -> Outcome:
-        return Outcome(
-            JobState.PERMANENTLY_FAILED,
-            {"error_message": message, "traceback": _traceback(exc)},
-            exception=exc,
-        )
+        return classify(job, error, self.settings), measured
 
     def _observe(self, claim: Claim, outcome: Outcome) -> None:
         """Log and send the observation signals; nothing here changes the saved outcome."""
@@ -643,20 +484,6 @@ class Processor:
             )
 
 
-def job_fields(job: Job, state: JobState | None = None) -> dict[str, Any]:
-    """The ``extra`` of a log record about a job: attributes a JSON formatter can pick up
-    (``record.job_id`` ...); ``state`` is the one the job has now, when it is known."""
-    fields = {
-        "job_id": job.id,
-        "callback": job.callback_name,
-        "queue": job.queue,
-        "attempt": job.number_of_attempts,
-    }
-    if state is not None:
-        fields["state"] = state.name
-    return fields
-
-
 def _counting(result: SweepResult, ended: list[JobState]) -> Callable[[Claim, Outcome], None]:
     """A :meth:`Processor.run_claims` listener that counts outcomes into ``result`` and
     collects in ``ended`` those that ended an attempt (not a wait)."""
@@ -678,12 +505,3 @@ def _call(func: Any, parameters: Any) -> Any:
     if isinstance(parameters, (list, tuple)):
         return func(*parameters)
     return func(parameters)
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _traceback(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))

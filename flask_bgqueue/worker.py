@@ -30,10 +30,12 @@ from flask import Flask
 from .broker import Broker, BrokerConnectionLost, BrokerError, Consumer, Delivery
 from .clock import utcnow
 from .exceptions import DatabaseUnavailable, one_line
-from .models import AGAIN_STATES, DELIVERABLE_STATES
+from .holding import Heartbeat
+from .models import AGAIN_STATES, DELIVERABLE_STATES, job_fields
+from .outcome import Outcome
 from .pacing import MAX_BATCH, Pacer
 from .periodic import Ticker
-from .processor import Heartbeat, Outcome, Processor, job_fields
+from .processor import Processor
 from .runtime import Runtime
 from .store import Claim
 
