@@ -152,6 +152,11 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
     )
 
 
+def schedule_table_name(job_table_name: str) -> str:
+    """The name of the table that keeps the periodic schedules of a job table."""
+    return f"{job_table_name}_schedule"
+
+
 def schedule_table(job_table_name: str, metadata: sa.MetaData | None = None) -> sa.Table:
     """``<table>_schedule``: one row per periodic schedule ever seen (migration 0008).
 
@@ -160,7 +165,7 @@ def schedule_table(job_table_name: str, metadata: sa.MetaData | None = None) -> 
     the tick's job, so two workers never both take a tick.
     """
     return sa.Table(
-        f"{job_table_name}_schedule",
+        schedule_table_name(job_table_name),
         metadata if metadata is not None else sa.MetaData(),
         sa.Column("name", sa.String(255), primary_key=True),
         sa.Column("expression", sa.String(255), nullable=False),
