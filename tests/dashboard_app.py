@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
 from flask_bgqueue import BackgroundQueue
 from tests.conftest import AppFactory
@@ -54,3 +58,16 @@ def job_ids(html: str) -> list[int]:
 def allow_everyone() -> bool:
     """An authorization hook for tests (by import string, as in a config file)."""
     return True
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """``app`` served by werkzeug on 127.0.0.1 in a thread; yields the dashboard's URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}{PREFIX}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)

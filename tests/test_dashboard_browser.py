@@ -7,7 +7,6 @@ keeps working. Without Chromium the tests are skipped locally and fail under ``C
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,12 +14,11 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
 from flask_bgqueue import JobState
 from flask_bgqueue.clock import utcnow
 from tests.conftest import IN_CI, AppFactory
-from tests.dashboard_app import PREFIX, dashboard_app
+from tests.dashboard_app import dashboard_app, serving
 from tests.helpers import all_jobs, set_columns
 
 CHROMIUM = "/usr/bin/chromium"
@@ -63,14 +61,8 @@ def served(make_app: AppFactory) -> Iterator[tuple[Flask, str]]:
     """The dashboard app served by werkzeug on 127.0.0.1, in a thread (its live pages
     refresh every 0.3 s)."""
     app = dashboard_app(make_app, BGQUEUE_DASHBOARD_REFRESH_SECONDS=0.3)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield app, f"http://127.0.0.1:{server.server_port}{PREFIX}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with serving(app) as url:
+        yield app, url
 
 
 def _fill(app: Flask) -> int:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
 from flask_bgqueue.periodic import enqueue_due
 from tests.conftest import AppFactory
-from tests.dashboard_app import PREFIX, dashboard_app
+from tests.dashboard_app import dashboard_app, serving
 from tests.test_dashboard_browser import browser  # noqa: F401  (the fixture)
 
 SCHEDULE = {
@@ -31,14 +29,8 @@ def served(make_app: AppFactory) -> Iterator[tuple[Flask, str]]:
         enqueue_due(old.extensions["bgqueue"], t)
         enqueue_due(old.extensions["bgqueue"], t + timedelta(minutes=5))
     app = dashboard_app(make_app, BGQUEUE_SCHEDULE={"rates": SCHEDULE["rates"]})  # "gone" removed
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield app, f"http://127.0.0.1:{server.server_port}{PREFIX}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with serving(app) as url:
+        yield app, url
 
 
 def test_a_person_sees_the_schedules_and_pauses_and_resumes_one(

@@ -18,7 +18,7 @@ from ..inspection import Inspector, Worker
 from ..models import Job
 from ..runtime import current_runtime
 from . import blueprint
-from .views import MAX_PAGE_SIZE, _existing_id, _filter, _number, jobs_page
+from .views import MAX_PAGE_SIZE, _filter, _number, found_job, jobs_page
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -103,9 +103,7 @@ def api_jobs() -> Response:
 @blueprint.get("/api/jobs/<int:job_id>")
 def api_job(job_id: int) -> Response:
     inspector = Inspector()
-    job = inspector.job(_existing_id(job_id))
-    if job is None:
-        abort(404, f"No job {job_id} in this queue (it may have been deleted).")
+    job = found_job(inspector, job_id)
     parameters = inspector.parameters(job)
     return jsonify(
         {

@@ -14,7 +14,7 @@ from ..clock import utcnow
 from ..exceptions import BgQueueError
 from ..explain import Reason, explain_schedule, span
 from ..inspection import Inspector, JobPage
-from ..models import DISCARDABLE_STATES, FAILED_STATES, RETRYABLE_STATES, JobState
+from ..models import DISCARDABLE_STATES, FAILED_STATES, RETRYABLE_STATES, Job, JobState
 from ..periodic import overview as schedule_overview
 from ..periodic import set_paused
 from ..runtime import current_runtime
@@ -91,6 +91,14 @@ def _existing_id(job_id: int) -> int:
         return check_job_id(job_id)
     except ValueError as exc:
         abort(404, str(exc))
+
+
+def found_job(inspector: Inspector, job_id: int) -> Job:
+    """The job of a URL, or a 404 that says it may have been deleted."""
+    job = inspector.job(_existing_id(job_id))
+    if job is None:
+        abort(404, f"No job {job_id} in this queue (it may have been deleted).")
+    return job
 
 
 @blueprint.after_request
@@ -175,9 +183,7 @@ def workers() -> str:
 @blueprint.get("/jobs/<int:job_id>")
 def job(job_id: int) -> str:
     inspector = _inspector()
-    found = inspector.job(_existing_id(job_id))
-    if found is None:
-        abort(404, f"No job {job_id} in this queue (it may have been deleted).")
+    found = found_job(inspector, job_id)
     return render_template(
         "bgqueue/job.html",
         job=found,
