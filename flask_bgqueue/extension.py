@@ -366,8 +366,22 @@ class BackgroundQueue:
         """
         self._state().reload_consumers(queue, number)
 
+    def cancel(self, job_ids: Iterable[int], *, by: str | None = None) -> list[int]:
+        """Cancel jobs: those not running (``READY``, ``WAITING``, ``TEMPORARILY_FAILED``,
+        ``BROKER_FAILED``) become ``CANCELLED`` at once and never run, even when a broker
+        message for them is in flight; a ``PROCESSING`` one is asked to stop: its callback
+        sees ``current_job().cancel_requested`` within a heartbeat interval, and its
+        attempt ends ``CANCELLED``. Returns the ids cancelled or asked to stop; jobs in
+        other states are left alone.
+
+        :param job_ids: the jobs' ids.
+        :param by: who asks, recorded in ``cancelled_by``; default this process
+            (``pid N on HOST``).
+        """
+        return self._state().cancel(job_ids, by)
+
     def clear_finished(self, days: float | None = None) -> int:
-        """Delete FINISHED and REDUNDANT jobs; return how many.
+        """Delete FINISHED, REDUNDANT and CANCELLED jobs; return how many.
 
         :param days: only those finished more than this many days ago; default all.
         """

@@ -23,14 +23,14 @@ from flask import Flask
 from . import instrumentation, serialization, signals
 from .aio import resolve
 from .clock import utcnow
-from .context import running
+from .context import running, take_cancel_request
 from .exceptions import (
     DatabaseUnavailable,
     SignatureError,
 )
 from .holding import Heartbeat, OutcomeWriter, Owed, Pending
 from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, JobState, job_fields
-from .outcome import Outcome, classify, permanent
+from .outcome import Outcome, cancelled, classify, permanent
 from .pacing import Pacer
 from .periodic import enqueue_due
 from .publishing import send_jobs_to_broker, send_to_broker
@@ -248,6 +248,13 @@ class Processor:
             if self.store.is_database_error(exc):
                 self.owed.outcomes.extend(items)
             raise
+        again = [
+            c.job.id
+            for (c, o, _), ok in zip(items, saved, strict=True)
+            if ok and o.state in AGAIN_STATES
+        ]
+        if again:  # a cancel asked for after the heartbeat's last read: no next attempt
+            self.store.cancel_requested_retries(again, utcnow())
         if clones and self.state.broker is not None:
             send_to_broker(self.state, clones)
         with self.app.app_context():
@@ -397,6 +404,8 @@ class Processor:
         except Exception as exc:
             return permanent(exc, f"parameters cannot be decoded: {exc!r}"), measured
 
+        if take_cancel_request(job.id):  # asked to stop before it started
+            return cancelled(None), measured
         before = memory_usage()
         error: BaseException | None = None
         started = time.perf_counter()
@@ -429,6 +438,8 @@ class Processor:
             except Exception as replaced:  # the receiver decides the outcome
                 replaced.__context__ = error
                 error = replaced
+        if take_cancel_request(job.id):
+            return cancelled(error), measured
         return classify(job, error, self.settings), measured
 
     def _observe(self, claim: Claim, outcome: Outcome) -> None:
