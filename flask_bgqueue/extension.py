@@ -104,6 +104,7 @@ class BackgroundQueue:
         queue: str | None = None,
         priority: int | None = None,
         check_arguments: bool = True,
+        timeout: float | None = None,
     ) -> Callable[[F], F]: ...
 
     def callback(
@@ -113,6 +114,7 @@ class BackgroundQueue:
         queue: str | None = None,
         priority: int | None = None,
         check_arguments: bool = True,
+        timeout: float | None = None,
     ) -> Any:
         """Register a function as a callback: ``@bgq.callback`` or ``@bgq.callback("name")``.
 
@@ -124,6 +126,10 @@ class BackgroundQueue:
             function's signature, and raise :exc:`~flask_bgqueue.ArgumentsError` when they
             do not, instead of storing a job that fails when it runs. ``False`` turns the
             check off (for a function that takes what its signature does not tell).
+
+        :param timeout: seconds an attempt may run before it is interrupted and fails as
+            a temporary error (default ``BGQUEUE_DEFAULT_TIMEOUT_SECONDS``); see
+            :ref:`timeouts`.
         """
         if callable(name):
             return self.callback()(name)
@@ -138,7 +144,14 @@ class BackgroundQueue:
                 )
             if queue is not None and (not isinstance(queue, str) or not queue):
                 raise ConfigurationError(f"callback {key!r}: queue must be a non-empty string.")
-            callbacks[key] = CallbackSpec.of(key, func, queue, priority, check_arguments)
+            if timeout is not None and (
+                isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+            ):
+                raise ConfigurationError(
+                    f"callback {key!r}: timeout must be a number of seconds above 0, not"
+                    f" {timeout!r}."
+                )
+            callbacks[key] = CallbackSpec.of(key, func, queue, priority, check_arguments, timeout)
             return func
 
         return decorator

@@ -65,6 +65,22 @@ def until_cancelled(name: str, seconds: float) -> str:
     return "ran to the end"
 
 
+@bgq.callback("loops_too_long", timeout=0.5)
+def loops_too_long() -> None:
+    """Python code past its timeout: interrupted (a signal or an async exception)."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.01)
+    _record("loops_too_long ran to its end")
+
+
+@bgq.callback("sleeps_too_long", timeout=0.5)
+def sleeps_too_long() -> None:
+    """One blocking C call past its timeout: a job thread cannot interrupt it."""
+    time.sleep(60)
+    _record("sleeps_too_long ran to its end")
+
+
 @bgq.callback("tick")
 def tick() -> None:
     """A periodic job: write "job_id pid" to ticks.txt."""
