@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_LOCKS_DIR": None,
     "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 10,
     "BGQUEUE_WORKER_LOST_AFTER_SECONDS": 60,
+    "BGQUEUE_DEFAULT_TIMEOUT_SECONDS": None,
+    "BGQUEUE_TIMEOUT_GRACE_SECONDS": 10,
     "BGQUEUE_CLAIM_BATCH_SIZE": 10,
     "BGQUEUE_POLL_INTERVAL_MS": 1000,
     "BGQUEUE_BROKER_URL": None,
@@ -70,6 +72,8 @@ class CallbackSpec:
     priority: int | None = None
     check_arguments: bool = True
     signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
+    #: Seconds an attempt may run (``None``: ``BGQUEUE_DEFAULT_TIMEOUT_SECONDS``).
+    timeout: float | None = None
 
     @classmethod
     def of(
@@ -79,6 +83,7 @@ class CallbackSpec:
         queue: str | None = None,
         priority: int | None = None,
         check_arguments: bool = True,
+        timeout: float | None = None,
     ) -> CallbackSpec:
         """A spec with the function's signature read once, here."""
         signature = None
@@ -87,7 +92,7 @@ class CallbackSpec:
                 signature = inspect.signature(func)
             except (TypeError, ValueError):  # a built-in without one: not checked
                 pass
-        return cls(name, func, queue, priority, check_arguments, signature)
+        return cls(name, func, queue, priority, check_arguments, signature, timeout)
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,8 @@ class Settings:
     max_attempts: int | None
     locks_dir: str
     heartbeat_interval_seconds: float
+    default_timeout_seconds: float | None
+    timeout_grace_seconds: float
     worker_lost_after_seconds: float
     claim_batch_size: int
     poll_interval_ms: int
@@ -164,6 +171,12 @@ def load_settings(app: Flask) -> Settings:
         ),
         max_attempts=_number(c, "BGQUEUE_MAX_ATTEMPTS", minimum=1, optional=True),
         locks_dir=_text(c, "BGQUEUE_LOCKS_DIR", optional=True) or app.instance_path,
+        default_timeout_seconds=_number(
+            c, "BGQUEUE_DEFAULT_TIMEOUT_SECONDS", minimum=0.01, optional=True, kind=(int, float)
+        ),
+        timeout_grace_seconds=_number(
+            c, "BGQUEUE_TIMEOUT_GRACE_SECONDS", minimum=0.01, kind=(int, float)
+        ),
         heartbeat_interval_seconds=_number(
             c, "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS", minimum=0.01, kind=(int, float)
         ),

@@ -31,10 +31,41 @@ class CurrentJob:
     previous_attempt_lost: bool
     job: Job
 
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether someone asked this job to stop (``bgq.cancel``) since it was claimed.
+
+        Re-read while the callback runs: the worker's heartbeat thread asks the database
+        each ``BGQUEUE_HEARTBEAT_INTERVAL_SECONDS``. A callback that checks it and returns
+        (or raises) early ends its job ``CANCELLED``; one that never checks it runs to its
+        end, and its job ends ``CANCELLED`` all the same (its result is kept).
+        """
+        return self.id in _cancel_requested
+
 
 _current: contextvars.ContextVar[CurrentJob | None] = contextvars.ContextVar(
     "bgqueue_current_job", default=None
 )
+
+
+#: Ids of the jobs running in this process that someone asked to stop (set by the
+#: heartbeat thread, read by the callback's; a set's add and lookup are atomic).
+_cancel_requested: set[int] = set()
+
+
+def note_cancel_requested(job_ids: list[int]) -> None:
+    """The heartbeat read that these running jobs were asked to stop."""
+    _cancel_requested.update(job_ids)
+
+
+def take_cancel_request(job_id: int) -> bool:
+    """Whether ``job_id`` was asked to stop while it ran here; forgets it (its attempt
+    is over)."""
+    try:
+        _cancel_requested.remove(job_id)
+    except KeyError:
+        return False
+    return True
 
 
 def current_job() -> CurrentJob | None:

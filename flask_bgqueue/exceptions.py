@@ -130,6 +130,11 @@ class SkipException(JobOutcome):
     """Nothing to do: ``FINISHED`` with the message kept in ``error_message``."""
 
 
+class JobTimeout(TemporaryError):
+    """Raised inside a callback that ran past its ``timeout``: a temporary failure
+    ("timed out after N s"), retried with backoff and counted against ``MAX_ATTEMPTS``."""
+
+
 class DieException(JobOutcome):
     """Handled as its ``__cause__`` (``PermanentError`` without one), then the worker exits.
 

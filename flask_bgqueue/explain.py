@@ -45,6 +45,9 @@ def explain(
         if job.error_message:
             return [Reason("finished", f"Finished {when}, skipped: {job.error_message}")]
         return [Reason("finished", f"Finished {when}. Nothing left to do.")]
+    if s is JobState.CANCELLED:
+        who = f" by {job.cancelled_by}" if job.cancelled_by else ""
+        return [Reason("cancelled", f"Cancelled{who} {_at(job.finished_at)}. It never runs again.")]
     if s is JobState.REDUNDANT and (job.error_message or "").startswith("coalesced into job"):
         into = job.error_message.rsplit(" ", 1)[-1] if job.error_message else ""
         return [

@@ -104,6 +104,7 @@ class BackgroundQueue:
         queue: str | None = None,
         priority: int | None = None,
         check_arguments: bool = True,
+        timeout: float | None = None,
     ) -> Callable[[F], F]: ...
 
     def callback(
@@ -113,6 +114,7 @@ class BackgroundQueue:
         queue: str | None = None,
         priority: int | None = None,
         check_arguments: bool = True,
+        timeout: float | None = None,
     ) -> Any:
         """Register a function as a callback: ``@bgq.callback`` or ``@bgq.callback("name")``.
 
@@ -124,6 +126,10 @@ class BackgroundQueue:
             function's signature, and raise :exc:`~flask_bgqueue.ArgumentsError` when they
             do not, instead of storing a job that fails when it runs. ``False`` turns the
             check off (for a function that takes what its signature does not tell).
+
+        :param timeout: seconds an attempt may run before it is interrupted and fails as
+            a temporary error (default ``BGQUEUE_DEFAULT_TIMEOUT_SECONDS``); see
+            :ref:`timeouts`.
         """
         if callable(name):
             return self.callback()(name)
@@ -138,7 +144,14 @@ class BackgroundQueue:
                 )
             if queue is not None and (not isinstance(queue, str) or not queue):
                 raise ConfigurationError(f"callback {key!r}: queue must be a non-empty string.")
-            callbacks[key] = CallbackSpec.of(key, func, queue, priority, check_arguments)
+            if timeout is not None and (
+                isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+            ):
+                raise ConfigurationError(
+                    f"callback {key!r}: timeout must be a number of seconds above 0, not"
+                    f" {timeout!r}."
+                )
+            callbacks[key] = CallbackSpec.of(key, func, queue, priority, check_arguments, timeout)
             return func
 
         return decorator
@@ -366,8 +379,22 @@ class BackgroundQueue:
         """
         self._state().reload_consumers(queue, number)
 
+    def cancel(self, job_ids: Iterable[int], *, by: str | None = None) -> list[int]:
+        """Cancel jobs: those not running (``READY``, ``WAITING``, ``TEMPORARILY_FAILED``,
+        ``BROKER_FAILED``) become ``CANCELLED`` at once and never run, even when a broker
+        message for them is in flight; a ``PROCESSING`` one is asked to stop: its callback
+        sees ``current_job().cancel_requested`` within a heartbeat interval, and its
+        attempt ends ``CANCELLED``. Returns the ids cancelled or asked to stop; jobs in
+        other states are left alone.
+
+        :param job_ids: the jobs' ids.
+        :param by: who asks, recorded in ``cancelled_by``; default this process
+            (``pid N on HOST``).
+        """
+        return self._state().cancel(job_ids, by)
+
     def clear_finished(self, days: float | None = None) -> int:
-        """Delete FINISHED and REDUNDANT jobs; return how many.
+        """Delete FINISHED, REDUNDANT and CANCELLED jobs; return how many.
 
         :param days: only those finished more than this many days ago; default all.
         """

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from .clock import utcnow
+from .context import note_cancel_requested
 from .exceptions import one_line
 from .outcome import Outcome
 from .store import Claim, Store
@@ -19,7 +20,8 @@ Pending = tuple[Claim, Outcome, dict[str, Any]]
 
 
 class Heartbeat(threading.Thread):
-    """Refreshes ``heartbeat_at`` of the jobs this process holds, from a daemon thread."""
+    """Refreshes ``heartbeat_at`` of the jobs this process holds, from a daemon thread,
+    and reads which of them someone asked to stop (``current_job().cancel_requested``)."""
 
     def __init__(self, store: Store, interval: float, logger: Any) -> None:
         super().__init__(name="bgqueue-heartbeat", daemon=True)
@@ -47,6 +49,8 @@ class Heartbeat(threading.Thread):
                 claims = list(self.held.values())
             try:
                 self.store.heartbeat(claims, utcnow())
+                if claims:
+                    note_cancel_requested(self.store.cancel_requested([c.job.id for c in claims]))
             except Exception:  # a database hiccup: the next beat tries again
                 self.logger.exception("bgqueue heartbeat failed")
 

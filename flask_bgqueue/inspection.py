@@ -1,4 +1,4 @@
-"""What a person asks about the queue, and the two things they may do to jobs.
+"""What a person asks about the queue, and the things they may do to jobs.
 
 :class:`Inspector` is the library behind the dashboard and the ``list``, ``show``,
 ``retry``, ``stats`` and ``health`` commands; scripts and tests can call it directly::
@@ -324,6 +324,19 @@ class Inspector:
             jobs = [j for j in (self._app.store.get(i) for i in job_ids) if j is not None]
             send_jobs_to_broker(self._app, jobs)
         return job_ids
+
+    def cancel(self, job_ids: Iterable[int], by: str | None = None) -> list[int]:
+        """Cancel these jobs (see :meth:`BackgroundQueue.cancel`); the ids that changed."""
+        return self._app.cancel(job_ids, by)
+
+    def cancel_matching(
+        self, flt: JobFilter, max_id: int | None = None, by: str | None = None
+    ) -> list[int]:
+        """:meth:`cancel` every job the filter matches that is not over yet (with an id up
+        to ``max_id``, so jobs that arrived after a person looked are left alone)."""
+        return self._app.cancel(
+            self._app.store.cancellable_ids(max_id=max_id, **flt.as_kwargs()), by
+        )
 
     def discard(self, job_ids: Iterable[int]) -> list[int]:
         """Delete these jobs if FINISHED, REDUNDANT or failed (never PROCESSING ones)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -24,6 +25,7 @@ class JobState(enum.IntEnum):
     WAITING = 6
     REDUNDANT = 7
     BROKER_FAILED = 8
+    CANCELLED = 9
 
     @classmethod
     def _missing_(cls, value: object) -> JobState | None:
@@ -50,8 +52,10 @@ class JobState(enum.IntEnum):
 
 # Every set of states the package reasons with is defined here, once.
 
-#: States a job never leaves by itself; everything else is "unfinished".
-DONE_STATES = (JobState.FINISHED, JobState.REDUNDANT)
+#: States a job never leaves by itself; everything else is "unfinished". A ``CANCELLED``
+#: job never runs (again): no claim, retry or resend takes it; ``clear-finished`` removes
+#: it with the finished ones.
+DONE_STATES = (JobState.FINISHED, JobState.REDUNDANT, JobState.CANCELLED)
 #: States from which a worker may claim a due job.
 RUNNABLE_STATES = (
     JobState.READY,
@@ -68,11 +72,14 @@ AGAIN_STATES = (JobState.TEMPORARILY_FAILED, JobState.WAITING)
 #: The failed states ("failed" in filters, ``retry --failed``).
 FAILED_STATES = (JobState.TEMPORARILY_FAILED, JobState.PERMANENTLY_FAILED)
 #: Outcomes that end an attempt for good or for now (not a wait, not a duplicate).
-ENDED_STATES = (JobState.FINISHED, *FAILED_STATES)
+ENDED_STATES = (JobState.FINISHED, *FAILED_STATES, JobState.CANCELLED)
 #: States from which an operator may send a job to run now.
 RETRYABLE_STATES = (*FAILED_STATES, JobState.WAITING, JobState.BROKER_FAILED)
 #: States in which an operator may delete a job (never PROCESSING).
 DISCARDABLE_STATES = (*DONE_STATES, JobState.PERMANENTLY_FAILED, JobState.TEMPORARILY_FAILED)
+#: States of a job not running that ``cancel()`` ends ``CANCELLED`` at once (a
+#: ``PROCESSING`` one is asked to stop instead).
+CANCELLABLE_STATES = PENDING_STATES
 #: States whose ids broker mode sends again once due (``READY`` ones only when lost).
 RESEND_STATES = (JobState.BACK_TO_BROKER, JobState.TEMPORARILY_FAILED, JobState.WAITING)
 
@@ -134,6 +141,13 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Column("coalesce_threshold", sa.Integer),
         sa.Column("schedule", sa.String(255)),
         sa.Column("tick_at", Timestamp),
+        # migration 0009: cancellation, results, progress, concurrency keys
+        sa.Column("result", LongText),
+        sa.Column("progress", sa.Float),
+        sa.Column("progress_message", sa.String(255)),
+        sa.Column("cancel_requested_at", Timestamp),
+        sa.Column("cancelled_by", sa.String(255)),
+        sa.Column("concurrency_key", sa.String(255)),
         sa.Index(f"ix_{name}_due", "state", "available_at", "queue", "priority"),
         sa.Index(f"ix_{name}_identifier", "identifier", "id"),
         sa.Index(f"ix_{name}_serial_group", "serial_group", "priority", "id"),
@@ -216,6 +230,15 @@ class Job:
     coalesce_threshold: int | None = None
     schedule: str | None = None
     tick_at: datetime | None = None
+    #: The callback's return value (decoded from the stored JSON), or ``None``.
+    result: Any = None
+    #: What the callback last told :meth:`~BackgroundQueue.set_progress` (0.0 to 1.0).
+    progress: float | None = None
+    progress_message: str | None = None
+    #: When and by whom :meth:`~BackgroundQueue.cancel` was asked for this job.
+    cancel_requested_at: datetime | None = None
+    cancelled_by: str | None = None
+    concurrency_key: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -230,6 +253,8 @@ class Job:
         values["recurring"] = bool(values["recurring"])
         if values["parameters"] is not None:
             values["parameters"] = bytes(values["parameters"])
+        if values["result"] is not None:
+            values["result"] = json.loads(values["result"])
         return cls(**values)
 
     def evolve(self, **changes: Any) -> Job:

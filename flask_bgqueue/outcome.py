@@ -63,6 +63,17 @@ def classify(job: Job, error: BaseException | None, settings: Settings) -> Outco
     return Outcome(JobState.TEMPORARILY_FAILED, values, die, cause)
 
 
+def cancelled(error: BaseException | None) -> Outcome:
+    """A job asked to stop while it was claimed or ran (``bgq.cancel``): ``CANCELLED``,
+    whatever the callback did; what it raised stays in ``traceback``."""
+    values: dict[str, Any] = {
+        "finished_at": utcnow(),
+        "error_message": "cancelled while running",
+        "traceback": _traceback(error) if error is not None else None,
+    }
+    return Outcome(JobState.CANCELLED, values, exception=error)
+
+
 def permanent(exc: BaseException, message: str) -> Outcome:
     """A job that cannot run at all (its parameters cannot be read): failed for good."""
     return Outcome(

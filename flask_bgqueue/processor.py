@@ -23,20 +23,18 @@ from flask import Flask
 from . import instrumentation, serialization, signals
 from .aio import resolve
 from .clock import utcnow
-from .context import running
-from .exceptions import (
-    DatabaseUnavailable,
-    SignatureError,
-)
+from .context import running, take_cancel_request
+from .exceptions import DatabaseUnavailable, JobTimeout, SignatureError
 from .holding import Heartbeat, OutcomeWriter, Owed, Pending
 from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, JobState, job_fields
-from .outcome import Outcome, classify, permanent
+from .outcome import Outcome, cancelled, classify, permanent
 from .pacing import Pacer
 from .periodic import enqueue_due
 from .publishing import send_jobs_to_broker, send_to_broker
 from .resources import memory_usage
 from .runtime import Runtime
 from .store import Claim
+from .timeouts import EXIT_TIMED_OUT, Deadline
 
 HOSTNAME = socket.gethostname()
 
@@ -104,6 +102,8 @@ class Processor:
         self.owed = Owed()
         #: The claim whose job runs now (read by a forced shutdown from another thread).
         self.current: Claim | None = None
+        #: The heartbeat of the batch running now (a timed-out job leaves it).
+        self.heartbeat: Heartbeat | None = None
 
     # -- the cron sweep -----------------------------------------------------------------
 
@@ -248,6 +248,13 @@ class Processor:
             if self.store.is_database_error(exc):
                 self.owed.outcomes.extend(items)
             raise
+        again = [
+            c.job.id
+            for (c, o, _), ok in zip(items, saved, strict=True)
+            if ok and o.state in AGAIN_STATES
+        ]
+        if again:  # a cancel asked for after the heartbeat's last read: no next attempt
+            self.store.cancel_requested_retries(again, utcnow())
         if clones and self.state.broker is not None:
             send_to_broker(self.state, clones)
         with self.app.app_context():
@@ -297,6 +304,7 @@ class Processor:
         ``OutcomeWriter.FLUSH_AFTER_SECONDS`` when a later job runs longer.
         """
         writer = OutcomeWriter(self.save_outcomes, self.logger) if len(claims) > 1 else None
+        self.heartbeat = heartbeat
         started = 0
         died = False
         try:
@@ -397,8 +405,11 @@ class Processor:
         except Exception as exc:
             return permanent(exc, f"parameters cannot be decoded: {exc!r}"), measured
 
+        if take_cancel_request(job.id):  # asked to stop before it started
+            return cancelled(None), measured
         before = memory_usage()
         error: BaseException | None = None
+        deadline: Deadline | None = None
         started = time.perf_counter()
         try:
             with running(job):
@@ -411,12 +422,17 @@ class Processor:
                 try:
                     assert spec is not None  # claims only pick known callbacks
                     # An async callback (or any awaitable it returns) runs to its end here.
-                    resolve(_call(spec.func, parameters), job.callback_name)
+                    with self._deadline(claim, spec.timeout) as deadline:
+                        resolve(_call(spec.func, parameters), job.callback_name)
                 finally:
                     measured["execution_time"] = round((time.perf_counter() - started) * 1000)
                 signals.after_process.send(self.app, job=job, parameters=parameters)
         except Exception as exc:
             error = exc
+        if deadline is not None and deadline.expired:  # even if the callback caught it
+            timed_out = JobTimeout(f"timed out after {deadline.seconds:g} s")
+            timed_out.__context__ = error
+            error = timed_out
         measured.setdefault("execution_time", round((time.perf_counter() - started) * 1000))
         after = memory_usage()
         measured["memory"] = {"before": before.rss, "after": after.rss, "peak": after.peak}
@@ -429,7 +445,52 @@ class Processor:
             except Exception as replaced:  # the receiver decides the outcome
                 replaced.__context__ = error
                 error = replaced
+        if take_cancel_request(job.id):
+            return cancelled(error), measured
         return classify(job, error, self.settings), measured
+
+    @contextmanager
+    def _deadline(self, claim: Claim, timeout: float | None) -> Iterator[Deadline | None]:
+        """The callback's time limit (see :mod:`.timeouts`), or none."""
+        seconds = timeout if timeout is not None else self.settings.default_timeout_seconds
+        if seconds is None:
+            yield None
+            return
+
+        def expired() -> None:  # no heartbeat keeps a timed-out job alive any more
+            if self.heartbeat is not None:
+                self.heartbeat.drop(claim)
+
+        def stuck() -> None:
+            self._give_up_on(claim, seconds)
+
+        with Deadline(seconds, self.settings.timeout_grace_seconds, expired, stuck) as d:
+            yield d
+
+    def _give_up_on(self, claim: Claim, seconds: float) -> None:
+        """A callback past its deadline that cannot be interrupted: record the attempt as
+        timed out now and end this process, for its supervisor to restart it."""
+        why = (
+            f"timed out after {seconds:g} s; pid {self.pid} on {self.hostname} could not"
+            " interrupt it and exited"
+        )
+        outcome = classify(claim.job, JobTimeout(why), self.settings)
+        values = {**outcome.values, "updated_at": utcnow(), "heartbeat_at": None}
+        try:
+            self.store.save_outcome(claim, outcome.state, **values)
+        except Exception:
+            self.logger.exception("bgqueue: could not record job %s as timed out", claim.job.id)
+        self.logger.critical(
+            "bgqueue: job %s (%s) %s (exit status %s)",
+            claim.job.id,
+            claim.job.callback_name,
+            why,
+            EXIT_TIMED_OUT,
+            extra=job_fields(claim.job, outcome.state),
+        )
+        for handler in logging.getLogger().handlers + self.logger.handlers:
+            handler.flush()
+        os._exit(EXIT_TIMED_OUT)
 
     def _observe(self, claim: Claim, outcome: Outcome) -> None:
         """Log and send the observation signals; nothing here changes the saved outcome."""

@@ -9,8 +9,10 @@ extension's facade reaches the app's queue through :func:`current_runtime`.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -138,8 +140,14 @@ class Runtime:
         """Create or upgrade the job table; return whether anything changed."""
         return schema.upgrade(self.engine, self.settings.table_name)
 
+    def cancel(self, job_ids: Iterable[int], by: str | None = None) -> list[int]:
+        """Cancel jobs not running, ask running ones to stop (see :meth:`Store.cancel`)."""
+        who = by or f"pid {os.getpid()} on {socket.gethostname()}"
+        return self.store.cancel(job_ids, utcnow(), who)
+
     def clear_finished(self, days: float | None = None) -> int:
-        """Delete FINISHED and REDUNDANT jobs (finished more than ``days`` days ago)."""
+        """Delete FINISHED, REDUNDANT and CANCELLED jobs (finished more than ``days`` days
+        ago)."""
         before = None if days is None else utcnow() - timedelta(days=days)
         return self.store.clear_finished(before)
 

@@ -49,6 +49,38 @@ def slow(name: str, seconds: float) -> None:
     _record(f"slow {name} end {os.getpid()}")
 
 
+@bgq.callback("until_cancelled")
+def until_cancelled(name: str, seconds: float) -> str:
+    """Loop until asked to stop (at most ``seconds``); write "name seen-at" to
+    cancelled.txt when ``current_job().cancel_requested`` turns true."""
+    job = current_job()
+    assert job is not None
+    _record(f"{name} start {time.time():.6f} {os.getpid()}", "cancelled.txt")
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if job.cancel_requested:
+            _record(f"{name} seen {time.time():.6f}", "cancelled.txt")
+            return "stopped early"
+        time.sleep(0.01)
+    return "ran to the end"
+
+
+@bgq.callback("loops_too_long", timeout=0.5)
+def loops_too_long() -> None:
+    """Python code past its timeout: interrupted (a signal or an async exception)."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.01)
+    _record("loops_too_long ran to its end")
+
+
+@bgq.callback("sleeps_too_long", timeout=0.5)
+def sleeps_too_long() -> None:
+    """One blocking C call past its timeout: a job thread cannot interrupt it."""
+    time.sleep(60)
+    _record("sleeps_too_long ran to its end")
+
+
 @bgq.callback("tick")
 def tick() -> None:
     """A periodic job: write "job_id pid" to ticks.txt."""

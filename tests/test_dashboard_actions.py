@@ -133,3 +133,60 @@ def test_retry_matching_without_max_id_is_refused(app: Flask) -> None:
     client = app.test_client()
     response = client.post(f"{PREFIX}/jobs/retry", data={"csrf_token": csrf_token(client)})
     assert response.status_code == 400
+
+
+CANCELLABLE = {
+    JobState.READY,
+    JobState.WAITING,
+    JobState.TEMPORARILY_FAILED,
+    JobState.BROKER_FAILED,
+    JobState.BACK_TO_BROKER,
+}
+
+
+@pytest.mark.parametrize("state", STATES, ids=[s.name for s in STATES])
+def test_cancel_changes_only_the_named_job_and_asks_a_running_one_to_stop(
+    app: Flask, one_per_state: dict[JobState, int], state: JobState
+) -> None:
+    before = snapshot(app)
+    client = app.test_client()
+    job_id = one_per_state[state]
+    page = client.get(f"{PREFIX}/jobs/{job_id}").get_data(as_text=True)
+    assert (f"/jobs/{job_id}/cancel" in page) == (state in CANCELLABLE | {JobState.PROCESSING})
+    client.post(f"{PREFIX}/jobs/{job_id}/cancel", data={"csrf_token": csrf_token(client)})
+    after = snapshot(app)
+    assert {k: v for k, v in after.items() if k != job_id} == {
+        k: v for k, v in before.items() if k != job_id
+    }
+    with app.app_context():
+        job = app.bgq.get_job(job_id)  # type: ignore[attr-defined]
+    if state in CANCELLABLE:
+        assert job.state is JobState.CANCELLED
+        assert job.cancelled_by.startswith("dashboard (")
+    elif state is JobState.PROCESSING:
+        assert job.state is JobState.PROCESSING and job.cancel_requested_at is not None
+    else:
+        assert job.state is state and job.cancel_requested_at is None
+
+
+def test_cancel_matching_cancels_the_filtered_jobs_up_to_max_id_only(app: Flask) -> None:
+    bgq = app.bgq  # type: ignore[attr-defined]
+    with app.app_context():
+        work = [bgq.publish("work", n) for n in range(3)]
+        mail = bgq.publish("send", 9)
+        late = bgq.publish("work", 10)  # arrived after the person looked
+        set_columns(bgq, work[1], state=JobState.FINISHED)
+    client = app.test_client()
+    assert "/jobs/cancel" in client.get(f"{PREFIX}/jobs?callback=work").get_data(as_text=True)
+    form = {"csrf_token": csrf_token(client), "callback": "work", "max_id": str(work[2])}
+    response = client.post(f"{PREFIX}/jobs/cancel", data=form)
+    assert response.status_code == 302
+    assert "2 job(s) are cancelled" in client.get(response.location).get_data(as_text=True)
+    states = {job_id: state for job_id, (state, _) in snapshot(app).items()}
+    assert states == {
+        work[0]: JobState.CANCELLED,
+        work[1]: JobState.FINISHED,
+        work[2]: JobState.CANCELLED,
+        mail: JobState.READY,
+        late: JobState.READY,
+    }

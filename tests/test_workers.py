@@ -171,7 +171,7 @@ def test_each_command_skips_while_locked_and_a_killed_holder_never_blocks(
     assert "already running" not in free.stdout
 
 
-def test_clear_finished_deletes_finished_and_redundant_only(procs: ProcEnv) -> None:
+def test_clear_finished_deletes_finished_redundant_and_cancelled_only(procs: ProcEnv) -> None:
     app = procs.app()
     bgq = app.bgq  # type: ignore[attr-defined]
     with app.app_context():
@@ -186,9 +186,9 @@ def test_clear_finished_deletes_finished_and_redundant_only(procs: ProcEnv) -> N
         assert bgq.get_job(old) is None and bgq.get_job(ids[JobState.FINISHED]) is not None
 
         result = procs.run("bgq", "clear-finished")
-        assert "deleted 2 finished job(s)" in result.stdout
+        assert "deleted 3 finished job(s)" in result.stdout
         left = {state for state, job_id in ids.items() if bgq.get_job(job_id) is not None}
-    assert left == set(JobState) - {JobState.FINISHED, JobState.REDUNDANT}
+    assert left == set(JobState) - {JobState.FINISHED, JobState.REDUNDANT, JobState.CANCELLED}
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -112,7 +112,8 @@ def process_command(spec: Any, verbosity: str | None) -> None:
 @with_appcontext
 @host_locked("clear-finished")
 def clear_finished_command(days: float | None) -> None:
-    """Delete FINISHED and REDUNDANT jobs (with DAYS: finished more than DAYS days ago)."""
+    """Delete FINISHED, REDUNDANT and CANCELLED jobs (with DAYS: those finished more than
+    DAYS days ago)."""
     deleted = current_runtime().clear_finished(days)
     click.echo(f"deleted {deleted} finished job(s)")
 

@@ -1,8 +1,11 @@
-"""``flask bgq list|show|retry|stats|health``: thin click wrappers over :class:`Inspector`."""
+"""``flask bgq list|show|retry|cancel|stats|health``: thin click wrappers over
+:class:`Inspector`."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
 from datetime import datetime
 from typing import Any
 
@@ -134,7 +137,45 @@ def _fields(job: Job) -> list[tuple[str, Any]]:
         ("memory", json.dumps(job.memory) if job.memory else "-"),
         ("metadata", json.dumps(job.metadata, default=str) if job.metadata else "-"),
         ("error", job.error_message or "-"),
+        ("progress", _progress(job)),
+        ("cancel asked", _cancel_asked(job)),
+        ("result", "-" if job.result is None else json.dumps(job.result)[:2000]),
     ]
+
+
+def _progress(job: Job) -> str:
+    if job.progress is None:
+        return "-"
+    return f"{job.progress:.0%}" + (f" {job.progress_message}" if job.progress_message else "")
+
+
+def _cancel_asked(job: Job) -> str:
+    if job.cancel_requested_at is None:
+        return "-"
+    return f"{_time(job.cancel_requested_at)} by {job.cancelled_by}"
+
+
+@click.command("cancel")
+@click.argument("job_ids", nargs=-1, type=JOB_ID, required=True)
+@with_appcontext
+def cancel_command(job_ids: tuple[int, ...]) -> None:
+    """Cancel jobs: those not running never run; running ones are asked to stop.
+
+    A READY, WAITING, TEMPORARILY_FAILED or BROKER_FAILED job becomes CANCELLED; a
+    PROCESSING one sees current_job().cancel_requested and ends CANCELLED.
+    """
+    done = _inspector().cancel(job_ids, by=f"flask bgq cancel ({_operator()})")
+    click.echo(f"cancelled {len(done)} job(s){': ' + ', '.join(map(str, done)) if done else ''}")
+    skipped = [i for i in job_ids if i not in done]
+    if skipped:
+        raise click.ClickException(
+            "not cancelled (unknown, already over, or asked before): "
+            + ", ".join(map(str, skipped))
+        )
+
+
+def _operator() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 @click.command("retry")
@@ -243,4 +284,11 @@ def health_command(max_age: float | None) -> None:
     raise click.exceptions.Exit(1)
 
 
-COMMANDS = (list_command, show_command, retry_command, stats_command, health_command)
+COMMANDS = (
+    list_command,
+    show_command,
+    retry_command,
+    cancel_command,
+    stats_command,
+    health_command,
+)

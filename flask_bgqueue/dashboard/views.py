@@ -14,7 +14,14 @@ from ..clock import utcnow
 from ..exceptions import BgQueueError
 from ..explain import Reason, explain_schedule, span
 from ..inspection import Inspector, JobPage
-from ..models import DISCARDABLE_STATES, FAILED_STATES, RETRYABLE_STATES, Job, JobState
+from ..models import (
+    CANCELLABLE_STATES,
+    DISCARDABLE_STATES,
+    FAILED_STATES,
+    RETRYABLE_STATES,
+    Job,
+    JobState,
+)
 from ..periodic import overview as schedule_overview
 from ..periodic import set_paused
 from ..runtime import current_runtime
@@ -192,6 +199,9 @@ def job(job_id: int) -> str:
         metadata=json.dumps(found.metadata, indent=2, default=str) if found.metadata else None,
         retryable=found.state in RETRYABLE_STATES,
         discardable=found.state in DISCARDABLE_STATES,
+        cancellable=found.state in CANCELLABLE_STATES
+        or (found.state is JobState.PROCESSING and found.cancel_requested_at is None),
+        result=None if found.result is None else json.dumps(found.result, indent=2)[:100_000],
     )
 
 
@@ -216,6 +226,22 @@ def retry(job_id: int) -> Response:
     return redirect(url_for(".job", job_id=job_id))
 
 
+@blueprint.post("/jobs/<int:job_id>/cancel")
+def cancel(job_id: int) -> Response:
+    done = _inspector().cancel([_existing_id(job_id)], by=_operator())
+    _notice(
+        f"Job {job_id} is cancelled (or, if it runs, asked to stop)."
+        if done
+        else f"Job {job_id} was not cancelled: it is over already, or was asked before."
+    )
+    return redirect(url_for(".job", job_id=job_id))
+
+
+def _operator() -> str:
+    """Who acts, for ``cancelled_by``: the authenticated user, else the client address."""
+    return f"dashboard ({request.remote_user or request.remote_addr or 'unknown'})"
+
+
 @blueprint.post("/jobs/<int:job_id>/discard")
 def discard(job_id: int) -> Response:
     if _inspector().discard([_existing_id(job_id)]):
@@ -233,6 +259,17 @@ def retry_matching() -> Response:
         abort(400, "max_id is missing: retry from the job list.")
     done = _inspector().retry_matching(flt, max_id=max_id)
     _notice(f"{len(done)} job(s) are READY and due now.")
+    return redirect(url_for(".jobs", **_filter_args(flt)))
+
+
+@blueprint.post("/jobs/cancel")
+def cancel_matching() -> Response:
+    flt = _filter(request.form)
+    max_id = _number(request.form, "max_id", 1, MAX_JOB_ID)
+    if max_id is None:
+        abort(400, "max_id is missing: cancel from the job list.")
+    done = _inspector().cancel_matching(flt, max_id=max_id, by=_operator())
+    _notice(f"{len(done)} job(s) are cancelled or asked to stop.")
     return redirect(url_for(".jobs", **_filter_args(flt)))
 
 

@@ -3,7 +3,8 @@
 Every state change is one conditional UPDATE that names the state it expects
 (:meth:`~.base.StoreBase._transition`), so a job is claimed by one worker only and a late
 worker can never overwrite a newer state. Each module has one job: :mod:`.inserts`
-publishes, :mod:`.claims` claims, :mod:`.outcomes` saves attempts, :mod:`.recovery` takes
+publishes, :mod:`.claims` claims, :mod:`.outcomes` saves attempts, :mod:`.control`
+cancels and records progress, :mod:`.recovery` takes
 back what was lost, :mod:`.queries` reads for people, :mod:`.activity` for monitoring,
 :mod:`.schedules` turns periodic ticks into jobs. Whatever differs between databases sits
 in :mod:`.dialects`; the raw-DBAPI fast path in :mod:`.driver`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from .activity import Activity
 from .base import Claim
 from .claims import Claims
+from .control import Control
 from .dialects import Listener
 from .inserts import Inserts
 from .outcomes import Outcomes
@@ -24,7 +26,7 @@ from .schedules import ScheduleRow, Schedules
 __all__ = ["Claim", "Listener", "ScheduleRow", "Store"]
 
 
-class Store(Inserts, Claims, Outcomes, Recovery, Queries, Activity, Schedules):
+class Store(Inserts, Claims, Outcomes, Control, Recovery, Queries, Activity, Schedules):
     """SQL for one application's job table, on the queue's own engine."""
 
     def listener(self, interval: float) -> Listener:

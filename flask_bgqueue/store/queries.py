@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..models import (
+    CANCELLABLE_STATES,
     DISCARDABLE_STATES,
     DONE_STATES,
     FAILED_STATES,
@@ -244,9 +245,19 @@ class Queries(StoreBase):
 
     def retryable_ids(self, *, max_id: int | None = None, **where: Any) -> list[int]:
         """Ids of matching jobs in a retryable state (up to ``max_id``), oldest first."""
+        return self._ids_in(RETRYABLE_STATES, max_id, where)
+
+    def cancellable_ids(self, *, max_id: int | None = None, **where: Any) -> list[int]:
+        """Ids of matching jobs that :meth:`cancel` would cancel or ask to stop (up to
+        ``max_id``), oldest first."""
+        return self._ids_in((*CANCELLABLE_STATES, JobState.PROCESSING), max_id, where)
+
+    def _ids_in(
+        self, allowed: Sequence[JobState], max_id: int | None, where: dict[str, Any]
+    ) -> list[int]:
         t = self.table
-        states = [s for s in where.pop("states", ()) or RETRYABLE_STATES]
-        states = [s for s in states if s in RETRYABLE_STATES]
+        states = [s for s in where.pop("states", ()) or allowed]
+        states = [s for s in states if s in allowed]
         if not states:
             return []
         stmt = sa.select(t.c.id).where(self._inspect_where(states=states, **where)).order_by(t.c.id)

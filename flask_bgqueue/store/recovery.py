@@ -27,16 +27,21 @@ class Recovery(StoreBase):
         with self.engine.begin() as conn:
             lost = list(
                 conn.execute(
-                    sa.select(t.c.id, t.c.hostname, t.c.pid, t.c.number_of_attempts).where(stale)
+                    sa.select(
+                        t.c.id,
+                        t.c.hostname,
+                        t.c.pid,
+                        t.c.number_of_attempts,
+                        t.c.cancel_requested_at,
+                    ).where(stale)
                 )
             )
             reaped = []
-            for job_id, host, pid, attempts in lost:
-                state, message = _lost_attempt(
-                    f"worker lost: pid {pid} on {host} stopped without saving the job",
-                    attempts,
-                    max_attempts,
-                )
+            for job_id, host, pid, attempts, cancel_asked in lost:
+                lost_how = f"worker lost: pid {pid} on {host} stopped without saving the job"
+                state, message = _lost_attempt(lost_how, attempts, max_attempts)
+                if cancel_asked is not None:  # asked to stop: it does not run again
+                    state, message = JobState.CANCELLED, f"{lost_how} (cancel was asked)"
                 done = self._transition(
                     conn,
                     job_id,
@@ -46,6 +51,7 @@ class Recovery(StoreBase):
                     available_at=now,
                     updated_at=now,
                     error_message=message,
+                    **({"finished_at": now} if cancel_asked is not None else {}),
                 )
                 if done:
                     reaped.append(job_id)
