@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_WORKER_LOST_AFTER_SECONDS": 60,
     "BGQUEUE_DEFAULT_TIMEOUT_SECONDS": None,
     "BGQUEUE_TIMEOUT_GRACE_SECONDS": 10,
+    "BGQUEUE_MAX_RESULT_BYTES": 65536,
     "BGQUEUE_CLAIM_BATCH_SIZE": 10,
     "BGQUEUE_POLL_INTERVAL_MS": 1000,
     "BGQUEUE_BROKER_URL": None,
@@ -118,6 +119,7 @@ class Settings:
     heartbeat_interval_seconds: float
     default_timeout_seconds: float | None
     timeout_grace_seconds: float
+    max_result_bytes: int
     worker_lost_after_seconds: float
     claim_batch_size: int
     poll_interval_ms: int
@@ -177,6 +179,7 @@ def load_settings(app: Flask) -> Settings:
         timeout_grace_seconds=_number(
             c, "BGQUEUE_TIMEOUT_GRACE_SECONDS", minimum=0.01, kind=(int, float)
         ),
+        max_result_bytes=_number(c, "BGQUEUE_MAX_RESULT_BYTES", minimum=0),
         heartbeat_interval_seconds=_number(
             c, "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS", minimum=0.01, kind=(int, float)
         ),

@@ -18,12 +18,14 @@ from flask import Flask, current_app, g
 from . import migrate, publishing, serialization
 from .cli import bgq_command
 from .config import CallbackSpec, load_settings
+from .context import current_job
 from .exceptions import ConfigurationError
 from .models import Job
 from .periodic import ScheduleView, overview, set_paused
 from .processor import Processor, SweepResult
 from .runtime import EXTENSION_KEY, Registry, Runtime, current_runtime
 from .schedule import Schedule, ScheduleError
+from .store import Claim
 from .worker import ConsumeResult, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -392,6 +394,25 @@ class BackgroundQueue:
             (``pid N on HOST``).
         """
         return self._state().cancel(job_ids, by)
+
+    def set_progress(self, fraction: float, message: str | None = None) -> None:
+        """Inside a callback: record how far its job got, visible at once to other
+        processes (``get_job(id).progress``, ``flask bgq show``, the dashboard).
+
+        :param fraction: from 0.0 (nothing done) to 1.0 (all done).
+        :param message: a short note for people (at most 255 characters).
+        """
+        job = current_job()
+        if job is None:
+            raise RuntimeError(
+                "set_progress() tells the job whose callback is running; call it from inside"
+                " a callback."
+            )
+        if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ValueError(f"progress must be a number from 0.0 to 1.0, not {fraction!r}.")
+        if message is not None and (not isinstance(message, str) or len(message) > 255):
+            raise ValueError("the progress message must be a string of at most 255 characters.")
+        self._state().store.set_progress(Claim(job.job, job.job.state), float(fraction), message)
 
     def clear_finished(self, days: float | None = None) -> int:
         """Delete FINISHED, REDUNDANT and CANCELLED jobs; return how many.

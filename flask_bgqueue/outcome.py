@@ -6,6 +6,7 @@ state and the columns its outcome writes; nothing here touches the database.
 
 from __future__ import annotations
 
+import json
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
@@ -72,6 +73,31 @@ def cancelled(error: BaseException | None) -> Outcome:
         "traceback": _traceback(error) if error is not None else None,
     }
     return Outcome(JobState.CANCELLED, values, exception=error)
+
+
+def kept_result(value: Any, job: Job, limit: int) -> dict[str, Any]:
+    """The columns a finished callback's return value writes: ``result`` as JSON text.
+
+    ``None`` keeps nothing. A value that is not plain JSON, or longer than ``limit`` bytes
+    as JSON, is not kept: the job still finishes (its work is done; running it again to
+    get a smaller result would repeat its side effects), with the reason in
+    ``error_message``.
+    """
+    if value is None:
+        return {}
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        why = f"it is not plain JSON ({exc})"
+    else:
+        size = len(text.encode())
+        if size <= limit:
+            return {"result": text}
+        why = f"it is {size:,} bytes as JSON, over BGQUEUE_MAX_RESULT_BYTES ({limit:,})"
+    return {
+        "error_message": f"result not kept: {why}; return a smaller JSON value, or store the"
+        " result elsewhere and return its id"
+    }
 
 
 def permanent(exc: BaseException, message: str) -> Outcome:

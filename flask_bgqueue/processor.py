@@ -27,7 +27,7 @@ from .context import running, take_cancel_request
 from .exceptions import DatabaseUnavailable, JobTimeout, SignatureError
 from .holding import Heartbeat, OutcomeWriter, Owed, Pending
 from .models import AGAIN_STATES, ENDED_STATES, FAILED_STATES, JobState, job_fields
-from .outcome import Outcome, cancelled, classify, permanent
+from .outcome import Outcome, cancelled, classify, kept_result, permanent
 from .pacing import Pacer
 from .periodic import enqueue_due
 from .publishing import send_jobs_to_broker, send_to_broker
@@ -423,10 +423,11 @@ class Processor:
                     assert spec is not None  # claims only pick known callbacks
                     # An async callback (or any awaitable it returns) runs to its end here.
                     with self._deadline(claim, spec.timeout) as deadline:
-                        resolve(_call(spec.func, parameters), job.callback_name)
+                        value = resolve(_call(spec.func, parameters), job.callback_name)
                 finally:
                     measured["execution_time"] = round((time.perf_counter() - started) * 1000)
                 signals.after_process.send(self.app, job=job, parameters=parameters)
+            measured.update(kept_result(value, job, self.settings.max_result_bytes))
         except Exception as exc:
             error = exc
         if deadline is not None and deadline.expired:  # even if the callback caught it

@@ -89,6 +89,17 @@ def tick() -> None:
     _record(f"{job.id} {os.getpid()}", "ticks.txt")
 
 
+@bgq.callback("progress")
+def progress(name: str) -> dict[str, str]:
+    """Say it is half done, then wait while ``<PROCAPP_DIR>/<name>.hold`` exists (60 s at most)."""
+    bgq.set_progress(0.5, f"{name} half done")
+    hold = os.path.join(os.environ["PROCAPP_DIR"], f"{name}.hold")
+    deadline = time.time() + 60
+    while os.path.exists(hold) and time.time() < deadline:
+        time.sleep(0.05)
+    return {"name": name, "done": True}
+
+
 @bgq.callback("noop")
 def noop() -> None:
     pass

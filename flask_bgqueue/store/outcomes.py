@@ -28,6 +28,7 @@ OUTCOME_COLUMNS = (
     "finished_at",
     "available_at",
     "number_of_attempts",
+    "result",
 )
 #: The columns an outcome's UPDATE sets.
 _SET_COLUMNS = ("state", *OUTCOME_COLUMNS)
