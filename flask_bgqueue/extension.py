@@ -354,6 +354,7 @@ class BackgroundQueue:
         priorities: Sequence[int] | None = None,
         max_jobs: int | None = None,
         stop: threading.Event | None = None,
+        max_memory: int | None = None,
     ) -> ConsumeResult:
         """Run jobs as they come until ``stop`` is set, ``max_jobs`` ran, or a reload.
 
@@ -366,11 +367,13 @@ class BackgroundQueue:
         :param max_jobs: return after this many jobs.
         :param stop: set it (from another thread or a signal handler) to stop after the
             current job.
+        :param max_memory: return after a job that leaves the process holding more than
+            this many bytes (resident), for a fresh process to take over.
         :raises BrokerError: the broker cannot be reached when it starts.
         """
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         return Worker(
-            self._state(), app, queue, priorities, max_jobs, stop or threading.Event()
+            self._state(), app, queue, priorities, max_jobs, stop or threading.Event(), max_memory
         ).run()
 
     def reload_consumers(self, queue: str, number: int) -> None:

@@ -31,7 +31,7 @@ from .outcome import Outcome, cancelled, classify, kept_result, permanent
 from .pacing import Pacer
 from .periodic import enqueue_due
 from .publishing import send_jobs_to_broker, send_to_broker
-from .resources import memory_usage
+from .resources import memory_usage, reset_peak
 from .runtime import Runtime
 from .store import Claim
 from .timeouts import EXIT_TIMED_OUT, Deadline
@@ -407,6 +407,7 @@ class Processor:
 
         if take_cancel_request(job.id):  # asked to stop before it started
             return cancelled(None), measured
+        reset_peak()  # the peak recorded is this job's, not the process's
         before = memory_usage()
         error: BaseException | None = None
         deadline: Deadline | None = None

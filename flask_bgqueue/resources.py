@@ -1,4 +1,10 @@
-"""Resident memory of this process, for each job's ``memory`` column."""
+"""Resident memory of this process, for each job's ``memory`` column.
+
+``peak`` is the job's own: before each job :func:`reset_peak` lowers the kernel's
+high-water mark (Linux, ``/proc/self/clear_refs``) to what is resident then, and
+:func:`memory_usage` reads it back (``VmHWM``). Where that is not possible the peak is the
+process's over its whole life (``getrusage``), which a large earlier job inflates.
+"""
 
 from __future__ import annotations
 
@@ -13,42 +19,84 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 @dataclass(frozen=True)
 class Memory:
     rss: int  #: bytes resident now
-    peak: int  #: bytes resident at the most, over the process's life
+    peak: int  #: bytes resident at the most since :func:`reset_peak` (or the process began)
 
 
-class _Statm:
-    """``/proc/self/statm``, opened once per process and read with ``pread``.
+class _Proc:
+    """A ``/proc/self`` file opened once per process: reopening costs more than reading.
 
-    Read twice per job: opening the file each time costs more than the rest of the
-    measurement. The file names the process that opened it, so a forked child opens its
-    own.
+    The file names the process that opened it, so a forked child opens its own.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, flags: int) -> None:
+        self.name, self.flags = name, flags
         self.pid = -1
         self.fd: int | None = None
 
-    def rss(self) -> int | None:
+    def descriptor(self) -> int | None:
         pid = os.getpid()
-        try:
-            if self.pid != pid:
-                if self.fd is not None:  # the parent's, inherited through fork
-                    os.close(self.fd)
-                    self.fd = None
-                self.fd, self.pid = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC), pid
-            assert self.fd is not None
-            return int(os.pread(self.fd, 128, 0).split()[1]) * _PAGE
-        except OSError:  # no /proc
-            return None
+        if self.pid != pid:
+            if self.fd is not None:  # the parent's, inherited through fork
+                os.close(self.fd)
+                self.fd = None
+            self.pid = pid
+            try:
+                self.fd = os.open(f"/proc/self/{self.name}", self.flags | os.O_CLOEXEC)
+            except OSError:  # no /proc, or not allowed
+                self.fd = None
+        return self.fd
 
 
-_statm = _Statm()
+_statm = _Proc("statm", os.O_RDONLY)
+_status = _Proc("status", os.O_RDONLY)
+_clear_refs = _Proc("clear_refs", os.O_WRONLY)
+
+
+def reset_peak() -> bool:
+    """Start measuring a new peak (before a job); ``False`` where the OS cannot."""
+    fd = _clear_refs.descriptor()
+    if fd is None:
+        return False
+    try:
+        os.write(fd, b"5")  # 5: reset the peak resident set size to the current one
+    except OSError:
+        return False
+    return True
+
+
+def _rss() -> int | None:
+    fd = _statm.descriptor()
+    if fd is None:
+        return None
+    try:
+        return int(os.pread(fd, 128, 0).split()[1]) * _PAGE
+    except OSError:
+        return None
+
+
+def _high_water_mark() -> int | None:
+    fd = _status.descriptor()
+    if fd is None:
+        return None
+    try:
+        data = os.pread(fd, 4096, 0)
+        start = data.index(b"VmHWM:") + 6
+        return int(data[start : data.index(b"kB", start)]) * 1024
+    except (OSError, ValueError):
+        return None
 
 
 def memory_usage() -> Memory:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    rss = _statm.rss()
-    if rss is None:  # the peak is the best we know
+    peak = _high_water_mark()
+    if peak is None:  # the process's lifetime peak is the best we know
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    rss = _rss()
+    if rss is None:
         rss = peak
     return Memory(rss, max(peak, rss))
+
+
+def resident() -> int | None:
+    """Bytes resident now (``None`` without ``/proc``)."""
+    return _rss()

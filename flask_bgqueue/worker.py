@@ -36,6 +36,7 @@ from .outcome import Outcome
 from .pacing import MAX_BATCH, Pacer
 from .periodic import Ticker
 from .processor import Processor
+from .resources import resident
 from .runtime import Runtime
 from .store import Claim
 
@@ -59,6 +60,8 @@ class ConsumeResult:
     jobs: int = 0
     died: bool = False
     reloaded: bool = False
+    #: Stopped because the process held more than ``max_memory`` bytes after a job.
+    over_memory: bool = False
 
 
 class Worker:
@@ -72,8 +75,10 @@ class Worker:
         priorities: Sequence[int] | None,
         max_jobs: int | None,
         stop: threading.Event,
+        max_memory: int | None = None,
     ) -> None:
         self.state, self.app, self.stop = state, app, stop
+        self.max_memory = max_memory
         self.settings = state.settings
         # QUEUE means the same with and without a broker: one (sub-)queue, named in full
         # or by a callback's queue=. Without QUEUE, a broker consumer takes BGQUEUE_QUEUE
@@ -304,6 +309,11 @@ class Worker:
             self.result.died = True
             self.stop.set()
         if self.max_jobs is not None and self.result.jobs >= self.max_jobs:
+            self.stop.set()
+        if self.max_memory is not None and (resident() or 0) > self.max_memory:
+            # Memory a job leaves behind (caches, fragmentation) is not given back: a
+            # fresh process from the supervisor is the sure way to get it back.
+            self.result.over_memory = True
             self.stop.set()
 
     def _reap(self) -> None:

@@ -100,6 +100,15 @@ def progress(name: str) -> dict[str, str]:
     return {"name": name, "done": True}
 
 
+_KEPT: list[bytearray] = []
+
+
+@bgq.callback("hog")
+def hog(mib: int) -> None:
+    """Keep ``mib`` MiB resident for the life of the process (a leak)."""
+    _KEPT.append(bytearray(mib * 1024 * 1024))
+
+
 @bgq.callback("noop")
 def noop() -> None:
     pass

@@ -40,3 +40,39 @@ def test_a_forked_child_measures_itself_not_its_parent() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert grown >= 120 * MIB, grown
+
+
+def test_the_peak_after_a_reset_is_this_jobs_not_the_processs() -> None:
+    from flask_bgqueue.resources import reset_peak
+
+    block = bytearray(256 * MIB)  # a big earlier job
+    del block
+    assert reset_peak()
+    small = memory_usage()
+    assert small.peak < small.rss + 64 * MIB  # the 256 MiB of before are forgotten
+
+
+def test_a_small_job_after_a_big_one_records_its_own_peak(make_app: object) -> None:
+    app = make_app()  # type: ignore[operator]
+    bgq = app.bgq
+    bgq.callback("big")(lambda: len(bytearray(300 * MIB)))
+    bgq.callback("small")(lambda: None)
+    with app.app_context():
+        big, small = bgq.publish("big"), bgq.publish("small")
+        bgq.process()
+        peaks = [bgq.get_job(i).memory["peak"] for i in (big, small)]
+    assert peaks[0] > peaks[1] + 250 * MIB
+
+
+def test_consume_max_memory_exits_after_the_job_that_went_over(procs: object) -> None:
+    from flask_bgqueue import JobState
+
+    app = procs.app()  # type: ignore[attr-defined]
+    with app.app_context():
+        first = app.bgq.publish("hog", {"mib": 200})
+        second = app.bgq.publish("hog", {"mib": 200})
+        result = procs.run("bgq", "consume", "--max-memory", "150")  # type: ignore[attr-defined]
+        assert result.returncode == 0, result.stderr
+        assert "consumed 1 job(s); over --max-memory 150 MiB" in result.stdout
+        assert app.bgq.get_job(first).state is JobState.FINISHED
+        assert app.bgq.get_job(second).state is JobState.READY  # for a fresh process

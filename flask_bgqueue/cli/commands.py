@@ -137,8 +137,17 @@ def update_schema_command() -> None:
     type=click.IntRange(min=1),
     help="Exit after this many jobs (a supervisor starts a fresh process).",
 )
+@click.option(
+    "--max-memory",
+    "max_memory_mb",
+    type=click.IntRange(min=1),
+    metavar="MB",
+    help="Exit after a job that leaves this process holding more than MB MiB (resident).",
+)
 @with_appcontext
-def consume_command(queue: str | None, spec: Any, max_jobs: int | None) -> None:
+def consume_command(
+    queue: str | None, spec: Any, max_jobs: int | None, max_memory_mb: int | None
+) -> None:
     """Run jobs as they come until SIGTERM/SIGINT (the current job finishes first).
 
     A second SIGINT (Ctrl-C twice) stops at once: the running job's attempt is recorded as
@@ -146,7 +155,8 @@ def consume_command(queue: str | None, spec: Any, max_jobs: int | None) -> None:
     """
     stop = threading.Event()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    worker = Worker(current_runtime(), app, queue, spec, max_jobs, stop)
+    max_memory = None if max_memory_mb is None else max_memory_mb * 1024 * 1024
+    worker = Worker(current_runtime(), app, queue, spec, max_jobs, stop, max_memory)
 
     def request_stop(signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and stop.is_set():
@@ -160,7 +170,15 @@ def consume_command(queue: str | None, spec: Any, max_jobs: int | None) -> None:
         signal.signal(sig, request_stop)
     click.echo(worker.describe(), err=True)
     result = worker.run()
-    why = "died" if result.died else "reload requested" if result.reloaded else "stopped"
+    why = (
+        "died"
+        if result.died
+        else "reload requested"
+        if result.reloaded
+        else f"over --max-memory {max_memory_mb} MiB"
+        if result.over_memory
+        else "stopped"
+    )
     click.echo(f"consumed {result.jobs} job(s); {why}")
 
 
