@@ -22,6 +22,7 @@ from flask import Flask
 from werkzeug.utils import ImportStringError, import_string
 
 from .exceptions import ConfigurationError, ConfigurationWarning
+from .limits import Limits
 from .schedule import Schedule, ScheduleError
 
 PARAMETERS_FORMATS = ("auto", "json", "pickle")
@@ -75,6 +76,9 @@ class CallbackSpec:
     signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
     #: Seconds an attempt may run (``None``: ``BGQUEUE_DEFAULT_TIMEOUT_SECONDS``).
     timeout: float | None = None
+    #: At most this many jobs running at once, and this many starts per window (see
+    #: :mod:`flask_bgqueue.limits`); per ``concurrency_key`` when jobs have one.
+    limits: Limits | None = None
 
     @classmethod
     def of(
@@ -85,6 +89,7 @@ class CallbackSpec:
         priority: int | None = None,
         check_arguments: bool = True,
         timeout: float | None = None,
+        limits: Limits | None = None,
     ) -> CallbackSpec:
         """A spec with the function's signature read once, here."""
         signature = None
@@ -93,7 +98,7 @@ class CallbackSpec:
                 signature = inspect.signature(func)
             except (TypeError, ValueError):  # a built-in without one: not checked
                 pass
-        return cls(name, func, queue, priority, check_arguments, signature, timeout)
+        return cls(name, func, queue, priority, check_arguments, signature, timeout, limits)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from .limits import LIMITED
 from .models import PENDING_STATES, Job, JobState
 
 if TYPE_CHECKING:
@@ -92,7 +93,16 @@ def explain(
                 " worker that knows it can run the job (it stays as it is until then).",
             )
         )
-    if job.available_at > now:
+    limited = LIMITED.match(job.error_message or "") if s is JobState.WAITING else None
+    if limited is not None:
+        reasons.append(
+            Reason(
+                "rate_limited" if limited.group(1) == "rate limited" else "concurrency_limit",
+                f"Held back by its callback's limit ({job.error_message}); it is tried again"
+                f" {_at(job.available_at)}. It is not failed: it waits its turn.",
+            )
+        )
+    elif job.available_at > now:
         what = {
             JobState.TEMPORARILY_FAILED: (
                 f"After failed attempt {job.number_of_attempts}, it is retried"

@@ -20,6 +20,7 @@ from .cli import bgq_command
 from .config import CallbackSpec, load_settings
 from .context import current_job
 from .exceptions import ConfigurationError
+from .limits import Limits, parse_rate
 from .models import Job
 from .periodic import ScheduleView, overview, set_paused
 from .processor import Processor, SweepResult
@@ -107,6 +108,8 @@ class BackgroundQueue:
         priority: int | None = None,
         check_arguments: bool = True,
         timeout: float | None = None,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> Callable[[F], F]: ...
 
     def callback(
@@ -117,6 +120,8 @@ class BackgroundQueue:
         priority: int | None = None,
         check_arguments: bool = True,
         timeout: float | None = None,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> Any:
         """Register a function as a callback: ``@bgq.callback`` or ``@bgq.callback("name")``.
 
@@ -132,6 +137,11 @@ class BackgroundQueue:
         :param timeout: seconds an attempt may run before it is interrupted and fails as
             a temporary error (default ``BGQUEUE_DEFAULT_TIMEOUT_SECONDS``); see
             :ref:`timeouts`.
+        :param concurrency: at most this many of its jobs run at once, across every
+            worker and host (per ``concurrency_key`` when jobs are published with one).
+        :param rate: at most this many of its jobs start per window: ``"10/s"``,
+            ``"100/m"``, ``"1000/h"``, ``"5/10s"`` (per ``concurrency_key`` likewise).
+            Jobs over a limit wait; they are not failed. See :ref:`limits`.
         """
         if callable(name):
             return self.callback()(name)
@@ -153,7 +163,25 @@ class BackgroundQueue:
                     f"callback {key!r}: timeout must be a number of seconds above 0, not"
                     f" {timeout!r}."
                 )
-            callbacks[key] = CallbackSpec.of(key, func, queue, priority, check_arguments, timeout)
+            limits = None
+            if concurrency is not None or rate is not None:
+                if concurrency is not None and (
+                    isinstance(concurrency, bool)
+                    or not isinstance(concurrency, int)
+                    or concurrency < 1
+                ):
+                    raise ConfigurationError(
+                        f"callback {key!r}: concurrency must be an integer of at least 1,"
+                        f" not {concurrency!r}."
+                    )
+                try:
+                    parsed = None if rate is None else parse_rate(rate)
+                except ValueError as exc:
+                    raise ConfigurationError(f"callback {key!r}: {exc}") from None
+                limits = Limits(concurrency, parsed)
+            callbacks[key] = CallbackSpec.of(
+                key, func, queue, priority, check_arguments, timeout, limits
+            )
             return func
 
         return decorator
@@ -220,6 +248,7 @@ class BackgroundQueue:
         priority: int | None = None,
         recurring: bool = False,
         coalesce_threshold: int | None = None,
+        concurrency_key: str | None = None,
     ) -> int | None:
         """Store a job and return its id.
 
@@ -228,6 +257,8 @@ class BackgroundQueue:
         identifier exists (a failure makes no copy). ``coalesce_threshold`` (with
         ``serial_group``): when this job is claimed, the group's pending jobs whose
         threshold is at least this one's become ``REDUNDANT``: this run covers them.
+        ``concurrency_key`` (e.g. a tenant): the callback's ``concurrency`` and ``rate``
+        limits count the jobs of each key apart.
 
         Returns ``None`` when the row is written later: inside :meth:`bulk`, or with
         ``BGQUEUE_PUBLISH_AFTER_APP_COMMIT`` while the app's session has a transaction open.
@@ -259,6 +290,7 @@ class BackgroundQueue:
             priority=priority,
             recurring=recurring,
             coalesce_threshold=coalesce_threshold,
+            concurrency_key=concurrency_key,
         )
         bulk = g.get("_bgqueue_bulk")
         if bulk is not None:

@@ -219,6 +219,7 @@ class Processor:
                 hostname=self.hostname,
                 **({"states": states} if states is not None else {}),
                 queue=queue,
+                limits=self.state.limits(),
                 waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
             )
 

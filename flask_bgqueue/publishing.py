@@ -51,6 +51,7 @@ def build_row(
     priority: int | None,
     recurring: bool = False,
     coalesce_threshold: int | None = None,
+    concurrency_key: str | None = None,
 ) -> dict[str, Any]:
     """The row of a new job, after checking every argument (see ``publish()``)."""
     s = runtime.settings
@@ -66,7 +67,11 @@ def build_row(
         )
     if is_unique and not identifier:
         raise PublishError("is_unique=True needs an identifier: only jobs with one can be unique.")
-    for label, text in (("serial_group", serial_group), ("identifier", identifier)):
+    for label, text in (
+        ("serial_group", serial_group),
+        ("identifier", identifier),
+        ("concurrency_key", concurrency_key),
+    ):
         if text is not None and (not isinstance(text, str) or len(text) > 255):
             raise PublishError(f"{label} must be a string of at most 255 characters.")
     if coalesce_threshold is not None and (
@@ -109,6 +114,7 @@ def build_row(
         "trace_context": tracing.carrier(),  # the publisher's trace, when one is current
         "recurring": bool(recurring),
         "coalesce_threshold": coalesce_threshold,
+        "concurrency_key": concurrency_key,
     }
 
 

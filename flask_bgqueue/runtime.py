@@ -26,6 +26,7 @@ from .broker import Broker, broker_for_url
 from .clock import utcnow
 from .config import CallbackSpec, Settings
 from .exceptions import ConfigurationError, SchemaError
+from .limits import Limits
 from .schedule import Schedule
 from .store import Store
 from .store.dialects import enable_wal, engine_options, prepare_engine
@@ -69,6 +70,11 @@ class Runtime:
     def callback(self, name: str) -> CallbackSpec | None:
         spec = self.settings.callbacks.get(name)
         return spec if spec is not None else self.registry.callbacks.get(name)
+
+    def limits(self) -> dict[str, Limits]:
+        """The concurrency and rate limits of the callbacks that have any, by name."""
+        specs = {**self.registry.callbacks, **self.settings.callbacks}
+        return {name: spec.limits for name, spec in specs.items() if spec.limits is not None}
 
     def callback_names(self) -> list[str]:
         return sorted({*self.settings.callbacks, *self.registry.callbacks})

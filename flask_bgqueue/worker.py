@@ -358,10 +358,12 @@ class Worker:
             return self._claim_at(now, job_ids)
 
     def _claim_at(self, now: datetime, job_ids: list[int]) -> list[Claim]:
+        limits = self.state.limits()
         claims = self.store.claim_delivered(
             now=now,
             job_ids=job_ids,
-            callbacks=self.state.callback_names(),
+            # jobs of limited callbacks take the checked claim below
+            callbacks=[c for c in self.state.callback_names() if c not in limits],
             pid=self.processor.pid,
             hostname=self.processor.hostname,
             states=DELIVERABLE_STATES,
@@ -383,6 +385,7 @@ class Worker:
             waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
             job_ids=job_ids,
             states=DELIVERABLE_STATES,
+            limits=limits,
         )
 
     def _redirect(self, job: Any, delay_ms: float) -> None:

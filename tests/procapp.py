@@ -109,6 +109,23 @@ def hog(mib: int) -> None:
     _KEPT.append(bytearray(mib * 1024 * 1024))
 
 
+@bgq.callback("limited", concurrency=2)
+def limited(name: str, seconds: float = 0.2) -> None:
+    """At most two at once, however many workers run."""
+    time.sleep(seconds)
+
+
+@bgq.callback("limited_per_key", concurrency=1)
+def limited_per_key(name: str, seconds: float = 0.2) -> None:
+    """One at a time per concurrency_key."""
+    time.sleep(seconds)
+
+
+@bgq.callback("rated", rate="5/s")
+def rated(name: str) -> None:
+    """At most five starts in any second."""
+
+
 @bgq.callback("noop")
 def noop() -> None:
     pass

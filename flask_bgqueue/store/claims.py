@@ -8,19 +8,21 @@ has it, so two workers never take the same job.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from ..limits import Limits
 from ..models import PENDING_STATES, RUNNABLE_STATES, Job, JobState
-from .base import Claim, StoreBase
+from .base import Claim
 from .driver import Prepared
+from .limits import Limiting, LimitKey
 
 
-class Claims(StoreBase):
+class Claims(Limiting):
     def __init__(self, engine: sa.Engine, table_name: str, queue: str) -> None:
         super().__init__(engine, table_name, queue)
         self._claim_cache: dict[tuple[Any, ...], tuple[Any, Any]] = {}
@@ -50,6 +52,7 @@ class Claims(StoreBase):
         job_ids: Sequence[int] | None = None,
         states: Sequence[JobState] = RUNNABLE_STATES,
         queue: str | None = None,
+        limits: Mapping[str, Limits] | None = None,
     ) -> list[Claim]:
         """Move up to ``limit`` due jobs to ``PROCESSING`` for this worker.
 
@@ -57,6 +60,8 @@ class Claims(StoreBase):
         ``WAITING`` on the way; a group never has two jobs claimed at once. ``job_ids``
         restricts the claim to those jobs (a broker delivered them), ``states`` to the
         states a job may be claimed from, ``queue`` to one (sub-)queue, by its full name.
+        ``limits`` (by callback name) holds back, ``WAITING``, the jobs over a callback's
+        concurrency or rate limit (see :mod:`.limits`).
         """
         if not callbacks:
             return []
@@ -78,6 +83,8 @@ class Claims(StoreBase):
             candidates = [Job.from_row(r) for r in conn.execute(select, params)]
             chosen: list[Job] = []
             groups_seen: set[str] = set()
+            taken: dict[LimitKey, int] = {}
+            locked: set[LimitKey] = set()
             for job in candidates:
                 if job.is_unique and self._has_older_twin(conn, job):
                     self._set_redundant(conn, job, now)
@@ -96,6 +103,16 @@ class Claims(StoreBase):
                         continue
                     if job.coalesce_threshold is not None:
                         self._coalesce(conn, job, now)
+                if limits and job.callback_name in limits:
+                    over = self._over_limit(
+                        conn, job, limits[job.callback_name], now, taken, locked
+                    )
+                    if isinstance(over, str):  # BUSY
+                        continue  # another worker is deciding this limit right now
+                    if over is not None:
+                        why, until = over
+                        self._set_waiting(conn, job, until, why)
+                        continue
                 chosen.append(job)
             if not chosen:
                 return []
