@@ -10,7 +10,7 @@ jobs claimed but not started are given back (and, with a broker, their ids sent 
 ``reload-consumers`` is honoured between two batches.
 
 With a broker, a message is acknowledged once its job's claim is committed, and the jobs
-run in a thread of their own (:class:`_JobThread`) while this thread serves the broker's
+run in a thread of their own (:class:`JobThread`) while this thread serves the broker's
 connection; after a lost connection the loop goes on with a new broker consumer.
 """
 
@@ -31,6 +31,7 @@ from .broker import Broker, BrokerConnectionLost, BrokerError, Consumer, Deliver
 from .clock import utcnow
 from .exceptions import DatabaseUnavailable, one_line
 from .holding import Heartbeat
+from .jobthread import JobThread
 from .models import AGAIN_STATES, DELIVERABLE_STATES, job_fields
 from .outcome import Outcome
 from .pacing import MAX_BATCH, Pacer
@@ -233,7 +234,7 @@ class Worker:
         logged with the broker's address.
         """
         started = time.time()
-        runner = _JobThread()
+        runner = JobThread()
         where = f"the broker at {broker.describe()}"
         delay, tries = RECONNECT_FIRST_SECONDS, 0
         try:
@@ -458,7 +459,7 @@ class _TableFeed(_Feed):
 class _BrokerFeed(_Feed):
     """Ids from a broker consumer, acknowledged once their jobs' claims are committed."""
 
-    def __init__(self, worker: Worker, consumer: Consumer, runner: _JobThread) -> None:
+    def __init__(self, worker: Worker, consumer: Consumer, runner: JobThread) -> None:
         self.worker, self.consumer, self.runner = worker, consumer, runner
         self.pacer = Pacer(start=1, cap=MAX_BATCH)  # of the prefetch
         consumer.set_prefetch(self.pacer.size)
@@ -507,65 +508,6 @@ class _BrokerFeed(_Feed):
         while time.monotonic() < deadline:
             self.consumer.pump()
             time.sleep(0.05)
-
-
-class _JobThread:
-    """The one thread that runs jobs, so the consuming thread can serve the connection.
-
-    pika is not thread-safe: the consuming thread alone touches the connection, pumping its
-    events (heartbeats, deliveries) while a job runs here. One long-lived thread rather than
-    one per job: handing work over costs a wake-up, not a thread start.
-    """
-
-    def __init__(self) -> None:
-        self._work: Callable[[], None] | None = None
-        self._failure: BaseException | None = None
-        self._ready = threading.Condition()
-        self._done = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="bgqueue-job", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            with self._ready:
-                while self._work is None and not self._closed:
-                    self._ready.wait()
-                if self._work is None:
-                    return
-                work, self._work = self._work, None
-            try:
-                work()
-            except BaseException as exc:  # surfaced in the consuming thread by run()
-                self._failure = exc
-            finally:
-                self._done.set()
-
-    def run(self, work: Callable[[], None], pump: Callable[[], None]) -> None:
-        """Run ``work`` in the job thread, calling ``pump`` every 50 ms until it is done.
-
-        If ``pump`` raises (the connection dropped), the job still runs to its end (its
-        claim is committed and its outcome must be saved) before the error goes up.
-        """
-        self._done.clear()
-        self._failure = None
-        with self._ready:
-            self._work = work
-            self._ready.notify()
-        try:
-            while not self._done.wait(0.05):  # returns at once when a short job is done
-                pump()
-        finally:
-            self._done.wait()
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify()
-        self._thread.join()
 
 
 class _Wakeup:
