@@ -51,13 +51,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import brokerapp
 import pika
 import sqlalchemy as sa
-from common import HERE, SERVER_URLS, environment, log, new_table_name
+from common import (
+    AMQP_URL,
+    HERE,
+    SERVER_URLS,
+    check_not_test_database,
+    environment,
+    log,
+    new_table_name,
+)
 
 from flask_bgqueue import schema
 from flask_bgqueue.broker.amqp import TIERS_MS, control_queue, delay_queue, work_queue
 
-PG_URL = SERVER_URLS["postgresql"]
-AMQP_URL = os.environ.get("BGQUEUE_TEST_AMQP_URL", "amqp://bgqueue:bgqueue@127.0.0.1:5672/%2F")
+PG_URL = check_not_test_database(SERVER_URLS["postgresql"])
 FLASK = os.path.join(os.path.dirname(sys.executable), "flask")
 PRIORITY = 1  # BGQUEUE_PRIORITIES is left at its default, [1]
 FINISHED = 3
