@@ -209,10 +209,27 @@ class Processor:
         states: Any = None,
         queue: str | None = None,
     ) -> list[Claim]:
+        limit = limit or self.settings.claim_batch_size
         with self.claiming() as now:
-            return self.store.claim(
+            plain = self.store.claim_plain(
                 now=now,
-                limit=limit or self.settings.claim_batch_size,
+                limit=limit,
+                priorities=priorities,
+                callbacks=known,
+                pid=self.pid,
+                hostname=self.hostname,
+                **({"states": states} if states is not None else {}),
+                queue=queue,
+            )
+            claims: list[Claim] = []
+            if plain is not None:  # PostgreSQL: plain jobs claimed in one statement
+                claims, checks_needed = plain
+                if not checks_needed:
+                    return claims
+                limit -= len(claims)
+            rest = self.store.claim(
+                now=now,
+                limit=limit,
                 priorities=priorities,
                 callbacks=known,
                 pid=self.pid,
@@ -221,6 +238,9 @@ class Processor:
                 queue=queue,
                 waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
             )
+            if not claims:
+                return rest
+            return sorted(claims + rest, key=lambda c: (c.job.priority, c.job.id))
 
     @contextmanager
     def claiming(self) -> Iterator[datetime]:
