@@ -163,6 +163,7 @@ def pages(app: Flask) -> dict[str, str]:
         "list_all_newest": "/bgq/jobs",
         "list_serial_group": "/bgq/jobs?group=invoice-42",
         "list_text_search": "/bgq/jobs?q=upstream+13",
+        "list_text_search_no_match": "/bgq/jobs?q=no+job+says+this",
         "job_page": f"/bgq/jobs/{waiting}",
     }
 
