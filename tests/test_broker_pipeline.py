@@ -4,6 +4,7 @@ drops with confirms outstanding, or when the publishing process is killed."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -117,3 +118,28 @@ def test_a_publisher_killed_right_after_publish_returns_loses_no_id(rabbit: Proc
     assert result.returncode == -9, result.stderr
     time.sleep(1.2)  # READY rows untouched this long are resent by `process`
     run_everything(rabbit, 300, "killed")
+
+
+def test_a_process_forked_after_publishing_publishes_through_its_own_thread(
+    rabbit: ProcEnv, amqp_queue: str
+) -> None:
+    """A pre-forking server: the parent published (its publisher thread runs), then forks;
+    the child's ids must not wait on the parent's thread, which the child does not have."""
+    app = rabbit.app()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        parent_id = bgq.publish("record", {"group": "fork", "name": "0"})
+        assert app.extensions["bgqueue"].broker.flush(30)
+        pid = os.fork()
+        if pid == 0:  # the child: publish, wait for the confirms, report by exit code
+            code = 1
+            try:
+                bgq.publish("record", {"group": "fork", "name": "1"})
+                code = 0 if app.extensions["bgqueue"].broker.flush(30) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        rows = all_jobs(bgq)
+    assert [r.state for r in rows] == [JobState.READY, JobState.READY]
+    assert sorted(queued_ids(amqp_queue, 10)) == sorted([parent_id, rows[1].id])

@@ -174,15 +174,19 @@ class AmqpBroker(Broker):
             )
             items.append((((target, ()), (name, extra)), name, job_id))
         with self._publisher_lock:
-            if self._publisher is None:
-                self._publisher = PipelinedPublisher(self.url, self.arguments, on_failed)
-                atexit.register(self._publisher.close)  # confirms in flight at exit
             publisher = self._publisher
+            if publisher is None or publisher.pid != os.getpid():
+                # none yet, or inherited through fork() (a pre-forking server): its thread
+                # is not in this process, so this process gets a publisher of its own
+                publisher = self._publisher = PipelinedPublisher(
+                    self.url, self.arguments, on_failed
+                )
+                atexit.register(publisher.close)  # confirms in flight at exit
         publisher.submit(items)
 
     def flush(self, timeout: float) -> bool:
         publisher = self._publisher
-        return publisher is None or publisher.flush(timeout)
+        return publisher is None or publisher.pid != os.getpid() or publisher.flush(timeout)
 
     def request_reload(self, queue: str, number: int) -> None:
         try:

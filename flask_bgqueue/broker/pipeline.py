@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -52,6 +53,7 @@ class PipelinedPublisher:
         self.pending: deque[Item] = deque()  # handed over, not sent yet
         self.outstanding = 0  # handed over and neither confirmed nor failed
         self.session: _Session | None = None  # the current connection
+        self.pid = os.getpid()  # a forked child makes its own (AmqpBroker.announce)
 
     def submit(self, items: list[Item]) -> None:
         with self.lock:
@@ -75,6 +77,8 @@ class PipelinedPublisher:
         return True
 
     def close(self, timeout: float = 10.0) -> None:
+        if self.pid != os.getpid():
+            return  # inherited through fork(): the thread and its connection are the parent's
         self.flush(timeout)
         with self.lock:
             session = self.session
