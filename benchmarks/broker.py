@@ -51,13 +51,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import brokerapp
 import pika
 import sqlalchemy as sa
-from common import HERE, SERVER_URLS, environment, log, new_table_name
+from common import (
+    AMQP_URL,
+    HERE,
+    SERVER_URLS,
+    check_not_test_database,
+    environment,
+    log,
+    new_table_name,
+)
 
 from flask_bgqueue import schema
 from flask_bgqueue.broker.amqp import TIERS_MS, control_queue, delay_queue, work_queue
 
-PG_URL = SERVER_URLS["postgresql"]
-AMQP_URL = os.environ.get("BGQUEUE_TEST_AMQP_URL", "amqp://bgqueue:bgqueue@127.0.0.1:5672/%2F")
+PG_URL = check_not_test_database(SERVER_URLS["postgresql"])
 FLASK = os.path.join(os.path.dirname(sys.executable), "flask")
 PRIORITY = 1  # BGQUEUE_PRIORITIES is left at its default, [1]
 FINISHED = 3
@@ -282,9 +289,19 @@ def rss_kb(pid: int) -> int:
 
 
 def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict[str, Any]:
-    """bgq.publish (broker mode) vs. plain pika vs. plain pika + INSERT, interleaved."""
+    """bgq.publish (broker mode, pipelined and waiting for each confirm; broker-less) vs.
+    plain pika vs. plain pika + INSERT, one by one; then in bulk; interleaved."""
     queue = run.queue("pub")
     app = open_app(run.env(run.table(), queue, broker=True))
+    wait_config = json.dumps(
+        {
+            **json.loads(os.environ.get("BROKERBENCH_CONFIG", "{}")),
+            "BGQUEUE_BROKER_WAIT_FOR_CONFIRM": True,
+        }
+    )
+    wait_app = open_app(
+        run.env(run.table(), run.queue("pubwait"), broker=True, BROKERBENCH_CONFIG=wait_config)
+    )
     plain_table = run.table()
     plain_app = open_app(run.env(plain_table, run.queue("pubsql"), broker=False))
     engine = plain_app.extensions["bgqueue"].engine  # same engine options as the library's
@@ -304,10 +321,21 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
     props = pika.BasicProperties(delivery_mode=2)
     counter = iter(range(10**9))
 
-    def bgq_loop(k: int) -> None:
-        for _ in range(k):
-            i = next(counter)
-            brokerapp.bgq.publish("send_mail", {"n": i, "to": "user@example.com"})
+    def publisher(on: Any, bulk: bool = False) -> Any:
+        def loop(k: int) -> None:
+            with on.app_context():
+                if bulk:
+                    brokerapp.bgq.start_bulk()
+                for _ in range(k):
+                    i = next(counter)
+                    brokerapp.bgq.publish("send_mail", {"n": i, "to": "user@example.com"})
+                if bulk:
+                    brokerapp.bgq.end_bulk()
+            broker = on.extensions["bgqueue"].broker
+            if broker is not None and not broker.flush(120):  # every confirm is in the time
+                raise SystemExit("confirms still outstanding after 120 s")
+
+        return loop
 
     def pika_loop(k: int) -> None:
         for _ in range(k):
@@ -340,27 +368,33 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
             raw.commit()
             channel.basic_publish("", q_pika_sql, str(job_id).encode(), props, mandatory=True)
 
-    loops = {
-        "bgq_publish": bgq_loop,
+    one_by_one = {
+        "bgq_publish": publisher(app),
+        "bgq_publish_wait_for_confirm": publisher(wait_app),
+        "bgq_publish_brokerless": publisher(plain_app),
         "plain_pika": pika_loop,
         "plain_pika_plus_insert": pika_sql_loop,
     }
-    spent = dict.fromkeys(loops, 0.0)
+    bulk = {
+        "bgq_bulk": publisher(app, bulk=True),
+        "bgq_bulk_brokerless": publisher(plain_app, bulk=True),
+    }
+    spent = dict.fromkeys([*one_by_one, *bulk], 0.0)
     try:
-        with app.app_context():
-            log(f"[publish] warm-up: {warmup} of each")
+        for group, loops, size in (("one by one", one_by_one, n), ("bulk", bulk, n * 5)):
+            log(f"[publish] {group}: warm-up: {warmup} of each")
             for loop in loops.values():
                 loop(warmup)
-            per_round = [n // rounds + (1 if r < n % rounds else 0) for r in range(rounds)]
+            per_round = [size // rounds + (1 if r < size % rounds else 0) for r in range(rounds)]
             for r, k in enumerate(per_round):
                 for name, loop in loops.items():
                     t0 = time.perf_counter()
                     loop(k)
                     spent[name] += time.perf_counter() - t0
                 log(
-                    f"[publish] round {r + 1}/{rounds}: "
+                    f"[publish] {group} round {r + 1}/{rounds}: "
                     + ", ".join(
-                        f"{name} {round(n * (r + 1) / rounds / s)}/s" for name, s in spent.items()
+                        f"{name} {round(size * (r + 1) / rounds / spent[name])}/s" for name in loops
                     )
                 )
     finally:
@@ -368,14 +402,26 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
         raw.close()
         connection.close()
         close_app(app)
+        close_app(wait_app)
         close_app(plain_app)
     result: dict[str, Any] = {
-        name: {"jobs_per_s": round(n / s), "seconds": round(s, 3), "ms_per_job": ms(s / n)}
+        name: {
+            "jobs": (size := n * 5 if name in bulk else n),
+            "jobs_per_s": round(size / s),
+            "seconds": round(s, 3),
+            "ms_per_job": ms(s / size),
+        }
         for name, s in spent.items()
     }
     result["ratio_bgq_to_plain_pika"] = round(spent["plain_pika"] / spent["bgq_publish"], 3)
     result["ratio_bgq_to_plain_pika_plus_insert"] = round(
         spent["plain_pika_plus_insert"] / spent["bgq_publish"], 3
+    )
+    result["ratio_bgq_to_brokerless"] = round(
+        spent["bgq_publish_brokerless"] / spent["bgq_publish"], 3
+    )
+    result["ratio_bulk_to_brokerless_bulk"] = round(
+        spent["bgq_bulk_brokerless"] / spent["bgq_bulk"], 3
     )
     return result
 

@@ -17,15 +17,38 @@ import sqlalchemy as sa
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+#: The benchmarks' own databases (made by ``scripts/services.sh start``), never the test
+#: suite's: a benchmark next to a test run would otherwise share its database.
 SERVER_URLS = {
     "postgresql": os.environ.get(
-        "BGQUEUE_TEST_POSTGRES_URL",
-        "postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_test",
+        "BGQUEUE_BENCH_POSTGRES_URL",
+        "postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_bench",
     ),
     "mysql": os.environ.get(
-        "BGQUEUE_TEST_MYSQL_URL", "mysql+pymysql://bgqueue:bgqueue@127.0.0.1:3306/bgqueue_test"
+        "BGQUEUE_BENCH_MYSQL_URL", "mysql+pymysql://bgqueue:bgqueue@127.0.0.1:3306/bgqueue_bench"
     ),
 }
+AMQP_URL = os.environ.get("BGQUEUE_BENCH_AMQP_URL", "amqp://bgqueue:bgqueue@127.0.0.1:5672/%2F")
+TEST_DATABASES = {"bgqueue_test"} | {
+    sa.engine.make_url(os.environ[k]).database or ""
+    for k in ("BGQUEUE_TEST_POSTGRES_URL", "BGQUEUE_TEST_MYSQL_URL")
+    if os.environ.get(k)
+}
+
+
+def check_not_test_database(url: str) -> str:
+    """``url``, unless it names the test suite's database (then exit saying what to do)."""
+    name = sa.engine.make_url(url).database
+    if name in TEST_DATABASES:
+        raise SystemExit(
+            f"benchmarks: {sa.engine.make_url(url).render_as_string(hide_password=True)} is"
+            " the test suite's database; benchmark on a database of its own"
+            " (BGQUEUE_BENCH_POSTGRES_URL / BGQUEUE_BENCH_MYSQL_URL, default bgqueue_bench,"
+            " made by scripts/services.sh start)."
+        )
+    return url
+
+
 DATABASES = ("sqlite", "postgresql", "mysql")
 
 
@@ -66,7 +89,7 @@ def database(name: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="bgq-bench-sqlite-") as tmp:
             yield f"sqlite:///{os.path.join(tmp, 'jobs.db')}"
     else:
-        yield SERVER_URLS[name]
+        yield check_not_test_database(SERVER_URLS[name])
 
 
 def drop_tables(url: str, tables: list[str]) -> None:

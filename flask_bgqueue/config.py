@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_POLL_INTERVAL_MS": 1000,
     "BGQUEUE_BROKER_URL": None,
     "BGQUEUE_BROKER_RESEND_AFTER_SECONDS": 600,
+    "BGQUEUE_BROKER_WAIT_FOR_CONFIRM": False,
     "BGQUEUE_AMQP_QUEUE_ARGUMENTS": {},
     "BGQUEUE_DASHBOARD_URL_PREFIX": None,
     "BGQUEUE_DASHBOARD_AUTHORIZE": None,
@@ -130,6 +131,7 @@ class Settings:
     poll_interval_ms: int
     broker_url: str | None
     broker_resend_after_seconds: float
+    broker_wait_for_confirm: bool
     amqp_queue_arguments: Mapping[str, Any] = field(default_factory=dict)
     dashboard_url_prefix: str | None = None
     dashboard_authorize: Callable[[], Any] | None = None
@@ -197,6 +199,7 @@ def load_settings(app: Flask) -> Settings:
         broker_resend_after_seconds=_number(
             c, "BGQUEUE_BROKER_RESEND_AFTER_SECONDS", minimum=1, kind=(int, float)
         ),
+        broker_wait_for_confirm=_flag(c, "BGQUEUE_BROKER_WAIT_FOR_CONFIRM"),
         amqp_queue_arguments=_mapping(c, "BGQUEUE_AMQP_QUEUE_ARGUMENTS"),
         dashboard_url_prefix=_url_prefix(c, "BGQUEUE_DASHBOARD_URL_PREFIX"),
         dashboard_authorize=_function(c, "BGQUEUE_DASHBOARD_AUTHORIZE"),

@@ -209,19 +209,43 @@ class Processor:
         states: Any = None,
         queue: str | None = None,
     ) -> list[Claim]:
+        limit = limit or self.settings.claim_batch_size
+        limits = self.state.limits()
         with self.claiming() as now:
-            return self.store.claim(
+            # The one-statement claim checks no limit: with limits, every claim is checked.
+            plain = None
+            if not limits:
+                plain = self.store.claim_plain(
+                    now=now,
+                    limit=limit,
+                    priorities=priorities,
+                    callbacks=known,
+                    pid=self.pid,
+                    hostname=self.hostname,
+                    **({"states": states} if states is not None else {}),
+                    queue=queue,
+                )
+            claims: list[Claim] = []
+            if plain is not None:  # PostgreSQL: plain jobs claimed in one statement
+                claims, checks_needed = plain
+                if not checks_needed:
+                    return claims
+                limit -= len(claims)
+            rest = self.store.claim(
                 now=now,
-                limit=limit or self.settings.claim_batch_size,
+                limit=limit,
                 priorities=priorities,
                 callbacks=known,
                 pid=self.pid,
                 hostname=self.hostname,
                 **({"states": states} if states is not None else {}),
                 queue=queue,
-                limits=self.state.limits(),
+                limits=limits,
                 waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
             )
+            if not claims:
+                return rest
+            return sorted(claims + rest, key=lambda c: (c.job.priority, c.job.id))
 
     @contextmanager
     def claiming(self) -> Iterator[datetime]:

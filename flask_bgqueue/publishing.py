@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from . import instrumentation, serialization, signals, tracing
-from .broker import BrokerError
+from .broker import Broker
 from .clock import to_utc_naive, utcnow
 from .config import CallbackSpec
 from .exceptions import ArgumentsError, ConfigurationError, PublishError, UnknownCallbackError
@@ -216,28 +216,44 @@ def write_rows(runtime: Runtime, rows: list[dict[str, Any]]) -> list[int]:
     return ids
 
 
-def send_to_broker(runtime: Runtime, jobs: list[tuple[int, dict[str, Any]]]) -> None:
-    """Send committed jobs' ids, delayed until their ``available_at``."""
-    assert runtime.broker is not None
+def send_to_broker(
+    runtime: Runtime, jobs: list[tuple[int, dict[str, Any]]], *, wait: bool | None = None
+) -> None:
+    """Send committed jobs' ids, delayed until their ``available_at``.
+
+    Unless ``wait`` (default: ``BGQUEUE_BROKER_WAIT_FOR_CONFIRM``), the broker's publisher
+    sends them without this thread waiting for the confirms; the ids it could not deliver
+    become ``BROKER_FAILED`` when it learns so (see :mod:`flask_bgqueue.broker.pipeline`).
+    """
+    broker = runtime.broker
+    assert broker is not None
     now = utcnow()
-    failed: list[int] = []
-    error = ""
-    for job_id, row in jobs:
-        delay_ms = max(0, int((row["available_at"] - now).total_seconds() * 1000))
-        try:
-            runtime.broker.publish(row["queue"], row["priority"], job_id, delay_ms)
-        except BrokerError as exc:
-            failed.append(job_id)
-            error = str(exc)
-    if failed:
-        runtime.logger.error("bgqueue: %d job(s) saved as BROKER_FAILED: %s", len(failed), error)
-        runtime.store.mark_broker_failed(failed, now, f"broker: {error}")
+    store, logger = runtime.store, runtime.logger
+
+    def failed(job_ids: list[int], error: str) -> None:
+        logger.error("bgqueue: %d job(s) saved as BROKER_FAILED: %s", len(job_ids), error)
+        store.mark_broker_failed(job_ids, utcnow(), error)
+
+    announced = [
+        (
+            row["queue"],
+            row["priority"],
+            job_id,
+            max(0, int((row["available_at"] - now).total_seconds() * 1000)),
+        )
+        for job_id, row in jobs
+    ]
+    if wait if wait is not None else runtime.settings.broker_wait_for_confirm:
+        Broker.announce(broker, announced, failed)  # one by one, each confirmed
+    else:
+        broker.announce(announced, failed)
 
 
 def send_jobs_to_broker(runtime: Runtime, jobs: list[Job]) -> None:
-    """Send the ids of jobs already in the table (resent by ``process``, retried by a person)."""
+    """Send the ids of jobs already in the table (resent by ``process``, retried by a
+    person), waiting for each confirm."""
     columns = ("queue", "priority", "available_at")
-    send_to_broker(runtime, [(j.id, {c: getattr(j, c) for c in columns}) for j in jobs])
+    send_to_broker(runtime, [(j.id, {c: getattr(j, c) for c in columns}) for j in jobs], wait=True)
 
 
 # -- BGQUEUE_PUBLISH_AFTER_APP_COMMIT ---------------------------------------------------

@@ -153,6 +153,8 @@ END
 $$;
 SELECT 'CREATE DATABASE bgqueue_test OWNER bgqueue'
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'bgqueue_test') \gexec
+SELECT 'CREATE DATABASE bgqueue_bench OWNER bgqueue'
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'bgqueue_bench') \gexec
 SQL
   PGPASSWORD=bgqueue "$PG_BIN/psql" -X -q -h 127.0.0.1 -p 5432 -U bgqueue -d bgqueue_test -c 'SELECT 1' >/dev/null \
     || die "PostgreSQL is up but user bgqueue cannot log in to bgqueue_test over TCP"
@@ -204,6 +206,7 @@ GRANT ALL PRIVILEGES ON *.* TO 'bgqueue'@'%';
 GRANT ALL PRIVILEGES ON *.* TO 'bgqueue'@'localhost';
 GRANT ALL PRIVILEGES ON *.* TO 'bgqueue'@'127.0.0.1';
 CREATE DATABASE IF NOT EXISTS bgqueue_test CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+CREATE DATABASE IF NOT EXISTS bgqueue_bench CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
 SQL
   wait_for "MariaDB on 127.0.0.1:3306 as user bgqueue" "$MARIADB_LOG" \
     env MYSQL_PWD=bgqueue mariadb --protocol=tcp -h127.0.0.1 -P3306 -ubgqueue bgqueue_test -e 'SELECT 1'

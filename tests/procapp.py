@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 import click
@@ -181,6 +182,14 @@ def create_app() -> Flask:
         """Publish ``[[callback, parameters], ...]`` (JSON) from this process."""
         for name, parameters in json.loads(jobs):
             bgq.publish(name, parameters)
+
+    @app.cli.command("publish-then-die")
+    @click.argument("count", type=int)
+    def publish_then_die(count: int) -> None:
+        """Publish ``count`` record jobs, then die by SIGKILL the moment the last returns."""
+        for n in range(count):
+            bgq.publish("record", {"group": "killed", "name": str(n)})
+        os.kill(os.getpid(), signal.SIGKILL)
 
     @app.cli.command("sweep")
     def sweep() -> None:

@@ -241,6 +241,7 @@ def test_with_rabbitmq_stopped_publish_succeeds_and_process_runs_the_job(
         )
         try:
             job_id = bgq.publish("record", {"group": "outage", "name": "x"})
+            assert app.extensions["bgqueue"].broker.flush(60)  # the publisher's verdict
             job = bgq.get_job(job_id)
             assert job.state is JobState.BROKER_FAILED and job.error_message.startswith("broker:")
         finally:

@@ -122,3 +122,52 @@ def test_every_sqlalchemy_attribute_the_fast_path_uses_exists() -> None:
         raw.close()
         engine.dispose()
     assert not missing, f"SQLAlchemy {sa.__version__} lacks {', '.join(missing)}"
+
+
+def test_a_bulk_on_postgresql_is_one_insert_from_arrays_with_ids_in_order(
+    make_app: AppFactory, store_path: StorePath, db_url: str
+) -> None:
+    """PostgreSQL: one ``INSERT ... SELECT * FROM unnest(arrays)`` per chunk of a bulk (the
+    same SQL for any number of rows), on both paths; the ids come back in publish order,
+    every column as given (NULLs, bytes, booleans, times). Elsewhere: multi-row VALUES."""
+    app = store_path.apply(make_app(BGQUEUE_BULK_SIZE=100, BGQUEUE_PARAMETERS_FORMAT="auto"))
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda *a, **kw: None)
+    driver = app.extensions["bgqueue"].store.driver
+    with app.app_context():
+        bgq.get_job(0)  # the table exists before statements are counted
+        del store_path.statements[:]
+        bgq.start_bulk()
+        for n in range(130):
+            parameters = {"n": n, "blob": b"\x00\xff"} if n % 7 == 0 else {"n": n}
+            bgq.publish(
+                "f",
+                parameters,
+                serial_group="g" if n % 5 == 0 else None,
+                identifier=f"id-{n}" if n % 3 == 0 else None,
+                is_unique=n % 6 == 0,
+                available_at=timedelta(seconds=n),
+            )
+        tail = bgq.end_bulk()  # the ids of the last chunk, in publish order
+        store = app.extensions["bgqueue"].store
+        with store.engine.connect() as conn:
+            ids = list(conn.execute(sa.select(store.table.c.id).order_by("id")).scalars())
+        jobs = [bgq.get_job(i) for i in ids]
+        loaded = [bgq.load_parameters(j) for j in jobs]
+    # the SQL written, and on the SQLAlchemy path the statements sent
+    written = list(driver._insert_cache.values())
+    sent = [s for s in store_path.statements if s.lstrip().upper().startswith("INSERT INTO")]
+    assert store_path.calls["transaction"] == 2  # 100 rows, then 30
+    if db_url.startswith("postgresql"):
+        assert len(written) == 1 and "SELECT * FROM unnest(" in written[0]  # any row count
+        assert sent == ([written[0]] * 2 if store_path.name == "sqlalchemy" else [])
+    else:
+        assert len(written) == 2 and all("unnest" not in s for s in written)
+    assert len(ids) == 130 and tail == ids[100:]
+    assert [p["n"] for p in loaded] == list(range(130))
+    assert all(p.get("blob") == (b"\x00\xff" if p["n"] % 7 == 0 else None) for p in loaded)
+    assert [j.serial_group for j in jobs] == ["g" if n % 5 == 0 else None for n in range(130)]
+    assert [j.identifier for j in jobs] == [f"id-{n}" if n % 3 == 0 else None for n in range(130)]
+    assert [j.is_unique for j in jobs] == [n % 6 == 0 for n in range(130)]
+    delays = [(j.available_at - jobs[0].available_at).total_seconds() for j in jobs]
+    assert [round(d) for d in delays] == list(range(130))

@@ -10,7 +10,9 @@ Topology, all durable and declared with ``BGQUEUE_AMQP_QUEUE_ARGUMENTS``:
   message needs about log2(delay / 100 ms) hops;
 - ``bgq.<queue>.control``: ``reload`` requests, each taken by exactly one consumer.
 
-Publishes are persistent and confirmed. A consumer (:class:`AmqpConsumer`) holds one
+Publishes are persistent and confirmed: :meth:`AmqpBroker.publish` waits for the confirm,
+:meth:`AmqpBroker.announce` hands the ids to the process's publisher thread
+(:mod:`.pipeline`), which tracks the confirms apart. A consumer (:class:`AmqpConsumer`) holds one
 unacknowledged message per queue at first (prefetch 1), more when the worker asks for it,
 and hands the held ids out most urgent first. A lost connection surfaces as
 :class:`~flask_bgqueue.broker.BrokerConnectionLost`; the worker then opens a new consumer.
@@ -18,6 +20,7 @@ and hands the held ids out most urgent first. A lost connection surfaces as
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -32,6 +35,7 @@ import pika
 import pika.exceptions
 
 from .base import Broker, BrokerConnectionLost, BrokerError, Consumer, Delivery
+from .pipeline import Item, PipelinedPublisher
 
 log = logging.getLogger("flask_bgqueue.broker")
 
@@ -120,6 +124,8 @@ class AmqpBroker(Broker):
         self.url = url
         self.arguments = dict(queue_arguments)
         self._local = threading.local()
+        self._publisher: PipelinedPublisher | None = None
+        self._publisher_lock = threading.Lock()
 
     def describe(self) -> str:
         """``amqp://user:***@host:port/vhost``: the URL with its password masked."""
@@ -147,6 +153,41 @@ class AmqpBroker(Broker):
                 if attempt == 2:
                     raise BrokerError(f"RabbitMQ did not take job {job_id}: {exc!r}") from exc
 
+    def announce(
+        self,
+        jobs: Sequence[tuple[str, int, int, int]],
+        on_failed: Callable[[list[int], str], None],
+    ) -> None:
+        """Hand the ids to the publisher thread (one per broker) and return at once."""
+        items: list[Item] = []
+        for queue, priority, job_id, delay_ms in jobs:
+            target = work_queue(queue, priority)
+            tier = tier_for(delay_ms)
+            if tier is None:
+                items.append((((target, ()),), target, job_id))
+                continue
+            name = delay_queue(queue, priority, tier)
+            extra = (
+                ("x-message-ttl", tier),
+                ("x-dead-letter-exchange", ""),
+                ("x-dead-letter-routing-key", target),
+            )
+            items.append((((target, ()), (name, extra)), name, job_id))
+        with self._publisher_lock:
+            publisher = self._publisher
+            if publisher is None or publisher.pid != os.getpid():
+                # none yet, or inherited through fork() (a pre-forking server): its thread
+                # is not in this process, so this process gets a publisher of its own
+                publisher = self._publisher = PipelinedPublisher(
+                    self.url, self.arguments, on_failed
+                )
+                atexit.register(publisher.close)  # confirms in flight at exit
+        publisher.submit(items)
+
+    def flush(self, timeout: float) -> bool:
+        publisher = self._publisher
+        return publisher is None or publisher.pid != os.getpid() or publisher.flush(timeout)
+
     def request_reload(self, queue: str, number: int) -> None:
         try:
             channel = self._producer()
@@ -166,6 +207,11 @@ class AmqpBroker(Broker):
         self._local.channel = None
 
     def close(self) -> None:
+        with self._publisher_lock:
+            publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()
+            atexit.unregister(publisher.close)
         self._drop_producer()
 
     # -- consuming ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ worker (:mod:`flask_bgqueue.worker`) claims and runs the jobs. Brokers run no jo
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..exceptions import BrokerConnectionLost as BrokerConnectionLost
@@ -69,6 +69,31 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def publish(self, queue: str, priority: int, job_id: int, delay_ms: int = 0) -> None:
         """Send ``job_id``, confirmed by the broker; raise :class:`BrokerError` on failure."""
+
+    def announce(
+        self,
+        jobs: Sequence[tuple[str, int, int, int]],
+        on_failed: Callable[[list[int], str], None],
+    ) -> None:
+        """Send the ids of ``jobs`` (``(queue, priority, job_id, delay_ms)``) without
+        waiting for the broker where it can; the ids it did not take go to ``on_failed``
+        with the reason (``"broker: ..."``), possibly later and from another thread.
+        This one waits for each (:meth:`publish`)."""
+        failed: list[int] = []
+        error = ""
+        for queue, priority, job_id, delay_ms in jobs:
+            try:
+                self.publish(queue, priority, job_id, delay_ms)
+            except BrokerError as exc:
+                failed.append(job_id)
+                error = str(exc)
+        if failed:
+            on_failed(failed, f"broker: {error}")
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every id given to :meth:`announce` is confirmed or handed to ``on_failed``;
+        ``False`` when ``timeout`` seconds were not enough."""
+        return True
 
     @abc.abstractmethod
     def consumer(

@@ -3,11 +3,12 @@
 Every state change is one conditional UPDATE that names the state it expects
 (:meth:`~.base.StoreBase._transition`), so a job is claimed by one worker only and a late
 worker can never overwrite a newer state. Each module has one job: :mod:`.inserts`
-publishes, :mod:`.claims` claims, :mod:`.outcomes` saves attempts, :mod:`.control`
-cancels and records progress, :mod:`.recovery` takes
-back what was lost, :mod:`.queries` reads for people, :mod:`.activity` for monitoring,
-:mod:`.schedules` turns periodic ticks into jobs. Whatever differs between databases sits
-in :mod:`.dialects`; the raw-DBAPI fast path in :mod:`.driver`.
+publishes, :mod:`.claims` claims (:mod:`.plain_claims`: plain jobs in one statement;
+:mod:`.limits`: concurrency and rate limits), :mod:`.outcomes` saves attempts,
+:mod:`.control` cancels and records progress, :mod:`.recovery` takes back what was lost,
+:mod:`.queries` reads for people, :mod:`.activity` for monitoring, :mod:`.schedules` turns
+periodic ticks into jobs. Whatever differs between databases sits in :mod:`.dialects`; the
+raw-DBAPI fast path in :mod:`.driver`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .control import Control
 from .dialects import Listener
 from .inserts import Inserts
 from .outcomes import Outcomes
+from .plain_claims import PlainClaims
 from .queries import Queries
 from .recovery import Recovery
 from .schedules import ScheduleRow, Schedules
@@ -26,7 +28,9 @@ from .schedules import ScheduleRow, Schedules
 __all__ = ["Claim", "Listener", "ScheduleRow", "Store"]
 
 
-class Store(Inserts, Claims, Outcomes, Control, Recovery, Queries, Activity, Schedules):
+class Store(
+    Inserts, Claims, PlainClaims, Outcomes, Control, Recovery, Queries, Activity, Schedules
+):
     """SQL for one application's job table, on the queue's own engine."""
 
     def listener(self, interval: float) -> Listener:

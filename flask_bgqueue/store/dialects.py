@@ -62,6 +62,9 @@ class Dialect:
     claims_delivered_in_one_statement = False
     #: Datetimes are bound as ISO text (SQLite), which the driver may write faster.
     binds_datetimes_as_text = False
+    #: Several rows go in as one ``INSERT ... SELECT * FROM unnest(arrays)``: one array
+    #: parameter per column, whatever the number of rows (PostgreSQL).
+    inserts_from_arrays = False
     #: How a broker-less consumer learns of new jobs.
     wakeup = "polling"
 
@@ -134,6 +137,7 @@ class PostgreSQL(Dialect):
     wakeup = "LISTEN/NOTIFY"
     autocommit_single_statement = True
     claims_delivered_in_one_statement = True
+    inserts_from_arrays = True
 
     def try_lock_group(self, conn: sa.Connection, name: str) -> bool:
         """A transaction advisory lock; keys hash the table name too, so two apps never

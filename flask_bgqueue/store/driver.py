@@ -79,6 +79,7 @@ class Driver:
         self.engine = engine
         self.table = table
         self._autocommit_single = dialect.autocommit_single_statement
+        self._from_arrays = dialect.inserts_from_arrays
         self._insert_cache: dict[tuple[Any, ...], str] = {}
         processors: dict[str, Any] = {
             c.name: c.type._cached_bind_processor(engine.dialect) for c in table.columns
@@ -172,6 +173,8 @@ class Driver:
         column type's bind processor, as SQLAlchemy would send it.
         """
         columns = tuple(rows[0])
+        if self._from_arrays and len(rows) > 1:
+            return self._insert_from_arrays(rows, columns, returning)
         key = (len(rows), columns, returning)
         sql = self._insert_cache.get(key)
         if sql is None:
@@ -189,6 +192,36 @@ class Driver:
             for column, process in processors:
                 value = row[column]
                 params.append(value if process is None or value is None else process(value))
+        return sql, tuple(params)
+
+    def _insert_from_arrays(
+        self, rows: Sequence[dict[str, Any]], columns: tuple[str, ...], returning: bool
+    ) -> tuple[str, tuple[Any, ...]]:
+        """``INSERT ... SELECT * FROM unnest(%s::type[], ...)``: one array per column.
+
+        The same SQL (and so one server-side prepared statement) for any number of rows, and
+        a handful of parameters instead of one per value: the server parses and plans it
+        once. ``unnest`` yields the arrays' elements in order, so the ids come in row order.
+        """
+        key = ("arrays", columns, returning)
+        sql = self._insert_cache.get(key)
+        if sql is None:
+            dialect = self.engine.dialect
+            quote = dialect.identifier_preparer.quote
+            types = [self.table.c[c].type.compile(dialect=dialect) for c in columns]
+            sql = (
+                f"INSERT INTO {quote(self.table.name)} ({', '.join(quote(c) for c in columns)})"
+                f" SELECT * FROM unnest({', '.join(f'%b::{t}[]' for t in types)})"
+                f"{' RETURNING id' if returning else ''}"
+            )
+            self._insert_cache[key] = sql
+        params = []
+        for column in columns:
+            process = self._bind_processors[column]
+            values = [row[column] for row in rows]
+            if process is not None:
+                values = [v if v is None else process(v) for v in values]
+            params.append(values)
         return sql, tuple(params)
 
     def prepare(self, statement: Any, variable: Sequence[str]) -> Prepared:

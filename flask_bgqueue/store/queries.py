@@ -182,7 +182,13 @@ class Queries(StoreBase):
             (
                 "finished",
                 sa.select(finished, sa.func.count())
-                .where(t.c.finished_at >= since, t.c.state == JobState.FINISHED, self.in_queue)
+                .where(
+                    t.c.finished_at >= since,
+                    # state + 0: no index on state for this one, so the planner reads the
+                    # window through ix_<table>_finished_at rather than every FINISHED job
+                    t.c.state + 0 == JobState.FINISHED,
+                    self.in_queue,
+                )
                 .group_by(finished),
             ),
             (

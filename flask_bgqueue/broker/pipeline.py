@@ -1,0 +1,280 @@
+"""Pipelined publishing to RabbitMQ: one publisher thread per broker (per process).
+
+``publish()`` in broker mode commits the row first, then hands the id to this thread and
+returns: it does not wait for RabbitMQ. The thread owns a ``pika.SelectConnection`` with
+publisher confirms on; it sends what it is handed at once (many ids in flight) and keeps
+the delivery tag → job id of every message not confirmed yet. Then:
+
+- a confirm (``basic.ack``) ends the message's story: it is in RabbitMQ;
+- a refusal (``basic.nack``, e.g. a full queue with ``x-overflow: reject-publish``), a
+  returned (unroutable) message, a connection or channel that closes with messages not
+  confirmed, or a connection that cannot be opened hand their job ids to ``on_failed``,
+  which saves those rows as ``BROKER_FAILED`` (only rows still ``READY``: a job whose
+  message did arrive and was claimed meanwhile is left alone). ``flask bgq process`` runs
+  them;
+- the process dying before the confirm leaves the rows ``READY``: ``flask bgq process``
+  sends the ids of unclaimed ``READY`` rows again after
+  ``BGQUEUE_BROKER_RESEND_AFTER_SECONDS``.
+
+So no job is lost; a job may be announced twice, and the guarded claim runs it once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.exceptions
+
+log = logging.getLogger("flask_bgqueue.broker")
+
+_PROPERTIES = pika.BasicProperties(delivery_mode=2)  # persistent
+
+#: (queues to declare first: [(name, extra arguments)], routing key, job id)
+Item = tuple[tuple[tuple[str, tuple[tuple[str, Any], ...]], ...], str, int]
+OnFailed = Callable[[list[int], str], None]
+
+
+class PipelinedPublisher:
+    """Sends job ids from any thread through one connection, confirms tracked apart."""
+
+    def __init__(self, url: str, arguments: dict[str, Any], on_failed: OnFailed) -> None:
+        self.url = url
+        self.arguments = arguments
+        self.on_failed = on_failed
+        self.lock = threading.Condition()
+        self.pending: deque[Item] = deque()  # handed over, not sent yet
+        self.outstanding = 0  # handed over and neither confirmed nor failed
+        self.session: _Session | None = None  # the current connection
+        self.pid = os.getpid()  # a forked child makes its own (AmqpBroker.announce)
+
+    def submit(self, items: list[Item]) -> None:
+        with self.lock:
+            self.pending.extend(items)
+            self.outstanding += len(items)
+            session = self.session
+            if session is None:
+                self.session = _Session(self)
+                return
+        session.wake()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every id handed over is confirmed or failed; ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while self.outstanding:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.lock.wait(left)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self.pid != os.getpid():
+            return  # inherited through fork(): the thread and its connection are the parent's
+        self.flush(timeout)
+        with self.lock:
+            session = self.session
+        if session is not None:
+            session.close(timeout)
+
+    def take_pending(self) -> list[Item]:
+        with self.lock:
+            items = list(self.pending)
+            self.pending.clear()
+        return items
+
+    def fail(self, job_ids: list[int], message: str) -> None:
+        if not job_ids:
+            return
+        try:
+            self.on_failed(job_ids, f"broker: {message}")
+        except Exception:
+            log.exception("bgqueue: could not save %d job(s) as BROKER_FAILED", len(job_ids))
+
+    def done(self, count: int) -> None:
+        if count:
+            with self.lock:
+                self.outstanding -= count
+                self.lock.notify_all()
+
+
+class _Session:
+    """One connection and its thread; ended for good when the connection is gone."""
+
+    def __init__(self, publisher: PipelinedPublisher) -> None:
+        self.publisher = publisher
+        self.connection: Any = None
+        self.channel: Any = None  # set once confirms are on
+        self.ended = False
+        self.wake_scheduled = False
+        self.unconfirmed: dict[int, int] = {}  # delivery tag -> job id
+        self.next_tag = 1
+        self.declared: set[str] = set()
+        self.waiting: dict[str, list[Item]] = {}  # queue being declared -> items after it
+        self.thread = threading.Thread(target=self._run, name="bgqueue-amqp-publisher", daemon=True)
+        self.thread.start()
+
+    # -- any thread -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Have the thread send what is pending (once its channel is ready)."""
+        with self.publisher.lock:
+            if self.channel is None or self.wake_scheduled or self.ended:
+                return
+            self.wake_scheduled = True
+        try:
+            self.connection.ioloop.add_callback_threadsafe(self._send_pending)
+        except Exception:  # the loop just stopped: _end fails what is pending
+            pass
+
+    def close(self, timeout: float) -> None:
+        connection = self.connection
+        if connection is not None and not self.ended:
+            try:
+                connection.ioloop.add_callback_threadsafe(connection.close)
+            except Exception:  # already closed
+                pass
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+    # -- the session's thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self.connection = pika.SelectConnection(
+                pika.URLParameters(self.publisher.url),
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
+            )
+            self.connection.ioloop.start()
+        except Exception as exc:  # pika raised instead of calling back
+            self._end(f"RabbitMQ publisher stopped: {exc!r}")
+        finally:
+            self._end("the RabbitMQ publisher stopped")
+            if self.connection is not None:
+                try:
+                    self.connection.ioloop.close()
+                except Exception:  # nothing left to release
+                    pass
+
+    def _on_open(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel)
+
+    def _on_open_error(self, connection: Any, error: BaseException) -> None:
+        self._end(f"RabbitMQ could not be reached: {error!r}")
+        connection.ioloop.stop()
+
+    def _on_closed(self, connection: Any, reason: BaseException) -> None:
+        self._end(f"the connection to RabbitMQ closed before confirming: {reason!r}")
+        # stop once pika has closed the socket, after this callback
+        connection.ioloop.add_callback_threadsafe(connection.ioloop.stop)
+
+    def _on_channel(self, channel: Any) -> None:
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(
+            ack_nack_callback=self._on_confirm, callback=lambda _frame: self._on_ready(channel)
+        )
+
+    def _on_ready(self, channel: Any) -> None:
+        with self.publisher.lock:
+            self.channel = channel
+        self._send_pending()
+
+    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        self._end(f"the channel to RabbitMQ closed before confirming: {reason!r}")
+        if self.connection.is_open:  # else it is closing: _on_closed stops the loop
+            self.connection.close()
+
+    def _send_pending(self) -> None:
+        with self.publisher.lock:
+            self.wake_scheduled = False
+        if self.ended:
+            return
+        for item in self.publisher.take_pending():
+            self._send(item)
+
+    def _send(self, item: Item) -> None:
+        declarations, routing_key, job_id = item
+        for name, extra in declarations:
+            if name in self.declared:
+                continue
+            if name in self.waiting:
+                self.waiting[name].append(item)
+                return
+            self.waiting[name] = [item]
+            self.channel.queue_declare(
+                name,
+                durable=True,
+                arguments={**self.publisher.arguments, **dict(extra)},
+                callback=lambda _frame, name=name: self._on_declared(name),
+            )
+            return
+        tag = self.next_tag
+        self.next_tag += 1
+        self.unconfirmed[tag] = job_id
+        self.channel.basic_publish(
+            exchange="",
+            routing_key=routing_key,
+            body=str(job_id).encode(),
+            properties=_PROPERTIES,
+            mandatory=True,
+        )
+
+    def _on_declared(self, name: str) -> None:
+        self.declared.add(name)
+        for item in self.waiting.pop(name, []):
+            self._send(item)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag, multiple = method.delivery_tag, method.multiple
+        if multiple:  # every tag up to this one; tags are kept in the order sent
+            tags = list(itertools.takewhile(lambda t: t <= tag, self.unconfirmed))
+        else:
+            tags = [tag]
+        job_ids = [self.unconfirmed.pop(t) for t in tags if t in self.unconfirmed]
+        if isinstance(method, pika.spec.Basic.Nack):
+            self.publisher.fail(job_ids, "RabbitMQ refused the message (basic.nack)")
+        self.publisher.done(len(job_ids))
+
+    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        # its confirm (an ack) follows: fail the job now; the ack then finds no tag left
+        for tag, job_id in list(self.unconfirmed.items()):
+            if str(job_id).encode() == body:
+                del self.unconfirmed[tag]
+                self.publisher.fail(
+                    [job_id], f"RabbitMQ returned the message ({method.reply_text})"
+                )
+                self.publisher.done(1)
+                return
+
+    def _end(self, message: str) -> None:
+        """The connection is gone: fail everything not confirmed; the next submit opens
+        another one."""
+        publisher = self.publisher
+        with publisher.lock:
+            if self.ended:
+                return
+            self.ended = True
+            if publisher.session is self:
+                publisher.session = None
+                left = [job_id for _, _, job_id in publisher.pending]
+                publisher.pending.clear()
+            else:
+                left = []
+        left += list(self.unconfirmed.values())
+        left += [job_id for items in self.waiting.values() for _, _, job_id in items]
+        self.unconfirmed.clear()
+        self.waiting.clear()
+        publisher.fail(left, message)
+        publisher.done(len(left))

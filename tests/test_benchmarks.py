@@ -1,0 +1,56 @@
+"""The benchmark scripts' setup: their own databases, never the test suite's, and a
+README a newcomer can follow without running the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def _common(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BGQUEUE_")}
+    return subprocess.run(
+        [sys.executable, "-c", f"import common\n{code}"],
+        cwd=BENCH,
+        env={**clean, "PYTHONPATH": f"{BENCH}{os.pathsep}{ROOT}", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_default_urls_never_name_the_test_suite_s_database() -> None:
+    result = _common({}, "print(sorted(common.SERVER_URLS.values()), common.AMQP_URL)")
+    assert result.returncode == 0, result.stderr
+    assert "bgqueue_test" not in result.stdout and result.stdout.count("bgqueue_bench") == 2
+    # the test suite's URLs in the environment do not move the benchmarks there
+    test_url = "postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_test"
+    result = _common({"BGQUEUE_TEST_POSTGRES_URL": test_url}, "print(common.SERVER_URLS)")
+    assert "bgqueue_test" not in result.stdout
+
+
+def test_a_benchmark_url_naming_the_test_database_is_refused_with_what_to_do() -> None:
+    result = _common(
+        {
+            "BGQUEUE_BENCH_POSTGRES_URL": "postgresql+psycopg://u:secret@127.0.0.1/mytests",
+            "BGQUEUE_TEST_POSTGRES_URL": "postgresql+psycopg://u:secret@127.0.0.1/mytests",
+        },
+        "with common.database('postgresql') as url: print(url)",
+    )
+    assert result.returncode == 1 and "secret" not in result.stderr
+    assert "the test suite's database" in result.stderr
+    assert "BGQUEUE_BENCH_POSTGRES_URL" in result.stderr
+
+
+def test_the_readme_says_how_to_get_the_venv_without_running_the_tests() -> None:
+    readme = (BENCH / "README.md").read_text()
+    assert "python3 -m venv .venv" in readme
+    assert ".venv/bin/python -m pip install -e '.[amqp]' -r requirements-dev.txt" in readme
+    for script in ("publish.py", "drain.py", "broker.py", "dashboard.py"):
+        assert f"benchmarks/{script}" in readme, script
+    assert "bgqueue_test" not in (BENCH / "common.py").read_text().split("TEST_DATABASES")[0]

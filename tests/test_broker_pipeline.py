@@ -1,0 +1,145 @@
+"""Pipelined publishing in broker mode, against a real RabbitMQ: ``publish()`` does not
+wait for confirms, and still no id is lost when RabbitMQ refuses ids, when the connection
+drops with confirms outstanding, or when the publishing process is killed."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pika
+import pytest
+
+from flask_bgqueue import JobState
+from flask_bgqueue.broker.amqp import work_queue
+from tests.conftest import AMQP_URL, ProcEnv
+from tests.helpers import all_jobs
+from tests.test_broker_amqp import collect_outage_sockets, outage_sockets, rabbit, stop
+from tests.test_broker_connect import Proxy, proxy
+
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+__all__ = ["collect_outage_sockets", "proxy", "rabbit"]  # fixtures used here
+
+
+def queued_ids(queue: str, priority: int) -> list[int]:
+    """The ids waiting in a work queue (taken and given back)."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    ids = []
+    while True:
+        method, _props, body = channel.basic_get(work_queue(queue, priority))
+        if method is None:
+            break
+        ids.append(int(body))
+    connection.close()  # unacknowledged: back to the queue
+    return ids
+
+
+def run_everything(procs: ProcEnv, count: int, group: str) -> None:
+    """A consumer runs what RabbitMQ holds, ``process`` what is BROKER_FAILED or resent;
+    every job then ran exactly once."""
+    consumer = procs.start("bgq", "consume")
+    app = procs.app()
+    try:
+        with app.app_context():
+            bgq = app.bgq  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                assert procs.run("bgq", "process").returncode == 0
+                if all(r.state == JobState.FINISHED for r in all_jobs(bgq)):
+                    break
+                time.sleep(0.5)
+            left = [(r.id, r.state) for r in all_jobs(bgq) if r.state != JobState.FINISHED]
+            assert not left, left
+    finally:
+        _out, err = stop(consumer)
+        assert consumer.returncode == 0, err
+    names = [r[1] for r in procs.records() if r[0] == group]
+    assert sorted(names, key=int) == [str(n) for n in range(count)]
+
+
+def test_ids_rabbitmq_refuses_become_broker_failed_and_the_rest_are_queued(
+    rabbit: ProcEnv, amqp_queue: str
+) -> None:
+    # a full queue refuses publishes with basic.nack
+    rabbit.config["BGQUEUE_AMQP_QUEUE_ARGUMENTS"] = {
+        "x-max-length": 5,
+        "x-overflow": "reject-publish",
+    }
+    app = rabbit.app()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        ids = [bgq.publish("record", {"group": "full", "name": str(n)}) for n in range(15)]
+        with bgq.bulk():
+            for n in range(15, 30):
+                bgq.publish("record", {"group": "full", "name": str(n)})
+        assert app.extensions["bgqueue"].broker.flush(60)
+        rows = all_jobs(bgq)
+    assert len(rows) == 30 and ids == [r.id for r in rows[:15]]
+    failed = {r.id for r in rows if r.state == JobState.BROKER_FAILED}
+    ready = {r.id for r in rows if r.state == JobState.READY}
+    assert failed | ready == {r.id for r in rows} and len(ready) == 5
+    assert all("basic.nack" in r.error_message for r in rows if r.id in failed)
+    assert sorted(queued_ids(amqp_queue, 10)) == sorted(ready)  # queued = READY, no more
+    # the consumer and `process` declare the queues with the same arguments
+    run_everything(rabbit, 30, "full")
+
+
+@outage_sockets
+def test_a_connection_cut_with_confirms_outstanding_loses_no_id(
+    collect_outage_sockets: None, rabbit: ProcEnv, proxy: Proxy, amqp_queue: str
+) -> None:
+    rabbit.config["BGQUEUE_BROKER_URL"] = re.sub(r"@[^/]+/", f"@127.0.0.1:{proxy.port}/", AMQP_URL)
+    app = rabbit.app()
+    count = 600
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        for n in range(count):
+            bgq.publish("record", {"group": "cut", "name": str(n)})
+            if n == 200:
+                proxy.cut()  # mid-stream: ids in flight, and no broker for a while
+            if n == 400:
+                proxy.resume()
+        assert app.extensions["bgqueue"].broker.flush(60)
+        rows = all_jobs(bgq)
+    failed = {r.id for r in rows if r.state == JobState.BROKER_FAILED}
+    ready = {r.id for r in rows if r.state == JobState.READY}
+    assert len(rows) == count and failed | ready == {r.id for r in rows}
+    assert failed and ready  # the cut failed some, the others went through
+    assert ready <= set(queued_ids(amqp_queue, 10))  # every READY id is in RabbitMQ
+    rabbit.config["BGQUEUE_BROKER_URL"] = AMQP_URL
+    run_everything(rabbit, count, "cut")
+
+
+def test_a_publisher_killed_right_after_publish_returns_loses_no_id(rabbit: ProcEnv) -> None:
+    rabbit.config["BGQUEUE_BROKER_RESEND_AFTER_SECONDS"] = 1
+    result = rabbit.run("publish-then-die", "300")
+    assert result.returncode == -9, result.stderr
+    time.sleep(1.2)  # READY rows untouched this long are resent by `process`
+    run_everything(rabbit, 300, "killed")
+
+
+def test_a_process_forked_after_publishing_publishes_through_its_own_thread(
+    rabbit: ProcEnv, amqp_queue: str
+) -> None:
+    """A pre-forking server: the parent published (its publisher thread runs), then forks;
+    the child's ids must not wait on the parent's thread, which the child does not have."""
+    app = rabbit.app()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        parent_id = bgq.publish("record", {"group": "fork", "name": "0"})
+        assert app.extensions["bgqueue"].broker.flush(30)
+        pid = os.fork()
+        if pid == 0:  # the child: publish, wait for the confirms, report by exit code
+            code = 1
+            try:
+                bgq.publish("record", {"group": "fork", "name": "1"})
+                code = 0 if app.extensions["bgqueue"].broker.flush(30) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        rows = all_jobs(bgq)
+    assert [r.state for r in rows] == [JobState.READY, JobState.READY]
+    assert sorted(queued_ids(amqp_queue, 10)) == sorted([parent_id, rows[1].id])

@@ -1,0 +1,72 @@
+"""The overview's queries read what they need through an index, not every job."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from flask_bgqueue import JobState
+from flask_bgqueue.clock import utcnow
+from tests.conftest import AppFactory
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_throughput_chart_reads_its_window_through_the_finished_at_index(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda **kw: None)
+    now = utcnow()
+    with app.app_context():
+        store = app.extensions["bgqueue"].store
+        rows = []
+        # six hours of jobs, mostly finished, the others in every state (SQLite's planner
+        # then takes "state = FINISHED" for the rarer condition, without the fix)
+        for n in range(5000):
+            at = now - timedelta(seconds=n * 4.3)
+            others = [s for s in JobState if s != JobState.FINISHED]
+            state = JobState.FINISHED if n % 7 else others[n // 7 % len(others)]
+            rows.append(
+                {
+                    "queue": "default",
+                    "priority": 1,
+                    "callback_name": f"f{n % 12}",
+                    "state": state,
+                    "created_at": at,
+                    "updated_at": at,
+                    "available_at": at,
+                    "finished_at": at if state == JobState.FINISHED else None,
+                    "number_of_attempts": 1,
+                    "is_unique": False,
+                }
+            )
+        with store.engine.begin() as conn:
+            conn.execute(store.table.insert(), rows)
+            conn.exec_driver_sql("ANALYZE")
+        sent: list[tuple[str, Any]] = []
+
+        def record(conn: Any, cursor: Any, statement: str, params: Any, *a: Any) -> None:
+            sent.append((statement, params))
+
+        sa.event.listen(store.engine, "before_cursor_execute", record)
+        try:
+            counts = store.outcomes_per_minute(now - timedelta(minutes=10))
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", record)
+        finished = [(s, p) for s, p in sent if "finished_at" in s]
+        assert len(finished) == 1
+        with store.engine.connect() as conn:
+            plan = " ".join(
+                str(r[-1])
+                for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + finished[0][0], finished[0][1]
+                )
+            )
+    assert f"ix_{store.table.name}_finished_at" in plan, plan
+    assert sum(n for kind, _, n in counts if kind == "finished") == len(
+        [r for r in rows if r["finished_at"] and r["finished_at"] >= now - timedelta(minutes=10)]
+    )
