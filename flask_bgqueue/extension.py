@@ -361,7 +361,8 @@ class BackgroundQueue:
     def get_unfinished_job_identifiers(
         self, identifiers: Iterable[str] | None = None, exclude_processing: bool = False
     ) -> list[str]:
-        """Identifiers (of those given, or all) that have a job not FINISHED nor REDUNDANT.
+        """Identifiers (of those given, or all) that have a job not done yet (done:
+        FINISHED, REDUNDANT, CANCELLED).
 
         :param identifiers: the identifiers to ask about; ``None`` for all.
         :param exclude_processing: leave out identifiers whose only such job runs now.

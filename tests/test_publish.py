@@ -179,7 +179,9 @@ def test_get_job_of_an_unknown_id_is_none(queue_app: Flask) -> None:
         assert queue_app.bgq.get_job(987654321) is None  # type: ignore[attr-defined]
 
 
-def test_unfinished_identifiers_exclude_finished_and_redundant(queue_app: Flask) -> None:
+def test_unfinished_identifiers_exclude_finished_redundant_and_cancelled(
+    queue_app: Flask,
+) -> None:
     bgq = queue_app.bgq  # type: ignore[attr-defined]
     with queue_app.app_context():
         ids = {s: bgq.publish("send_email", ["x"], identifier=f"id-{s.name}") for s in JobState}
@@ -187,7 +189,8 @@ def test_unfinished_identifiers_exclude_finished_and_redundant(queue_app: Flask)
         with store.engine.begin() as conn:
             for s, job_id in ids.items():
                 conn.execute(store.table.update().where(store.table.c.id == job_id).values(state=s))
-        unfinished = {f"id-{s.name}" for s in JobState} - {"id-FINISHED", "id-REDUNDANT"}
+        done = {"id-FINISHED", "id-REDUNDANT", "id-CANCELLED"}  # final: never run again
+        unfinished = {f"id-{s.name}" for s in JobState} - done
         assert bgq.get_unfinished_job_identifiers() == sorted(unfinished)
         assert bgq.get_unfinished_job_identifiers(["id-READY", "id-FINISHED", "id-other"]) == [
             "id-READY"
