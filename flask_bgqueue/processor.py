@@ -212,19 +212,17 @@ class Processor:
         limit = limit or self.settings.claim_batch_size
         limits = self.state.limits()
         with self.claiming() as now:
+            which: dict[str, Any] = {
+                "now": now,
+                "priorities": priorities,
+                "callbacks": known,
+                "pid": self.pid,
+                "hostname": self.hostname,
+                "queue": queue,
+                **({"states": states} if states is not None else {}),
+            }
             # The one-statement claim checks no limit: with limits, every claim is checked.
-            plain = None
-            if not limits:
-                plain = self.store.claim_plain(
-                    now=now,
-                    limit=limit,
-                    priorities=priorities,
-                    callbacks=known,
-                    pid=self.pid,
-                    hostname=self.hostname,
-                    **({"states": states} if states is not None else {}),
-                    queue=queue,
-                )
+            plain = None if limits else self.store.claim_plain(limit=limit, **which)
             claims: list[Claim] = []
             if plain is not None:  # PostgreSQL: plain jobs claimed in one statement
                 claims, checks_needed = plain
@@ -232,16 +230,10 @@ class Processor:
                     return claims
                 limit -= len(claims)
             rest = self.store.claim(
-                now=now,
                 limit=limit,
-                priorities=priorities,
-                callbacks=known,
-                pid=self.pid,
-                hostname=self.hostname,
-                **({"states": states} if states is not None else {}),
-                queue=queue,
                 limits=limits,
                 waiting_expiration=timedelta(milliseconds=self.settings.waiting_job_expiration_ms),
+                **which,
             )
             if not claims:
                 return rest
