@@ -98,12 +98,16 @@ def test_a_person_filters_failed_jobs_retries_one_and_sees_it_finished(
     assert "temporarily failed" in page.inner_text(".bgq-cards")
     assert page.locator("svg.bgq-chart rect.failed").count() >= 1
 
+    from playwright.sync_api import expect  # waits until the condition holds
+
     page.click("nav >> text=Failed")
+    page.wait_for_url("**/jobs?state=*")  # the click navigates: wait for the new page
     rows = page.locator("table.jobs tbody tr")
-    assert rows.count() == 2
+    expect(rows).to_have_count(2)
     assert "cannot work on 13" in page.inner_text("table.jobs")
 
     page.click(f"table.jobs >> text='{failed_id}'")
+    page.wait_for_url(f"**/jobs/{failed_id}")
     assert page.inner_text("h1").startswith(f"Job {failed_id}")
     assert "After failed attempt 1, it is retried at" in page.inner_text(".bgq-why")
     assert "ValueError: cannot work on 13" in page.inner_text("body")

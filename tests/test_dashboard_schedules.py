@@ -41,6 +41,7 @@ def test_a_person_sees_the_schedules_and_pauses_and_resumes_one(
     page = browser.new_page()
     page.goto(base + "/")
     page.click("nav >> text=Schedules")
+    page.wait_for_url("**/schedules")
     assert page.inner_text("h1") == "Periodic schedules"
     rates = page.inner_text("#schedule-rates")
     assert "*/5 * * * *" in rates and "Europe/Prague" in rates and "active" in rates
