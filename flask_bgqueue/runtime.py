@@ -62,6 +62,7 @@ class Runtime:
         if settings.broker_url is not None:  # checks the scheme and that pika is installed
             self.broker = broker_for_url(settings.broker_url, dict(settings.amqp_queue_arguments))
         self._lock = threading.Lock()
+        self._limits: tuple[int, dict[str, Limits]] | None = None
         #: Callbacks whose parameters held a SQLAlchemy model (warned of once each).
         self.noted_models: set[str] = set()
         #: Problems of schedules already logged by this process (each is logged once).
@@ -72,9 +73,17 @@ class Runtime:
         return spec if spec is not None else self.registry.callbacks.get(name)
 
     def limits(self) -> dict[str, Limits]:
-        """The concurrency and rate limits of the callbacks that have any, by name."""
-        specs = {**self.registry.callbacks, **self.settings.callbacks}
-        return {name: spec.limits for name, spec in specs.items() if spec.limits is not None}
+        """The concurrency and rate limits of the callbacks that have any, by name.
+
+        Asked by every claim: built again only when a callback was registered since (a
+        name is never registered twice, so the count tells).
+        """
+        registered = len(self.registry.callbacks)
+        if self._limits is None or self._limits[0] != registered:
+            specs = {**self.registry.callbacks, **self.settings.callbacks}
+            limits = {n: spec.limits for n, spec in specs.items() if spec.limits is not None}
+            self._limits = (registered, limits)
+        return self._limits[1]
 
     def callback_names(self) -> list[str]:
         return sorted({*self.settings.callbacks, *self.registry.callbacks})

@@ -9,8 +9,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "flask_bgqueue"
 #: Modules imported inside a function on purpose, only when configured: optional
 #: dependencies (pika), brokers chosen by URL, and the dashboard (off by default).
@@ -133,11 +131,6 @@ def test_no_package_module_is_imported_inside_a_function_to_dodge_a_cycle() -> N
     _, lazy = _graph()
     dodges = [f"{m}:{line} imports {t}" for m, t, line in lazy if t not in LAZY_ALLOWED]
     assert not dodges, dodges
-
-
-@pytest.mark.parametrize("room", ["store", "schema"])
-def test_sql_rooms_exist(room: str) -> None:
-    assert (PACKAGE / room).is_dir() or (PACKAGE / f"{room}.py").is_file()
 
 
 def test_sql_and_dialect_checks_live_only_in_the_store_and_the_schema() -> None:

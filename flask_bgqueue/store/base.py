@@ -3,7 +3,7 @@ the one guarded state transition."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,10 @@ class Claim:
 
     job: Job
     previous_state: JobState
+
+
+#: Jobs an operator's action (retry, cancel) changes per transaction.
+ACTION_BATCH = 500
 
 
 class StoreBase:
@@ -72,6 +76,18 @@ class StoreBase:
             extra=t.c.number_of_attempts == claim.job.number_of_attempts,
             **values,
         )
+
+    def _each_transition(
+        self, job_ids: Iterable[int], change: Callable[[sa.Connection, int], bool]
+    ) -> list[int]:
+        """Apply ``change`` to each job (an operator's action on many jobs); the ids it
+        changed. One transaction per :data:`ACTION_BATCH` jobs keeps locks short."""
+        ids = list(job_ids)
+        changed: list[int] = []
+        for start in range(0, len(ids), ACTION_BATCH):
+            with self.engine.begin() as conn:
+                changed += [i for i in ids[start : start + ACTION_BATCH] if change(conn, i)]
+        return changed
 
     def _transition(
         self,

@@ -22,33 +22,30 @@ class Control(StoreBase):
         A ``PROCESSING`` one keeps running but has ``cancel_requested_at`` set: its
         worker's heartbeat reads it, the callback sees ``current_job().cancel_requested``
         and its attempt ends ``CANCELLED``. Jobs in other states (or asked before) are left
-        alone. One transaction per 500 jobs keeps locks short.
+        alone.
         """
         t = self.table
-        ids = list(job_ids)
-        changed: list[int] = []
         asked = {"cancel_requested_at": now, "cancelled_by": by[:255], "updated_at": now}
-        for start in range(0, len(ids), 500):
-            with self.engine.begin() as conn:
-                for job_id in ids[start : start + 500]:
-                    if self._transition(
-                        conn,
-                        job_id,
-                        CANCELLABLE_STATES,
-                        extra=self.in_queue,
-                        state=JobState.CANCELLED,
-                        finished_at=now,
-                        error_message=f"cancelled by {by}",
-                        **asked,
-                    ) or self._transition(
-                        conn,
-                        job_id,
-                        (JobState.PROCESSING,),
-                        extra=sa.and_(self.in_queue, t.c.cancel_requested_at.is_(None)),
-                        **asked,
-                    ):
-                        changed.append(job_id)
-        return changed
+
+        def cancel(conn: sa.Connection, job_id: int) -> bool:
+            return self._transition(
+                conn,
+                job_id,
+                CANCELLABLE_STATES,
+                extra=self.in_queue,
+                state=JobState.CANCELLED,
+                finished_at=now,
+                error_message=f"cancelled by {by}",
+                **asked,
+            ) or self._transition(
+                conn,
+                job_id,
+                (JobState.PROCESSING,),
+                extra=sa.and_(self.in_queue, t.c.cancel_requested_at.is_(None)),
+                **asked,
+            )
+
+        return self._each_transition(job_ids, cancel)
 
     def cancel_requested(self, job_ids: Sequence[int]) -> list[int]:
         """Of these running jobs, those someone asked to stop (read by the heartbeat)."""

@@ -230,24 +230,20 @@ class Queries(StoreBase):
         """Make these jobs READY and due now, each from a state of ``RETRYABLE_STATES``.
 
         Returns the ids that changed; a job in any other state (or of another queue) is
-        left alone. One transaction per 500 jobs keeps locks short.
+        left alone.
         """
-        ids = list(job_ids)
-        changed: list[int] = []
-        for start in range(0, len(ids), 500):
-            with self.engine.begin() as conn:
-                for job_id in ids[start : start + 500]:
-                    if self._transition(
-                        conn,
-                        job_id,
-                        RETRYABLE_STATES,
-                        extra=self.in_queue,
-                        state=JobState.READY,
-                        available_at=now,
-                        updated_at=now,
-                    ):
-                        changed.append(job_id)
-        return changed
+        return self._each_transition(
+            job_ids,
+            lambda conn, job_id: self._transition(
+                conn,
+                job_id,
+                RETRYABLE_STATES,
+                extra=self.in_queue,
+                state=JobState.READY,
+                available_at=now,
+                updated_at=now,
+            ),
+        )
 
     def retryable_ids(self, *, max_id: int | None = None, **where: Any) -> list[int]:
         """Ids of matching jobs in a retryable state (up to ``max_id``), oldest first."""
