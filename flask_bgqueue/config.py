@@ -80,6 +80,9 @@ class CallbackSpec:
     #: At most this many jobs running at once, and this many starts per window (see
     #: :mod:`flask_bgqueue.limits`); per ``concurrency_key`` when jobs have one.
     limits: Limits | None = None
+    #: What a dict of parameters certainly fits (see :class:`KeywordFit`); ``None`` when
+    #: the signature is not read or takes required arguments only by position.
+    keywords: KeywordFit | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(
@@ -99,7 +102,46 @@ class CallbackSpec:
                 signature = inspect.signature(func)
             except (TypeError, ValueError):  # a built-in without one: not checked
                 pass
-        return cls(name, func, queue, priority, check_arguments, signature, timeout, limits)
+        keywords = None if signature is None else KeywordFit.of(signature)
+        return cls(
+            name, func, queue, priority, check_arguments, signature, timeout, limits, keywords
+        )
+
+
+@dataclass(frozen=True)
+class KeywordFit:
+    """The names a callback takes by keyword, read once from its signature, so that
+    ``publish()`` can accept a dict of parameters with two set operations instead of
+    ``Signature.bind`` (a quarter of a bulk publish's time). Only a sure fit is decided
+    here; anything else goes through ``bind``, which also words the error."""
+
+    #: Names that may be passed by keyword.
+    named: frozenset[str]
+    #: Names that must be passed (no default).
+    required: frozenset[str]
+    #: The function takes ``**kwargs``.
+    any_keyword: bool
+
+    @classmethod
+    def of(cls, signature: inspect.Signature) -> KeywordFit | None:
+        params = signature.parameters.values()
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        if any(p.kind is p.POSITIONAL_ONLY for p in params):
+            return None  # rare; ``bind`` decides
+        return cls(
+            named=frozenset(p.name for p in params if p.kind in kinds),
+            required=frozenset(p.name for p in params if p.kind in kinds and p.default is p.empty),
+            any_keyword=any(p.kind is p.VAR_KEYWORD for p in params),
+        )
+
+    def fits(self, parameters: dict[Any, Any]) -> bool:
+        """True when ``func(**parameters)`` certainly binds."""
+        keys = parameters.keys()
+        if not self.required <= keys:
+            return False
+        if self.any_keyword:
+            return all(type(k) is str for k in keys)
+        return keys <= self.named
 
 
 @dataclass(frozen=True)

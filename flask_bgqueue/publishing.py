@@ -92,7 +92,9 @@ def build_row(
         due = to_utc_naive(available_at, now)
     except TypeError as exc:
         raise PublishError(str(exc)) from None
-    if spec.signature is not None:
+    if spec.signature is not None and not (
+        spec.keywords is not None and type(parameters) is dict and spec.keywords.fits(parameters)
+    ):
         check_arguments(spec, spec.signature, parameters)
     stored = serialization.dump(parameters, s.parameters_format, s.signing_keys)
     if stored.parameters is not None and s.parameters_format == "auto":

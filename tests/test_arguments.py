@@ -7,6 +7,8 @@ SQLAlchemy model stored as a pickle is warned of.
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flask_bgqueue import ArgumentsError, BackgroundQueue, ConfigurationError, PublishError
+from flask_bgqueue.config import KeywordFit
 from tests.conftest import AppFactory
 from tests.helpers import all_jobs
 
@@ -171,3 +174,40 @@ def test_plain_parameters_and_other_pickles_are_not_warned_of(
         bgq.publish("takes", [{"order_id": 7}])
         bgq.publish("takes", [Path("/srv")])  # pickled, but no model
     assert not [r for r in caplog.records if "SQLAlchemy" in r.getMessage()]
+
+
+def _kw_only(*, a: int, b: int = 2) -> None: ...
+def _mixed(a: int, b: int = 1, *args: Any, c: int, d: int = 4) -> None: ...
+def _any_keyword(a: int, **kwargs: Any) -> None: ...
+def _plain(a: int, b: int) -> None: ...
+def _none() -> None: ...
+
+
+@pytest.mark.parametrize("func", [_kw_only, _mixed, _any_keyword, _plain, _none])
+def test_the_quick_keyword_check_accepts_only_what_bind_accepts(func: Any) -> None:
+    """A dict that publish() accepts without ``Signature.bind`` always binds, and every dict
+    that binds is accepted by one of the two (the quick check never refuses: it falls back)."""
+    signature = inspect.signature(func)
+    fit = KeywordFit.of(signature)
+    assert fit is not None
+    names = ["a", "b", "c", "d", "e", "args", "kwargs"]
+    accepted = 0
+    for size in range(len(names) + 1):
+        for keys in itertools.combinations(names, size):
+            parameters: dict[Any, Any] = dict.fromkeys(keys, 1)
+            try:
+                signature.bind(**parameters)
+                binds = True
+            except TypeError:
+                binds = False
+            if fit.fits(parameters):
+                accepted += 1
+                assert binds, (func.__name__, keys)
+    assert accepted > 0
+    assert not fit.fits({1: 2, **dict.fromkeys(fit.required, 1)})  # not a name: bind decides
+
+
+def test_positional_only_callbacks_are_always_checked_by_bind() -> None:
+    def f(a: int, /, b: int) -> None: ...
+
+    assert KeywordFit.of(inspect.signature(f)) is None
