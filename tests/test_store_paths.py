@@ -127,7 +127,7 @@ def test_every_sqlalchemy_attribute_the_fast_path_uses_exists() -> None:
 def test_a_bulk_on_postgresql_is_one_insert_from_arrays_with_ids_in_order(
     make_app: AppFactory, store_path: StorePath, db_url: str
 ) -> None:
-    """PostgreSQL: one ``INSERT ... SELECT * FROM unnest(arrays)`` per chunk of a bulk (the
+    """PostgreSQL: one ``INSERT ... SELECT ... FROM unnest(arrays)`` per chunk of a bulk (the
     same SQL for any number of rows), on both paths; the ids come back in publish order,
     every column as given (NULLs, bytes, booleans, times). Elsewhere: multi-row VALUES."""
     app = store_path.apply(make_app(BGQUEUE_BULK_SIZE=100, BGQUEUE_PARAMETERS_FORMAT="auto"))
@@ -159,7 +159,7 @@ def test_a_bulk_on_postgresql_is_one_insert_from_arrays_with_ids_in_order(
     sent = [s for s in store_path.statements if s.lstrip().upper().startswith("INSERT INTO")]
     assert store_path.calls["transaction"] == 2  # 100 rows, then 30
     if db_url.startswith("postgresql"):
-        assert len(written) == 1 and "SELECT * FROM unnest(" in written[0]  # any row count
+        assert len(written) == 1 and " FROM unnest(" in written[0]  # any row count
         assert sent == ([written[0]] * 2 if store_path.name == "sqlalchemy" else [])
     else:
         assert len(written) == 2 and all("unnest" not in s for s in written)
@@ -171,3 +171,44 @@ def test_a_bulk_on_postgresql_is_one_insert_from_arrays_with_ids_in_order(
     assert [j.is_unique for j in jobs] == [n % 6 == 0 for n in range(130)]
     delays = [(j.available_at - jobs[0].available_at).total_seconds() for j in jobs]
     assert [round(d) for d in delays] == list(range(130))
+
+
+def test_columns_alike_in_every_row_of_a_bulk_are_sent_once(
+    make_app: AppFactory, store_path: StorePath, db_url: str
+) -> None:
+    """PostgreSQL sends a column with one value in every row of a chunk as one scalar, not an
+    array (identical jobs: every column but the times; all NULL but one row: an array);
+    each row still reads back as published, ids in order, on both paths and every database."""
+    app = store_path.apply(make_app(BGQUEUE_BULK_SIZE=40))
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda *a, **kw: None)
+    driver = app.extensions["bgqueue"].store.driver
+    with app.app_context():
+        with bgq.bulk():
+            for _ in range(40):  # alike but for the times
+                bgq.publish("f", {"same": True}, priority=1)
+            for n in range(40):  # one row differs in each of three columns
+                bgq.publish(
+                    "f",
+                    {"same": True},
+                    serial_group="g" if n == 39 else None,
+                    identifier="only" if n == 0 else None,
+                    concurrency_key=f"k{n}" if n == 20 else None,
+                )
+        store = app.extensions["bgqueue"].store
+        with store.engine.connect() as conn:
+            ids = list(conn.execute(sa.select(store.table.c.id).order_by("id")).scalars())
+        jobs = [bgq.get_job(i) for i in ids]
+        loaded = [bgq.load_parameters(j) for j in jobs]
+    assert len(ids) == 80
+    assert loaded == [{"same": True}] * 80
+    second = jobs[40:]
+    assert [j.serial_group for j in second] == [None] * 39 + ["g"]
+    assert [j.identifier for j in second] == ["only"] + [None] * 39
+    assert [j.concurrency_key for j in second] == [None] * 20 + ["k20"] + [None] * 19
+    assert all(j.serial_group is None and j.identifier is None for j in jobs[:40])
+    if db_url.startswith("postgresql"):
+        first_sql, second_sql = list(driver._insert_cache.values())
+        columns = first_sql.count("::")
+        assert first_sql.count("[]") < columns - 5  # most columns went as scalars
+        assert second_sql.count("[]") == first_sql.count("[]") + 3

@@ -197,32 +197,52 @@ class Driver:
     def _insert_from_arrays(
         self, rows: Sequence[dict[str, Any]], columns: tuple[str, ...], returning: bool
     ) -> tuple[str, tuple[Any, ...]]:
-        """``INSERT ... SELECT * FROM unnest(%s::type[], ...)``: one array per column.
+        """``INSERT ... SELECT ... FROM unnest(%s::type[], ...)``: one array per column.
 
         The same SQL (and so one server-side prepared statement) for any number of rows, and
         a handful of parameters instead of one per value: the server parses and plans it
         once. ``unnest`` yields the arrays' elements in order, so the ids come in row order.
+        A column with one value in every row (the state, the callback, the times of a bulk
+        …) is sent once, as a scalar: building an array is most of the cost on this side.
         """
-        key = ("arrays", columns, returning)
-        sql = self._insert_cache.get(key)
-        if sql is None:
-            dialect = self.engine.dialect
-            quote = dialect.identifier_preparer.quote
-            types = [self.table.c[c].type.compile(dialect=dialect) for c in columns]
-            sql = (
-                f"INSERT INTO {quote(self.table.name)} ({', '.join(quote(c) for c in columns)})"
-                f" SELECT * FROM unnest({', '.join(f'%b::{t}[]' for t in types)})"
-                f"{' RETURNING id' if returning else ''}"
-            )
-            self._insert_cache[key] = sql
-        params = []
+        params: list[Any] = []
+        varying: list[bool] = []
         for column in columns:
             process = self._bind_processors[column]
             values = [row[column] for row in rows]
             if process is not None:
                 values = [v if v is None else process(v) for v in values]
-            params.append(values)
-        return sql, tuple(params)
+            first = values[0]
+            same = (
+                values.count(first) == len(values)
+                if first is not None
+                else not any(v is not None for v in values)
+            )
+            varying.append(not same)
+            params.append(first if same else values)
+        if not any(varying):  # one array is needed for the number of rows
+            varying[0] = True
+            params[0] = [params[0]] * len(rows)
+        key = ("arrays", columns, returning, tuple(varying))
+        sql = self._insert_cache.get(key)
+        if sql is None:
+            dialect = self.engine.dialect
+            quote = dialect.identifier_preparer.quote
+            types = [self.table.c[c].type.compile(dialect=dialect) for c in columns]
+            kinds = list(zip(types, varying, strict=True))
+            picks = [f"u.a{i}" if v else f"%b::{t}" for i, (t, v) in enumerate(kinds)]
+            arrays = [f"%b::{t}[]" for t, v in kinds if v]
+            names = [f"a{i}" for i, (_, v) in enumerate(kinds) if v]
+            sql = (
+                f"INSERT INTO {quote(self.table.name)} ({', '.join(quote(c) for c in columns)})"
+                f" SELECT {', '.join(picks)}"
+                f" FROM unnest({', '.join(arrays)}) AS u({', '.join(names)})"
+                f"{' RETURNING id' if returning else ''}"
+            )
+            self._insert_cache[key] = sql
+        # The scalars come first in the SQL (in the select list), then the arrays.
+        pairs = list(zip(params, varying, strict=True))
+        return sql, tuple([p for p, v in pairs if not v] + [p for p, v in pairs if v])
 
     def prepare(self, statement: Any, variable: Sequence[str]) -> Prepared:
         """Compile ``statement`` once; ``variable`` names the parameters each call gives."""
