@@ -257,8 +257,15 @@ rabbitmq_ready() {
   rabbitmqctl_t -q set_permissions -p / bgqueue '.*' '.*' '.*' >/dev/null
 }
 
+# The default node's Erlang VM: other nodes of the same user (a test cluster on other
+# ports, scripts/rabbitmq-cluster.sh) run the same command line, so the pid is asked of
+# the node itself.
+rabbitmq_pid() { rabbitmqctl_t -q eval 'list_to_integer(os:getpid()).' 2>/dev/null | tr -dc '0-9'; }
+
 rabbitmq_stop() {
-  rabbitmq_up || pgrep -u rabbitmq -f 'rabbit' >/dev/null || return 0
+  local pid
+  pid=$(rabbitmq_pid || true)
+  rabbitmq_up || [ -n "$pid" ] || return 0
   say "stopping RabbitMQ"
   if have_systemd; then
     systemctl stop rabbitmq-server
@@ -266,7 +273,7 @@ rabbitmq_stop() {
     rabbitmqctl_t -q shutdown >/dev/null 2>&1 || rabbitmqctl_t -q stop >/dev/null 2>&1 || true
   fi
   wait_gone "RabbitMQ" rabbitmq_up
-  wait_gone "RabbitMQ (beam) process" pgrep -u rabbitmq -f 'beam.*-s rabbit'
+  if [ -n "$pid" ]; then wait_gone "RabbitMQ (beam) process $pid" pid_alive "$pid" beam.smp; fi
 }
 
 # ---------------------------------------------------------------------- main
