@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -143,6 +144,7 @@ class Host:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its children (one per connection) die with it
         )
         self.forwarders.append(proc)
         deadline = time.monotonic() + 30
@@ -235,7 +237,10 @@ class Host:
                 proc.kill()
                 proc.wait(30)
         for fwd in self.forwarders:
-            fwd.kill()
+            try:
+                os.killpg(fwd.pid, signal.SIGKILL)  # the group this forwarder leads
+            except ProcessLookupError:
+                pass
             fwd.wait(30)
         _sh("ip", "netns", "del", self.ns, check=False)
         _sh("ip", "link", "del", self.link, check=False)

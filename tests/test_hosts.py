@@ -77,16 +77,23 @@ def assert_exclusive(group_runs: list[dict[str, Any]]) -> None:
         assert before["end"] <= after["start"], f"{before} overlaps {after}"
 
 
+#: database, with RabbitMQ, whether host-a's callback ends while it is still cut off
 CASES = [
-    pytest.param("postgresql", False, id="postgresql"),
-    pytest.param("mysql", False, id="mysql"),
-    pytest.param("postgresql", True, id="postgresql-rabbitmq"),
+    pytest.param("postgresql", False, True, id="postgresql"),
+    pytest.param("mysql", False, True, id="mysql"),
+    pytest.param("postgresql", True, True, id="postgresql-rabbitmq"),
+    pytest.param("mysql", True, False, id="mysql-rabbitmq-ends-after-heal"),
 ]
 
 
-@pytest.mark.parametrize(("db_url", "broker"), CASES, indirect=["db_url"])
+@pytest.mark.parametrize(("db_url", "broker", "ends_while_cut"), CASES, indirect=["db_url"])
 def test_a_host_cut_off_mid_job_loses_it_to_the_others_and_its_late_outcome_is_refused(
-    procs: ProcEnv, hosts: Hosts, db_url: str, broker: bool, amqp_name: str | None
+    procs: ProcEnv,
+    hosts: Hosts,
+    db_url: str,
+    broker: bool,
+    ends_while_cut: bool,
+    amqp_name: str | None,
 ) -> None:
     procs.config.update(FAST)
     if broker:
@@ -130,15 +137,22 @@ def test_a_host_cut_off_mid_job_loses_it_to_the_others_and_its_late_outcome_is_r
             "host-c",
         )
 
-    # Still cut off, host-a's callback ends: its outcome cannot reach the database, and
-    # its calls fail in bounded time (BGQUEUE_NETWORK_TIMEOUT_SECONDS), not the kernel's
-    # quarter of an hour.
-    (procs.dir / "cut.1.hold").unlink()
-    a.wait_for_log(r"lost the database", timeout=60)
-    a.heal()
+    if ends_while_cut:
+        # Still cut off, host-a's callback ends: its outcome cannot reach the database,
+        # and its calls fail in bounded time (BGQUEUE_NETWORK_TIMEOUT_SECONDS), not the
+        # kernel's quarter of an hour. It owes the outcome and rides the outage out.
+        (procs.dir / "cut.1.hold").unlink()
+        a.wait_for_log(r"lost the database", timeout=60)
+        a.heal()
+        a.wait_for_log(r"database back after")
+    else:
+        # The heartbeat thread's calls fail in bounded time while the callback runs on;
+        # the cut heals first, then the callback ends.
+        a.wait_for_log(r"bgqueue heartbeat failed", timeout=60)
+        a.heal()
+        (procs.dir / "cut.1.hold").unlink()
     refused = a.wait_for_log(rf"job {cut_id} was taken from this worker while it ran", 90)
     assert "not saved" in refused
-    a.wait_for_log(r"database back after")
     assert state(cut_id).state is JobState.FINISHED  # host-a's FINISHED was not written
     assert state(cut_id).number_of_attempts == 2
 
@@ -237,3 +251,56 @@ def test_cron_sweeps_on_several_hosts_side_by_side_keep_serial_groups_exclusive(
 
 def _name(job: Any) -> str:
     return str(json.loads(job.parameters_json)["name"])
+
+
+@pytest.mark.parametrize("db_url", ["postgresql", "mysql"], indirect=True)
+def test_a_cron_sweep_cut_off_mid_job_ends_in_bounded_time_and_the_others_run_the_job(
+    procs: ProcEnv, hosts: Hosts, db_url: str
+) -> None:
+    procs.config.update(FAST)
+    app = procs.app()
+    bgq = app.bgq  # type: ignore[attr-defined]
+    a, b = hosts["host-a"], hosts["host-b"]
+    for host in hosts:
+        host.config.update(procs.config)
+    (procs.dir / "cut.1.hold").touch()
+    with app.app_context():
+        cut_id = bgq.publish("held", {"group": "g", "name": "cut"}, serial_group="g")
+        group_ids = [
+            bgq.publish("held", {"group": "g", "name": f"g{n}"}, serial_group="g") for n in range(2)
+        ]
+    sweep_a = a.start("bgq", "process")
+    wait_until("host-a starts the job", lambda: "cut 1 host-a" in _started(procs))
+    a.cut()
+
+    def finished() -> bool:
+        with app.app_context():
+            jobs = [bgq.get_job(i) for i in [cut_id, *group_ids]]
+        return all(j.state is JobState.FINISHED for j in jobs)
+
+    def sweep_b() -> bool:  # cron on host-b, every second or so
+        assert b.start("bgq", "process").wait(60) == 0, b.log()
+        return finished()
+
+    wait_until("host-b takes the job back and runs the group", sweep_b)
+    with app.app_context():
+        job = bgq.get_job(cut_id)
+    assert (job.hostname, job.number_of_attempts) == ("host-b", 2)
+
+    # host-a's callback ends while it is cut off: saving its outcome fails in bounded
+    # time, and the sweep ends with the database's error (its next run starts afresh).
+    (procs.dir / "cut.1.hold").unlink()
+    assert sweep_a.wait(60) != 0
+    assert "OperationalError" in a.log(sweep_a)
+    a.heal()
+    with app.app_context():
+        after = bgq.publish("held", {"group": "h", "name": "after"})
+    assert a.start("bgq", "process").wait(60) == 0, a.log()
+    with app.app_context():
+        assert bgq.get_job(after).hostname == "host-a"
+        assert bgq.get_job(cut_id).number_of_attempts == 2  # host-a's outcome never landed
+
+    recorded = runs(procs)
+    group = [r for r in recorded if r["group"] == "g" and r["host"] != "host-a"]
+    assert [r["name"] for r in sorted(group, key=lambda r: r["start"])] == ["cut", "g0", "g1"]
+    assert_exclusive(group)
