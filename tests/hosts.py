@@ -224,6 +224,8 @@ class Host:
         """Delete the cut's rules: the host reaches the servers again."""
         self._rules("-D")
         self.is_cut = False
+        left = self.exec("iptables", "-S").stdout
+        assert "-j DROP" not in left, left
 
     def stop(self, proc: subprocess.Popen[str], timeout: float = 60) -> int:
         """SIGTERM ``proc`` (it finishes its job first); its exit status."""
