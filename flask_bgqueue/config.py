@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_LOCKS_DIR": None,
     "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 10,
     "BGQUEUE_WORKER_LOST_AFTER_SECONDS": 60,
+    "BGQUEUE_NETWORK_TIMEOUT_SECONDS": 30,
     "BGQUEUE_DEFAULT_TIMEOUT_SECONDS": None,
     "BGQUEUE_TIMEOUT_GRACE_SECONDS": 10,
     "BGQUEUE_MAX_RESULT_BYTES": 65536,
@@ -169,6 +170,8 @@ class Settings:
     timeout_grace_seconds: float
     max_result_bytes: int
     worker_lost_after_seconds: float
+    #: How long a database connection waits on a silent network before it fails.
+    network_timeout_seconds: float | None
     claim_batch_size: int
     poll_interval_ms: int
     broker_url: str | None
@@ -234,6 +237,9 @@ def load_settings(app: Flask) -> Settings:
         ),
         worker_lost_after_seconds=_number(
             c, "BGQUEUE_WORKER_LOST_AFTER_SECONDS", minimum=0.01, kind=(int, float)
+        ),
+        network_timeout_seconds=_number(
+            c, "BGQUEUE_NETWORK_TIMEOUT_SECONDS", minimum=1, optional=True, kind=(int, float)
         ),
         claim_batch_size=_number(c, "BGQUEUE_CLAIM_BATCH_SIZE", minimum=1),
         poll_interval_ms=_number(c, "BGQUEUE_POLL_INTERVAL_MS", minimum=1),

@@ -29,7 +29,7 @@ from .exceptions import ConfigurationError, SchemaError
 from .limits import Limits
 from .schedule import Schedule
 from .store import Store
-from .store.dialects import enable_wal, engine_options, prepare_engine
+from .store.dialects import bound_network_waits, enable_wal, engine_options, prepare_engine
 
 EXTENSION_KEY = "bgqueue"
 
@@ -217,7 +217,10 @@ def _engine(settings: Settings) -> sa.Engine:
     """The queue's engine: a private one for ``BGQUEUE_DATABASE_URI``, else the bind's."""
     if settings.database_uri is not None:
         url = sa.make_url(settings.database_uri)
-        return sa.create_engine(url, **engine_options(url, settings.engine_options))
+        timeout = settings.network_timeout_seconds
+        private = sa.create_engine(url, **engine_options(url, settings.engine_options, timeout))
+        bound_network_waits(private, timeout)
+        return private
     db = current_app.extensions.get("sqlalchemy")
     if db is None:
         raise ConfigurationError(
@@ -227,5 +230,5 @@ def _engine(settings: Settings) -> sa.Engine:
             "BGQUEUE_BIND_KEY",
         )
     engine: sa.Engine = db.engines[settings.bind_key]
-    prepare_engine(engine)
+    prepare_engine(engine, settings.network_timeout_seconds)
     return engine

@@ -21,6 +21,9 @@ if [ ! -x /usr/bin/chromium ]; then
   apt-get -o DPkg::Lock::Timeout=600 install -y -q chromium
 fi
 
+# Network namespaces as hosts (tests/test_hosts.py): ip, unshare, socat, iptables.
+scripts/hosts-setup.sh
+
 # Style and types first: a full run (no pytest arguments) or CI fails on either.
 if [ "$#" -eq 0 ] || [ "${CI:-}" = true ]; then
   scripts/lint.sh

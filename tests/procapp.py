@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 
 import click
@@ -48,6 +49,26 @@ def slow(name: str, seconds: float) -> None:
     while os.path.exists(hold) and time.time() < deadline:
         time.sleep(0.05)
     _record(f"slow {name} end {os.getpid()}")
+
+
+@bgq.callback("held")
+def held(group: str, name: str, pause: float = 0.0) -> None:
+    """Like ``record`` ("group name start end pid host attempt"), but first wait while the
+    file ``<PROCAPP_DIR>/<name>.<attempt>.hold`` exists (60 s at most): a test holds one
+    attempt of a job and lets the next one run through."""
+    job = current_job()
+    assert job is not None
+    start = time.time()
+    _record(f"{name} {job.attempt} {socket.gethostname()} {os.getpid()}", "started.txt")
+    hold = os.path.join(os.environ["PROCAPP_DIR"], f"{name}.{job.attempt}.hold")
+    deadline = start + 60
+    while os.path.exists(hold) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(pause)
+    _record(
+        f"{group} {name} {start:.6f} {time.time():.6f} {os.getpid()} {socket.gethostname()}"
+        f" {job.attempt}"
+    )
 
 
 @bgq.callback("until_cancelled")

@@ -90,6 +90,8 @@ def test_defaults_are_set_on_app_config() -> None:
         ("BGQUEUE_WORKER_LOST_AFTER_SECONDS", float("inf"), "finite number"),
         ("BGQUEUE_HEARTBEAT_INTERVAL_SECONDS", float("nan"), "finite number"),
         ("BGQUEUE_BROKER_RESEND_AFTER_SECONDS", float("inf"), "finite number"),
+        ("BGQUEUE_NETWORK_TIMEOUT_SECONDS", 0.5, ">= 1"),
+        ("BGQUEUE_NETWORK_TIMEOUT_SECONDS", "30", "finite number"),
         ("BGQUEUE_AMQP_QUEUE_ARGUMENTS", [1], "must be a dict"),
         ("BGQUEUE_ENGINE_OPTIONS", None, "must be a dict"),
     ],

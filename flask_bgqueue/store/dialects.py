@@ -8,8 +8,12 @@ are awaited. The engine-level settings of SQLite (WAL, busy timeout) live here t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -331,25 +335,91 @@ def dialect_for(engine: sa.Engine) -> Dialect:
 # -- engine settings ------------------------------------------------------------------------
 
 
-def engine_options(url: sa.URL, options: Mapping[str, Any]) -> dict[str, Any]:
+def engine_options(
+    url: sa.URL, options: Mapping[str, Any], network_timeout: float | None = None
+) -> dict[str, Any]:
     """``create_engine`` options for the queue's private engine: SQLite waits for another
-    process's write lock, and an in-memory database keeps its one connection."""
+    process's write lock, and an in-memory database keeps its one connection; a server
+    that does not answer a connection attempt within ``network_timeout`` seconds fails it
+    (libpq's and the MySQL drivers' ``connect_timeout``), unless the options say otherwise."""
     options = dict(options)
-    if url.get_backend_name() == "sqlite":
+    backend = url.get_backend_name()
+    if network_timeout is not None and backend in _CONNECT_TIMEOUT_BACKENDS:
+        connect_args = options.setdefault("connect_args", {})
+        connect_args.setdefault("connect_timeout", max(2, math.ceil(network_timeout)))
+    if backend == "sqlite":
         options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_SECONDS)
         if url.database in (None, "", ":memory:"):
             options.setdefault("poolclass", sa.StaticPool)
     return options
 
 
-def prepare_engine(engine: sa.Engine) -> None:
-    """Settings the queue needs on an engine it shares with the application (a bind).
+def prepare_engine(engine: sa.Engine, network_timeout: float | None = None) -> None:
+    """Settings the queue needs on its engine, private or shared with the application (a
+    bind).
 
     SQLite: wait for another process's write instead of failing at once with "database is
     locked". Set on checkout, not connect: the bind's pool may already hold connections.
+
+    A server over TCP: a network that goes silent (a partition, a host gone, a firewall
+    dropping packets) fails a connection's call within about ``network_timeout`` seconds
+    instead of the kernel's ~15 minutes, so a worker notices, says so and rides it out.
+    Each new connection's socket gets keepalives and ``TCP_USER_TIMEOUT`` (Linux): a
+    request the server never acknowledges, or a server that stops answering keepalive
+    probes while a query runs, ends the connection. A slow query on a healthy network is
+    not cut (the server's kernel answers the probes).
     """
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine.pool, "checkout", _sqlite_busy_timeout)
+    bound_network_waits(engine, network_timeout)
+
+
+def bound_network_waits(engine: sa.Engine, network_timeout: float | None) -> None:
+    """Fail a call on a silent network within about ``network_timeout`` seconds (see
+    :func:`prepare_engine`); ``None`` leaves the kernel's defaults."""
+    if network_timeout is not None and engine.dialect.name != "sqlite":
+        sa.event.listen(engine.pool, "connect", functools.partial(_bound_waits, network_timeout))
+
+
+#: The backends whose drivers take ``connect_timeout`` (seconds) as a connect argument.
+_CONNECT_TIMEOUT_BACKENDS = ("postgresql", "mysql", "mariadb")
+
+
+def _bound_waits(seconds: float, dbapi_connection: Any, *_: Any) -> None:
+    """Keepalives and ``TCP_USER_TIMEOUT`` on a new connection's TCP socket (see
+    :func:`prepare_engine`); nothing for a Unix socket or a driver that hides its socket."""
+    fd = _socket_fd(dbapi_connection)
+    if fd is None:
+        return
+    sock = socket.socket(fileno=os.dup(fd))  # the options are the shared socket's
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        idle = max(1, math.ceil(seconds / 3))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", idle),
+            ("TCP_KEEPINTVL", idle),
+            ("TCP_KEEPCNT", 3),
+            ("TCP_USER_TIMEOUT", math.ceil(seconds * 1000)),
+        ):
+            if hasattr(socket, name):  # Linux has them all; other systems some
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    finally:
+        sock.close()
+
+
+def _socket_fd(dbapi_connection: Any) -> int | None:
+    """The file descriptor of a DBAPI connection's socket: psycopg and psycopg2 say it
+    (``fileno()``), PyMySQL keeps its socket in ``_sock``."""
+    fileno = getattr(dbapi_connection, "fileno", None)
+    if callable(fileno):
+        try:
+            return int(fileno())
+        except Exception:
+            return None
+    sock = getattr(dbapi_connection, "_sock", None)
+    return sock.fileno() if isinstance(sock, socket.socket) else None
 
 
 def _sqlite_busy_timeout(dbapi_connection: Any, *_: Any) -> None:

@@ -211,12 +211,22 @@ class Outcomes(StoreBase):
         }
 
     def heartbeat(self, claims: Sequence[Claim], now: datetime) -> None:
+        """Keep the claimed jobs this worker's: only those still at its attempt, so a worker
+        whose job was taken back and claimed again elsewhere (a host cut off, then back)
+        never keeps the new attempt alive with its own beats."""
         t = self.table
         if not claims:
             return
+        by_attempt: dict[int, list[int]] = {}
+        for claim in claims:
+            by_attempt.setdefault(claim.job.number_of_attempts, []).append(claim.job.id)
+        ours = sa.or_(
+            *(
+                sa.and_(t.c.number_of_attempts == attempts, t.c.id.in_(ids))
+                for attempts, ids in by_attempt.items()
+            )
+        )
         with self.engine.begin() as conn:
             conn.execute(
-                t.update()
-                .where(t.c.id.in_([c.job.id for c in claims]), t.c.state == JobState.PROCESSING)
-                .values(heartbeat_at=now)
+                t.update().where(ours, t.c.state == JobState.PROCESSING).values(heartbeat_at=now)
             )
