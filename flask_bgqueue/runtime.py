@@ -29,7 +29,7 @@ from .exceptions import ConfigurationError, SchemaError
 from .limits import Limits
 from .schedule import Schedule
 from .store import Store
-from .store.dialects import enable_wal, engine_options, prepare_engine
+from .store.dialects import enable_wal, engine_options, prepare_engine, prepare_pooling
 
 EXTENSION_KEY = "bgqueue"
 
@@ -127,7 +127,9 @@ class Runtime:
                     f" version needs {schema.head_revision()}. Run 'flask bgq update-schema'"
                     " (BGQUEUE_AUTO_UPDATE_SCHEMA is off)."
                 )
-        return Store(engine, s.table_name, s.queue)
+        store = Store(engine, s.table_name, s.queue)
+        store.configure_pooling(s.transaction_pooling, s.listen_database_uri)
+        return store
 
     def queues(self) -> list[str]:
         """The queues this app publishes to: ``BGQUEUE_QUEUE`` and its callbacks' sub-queues."""
@@ -217,7 +219,9 @@ def _engine(settings: Settings) -> sa.Engine:
     """The queue's engine: a private one for ``BGQUEUE_DATABASE_URI``, else the bind's."""
     if settings.database_uri is not None:
         url = sa.make_url(settings.database_uri)
-        return sa.create_engine(url, **engine_options(url, settings.engine_options))
+        private = sa.create_engine(url, **engine_options(url, settings.engine_options))
+        prepare_pooling(private, settings.transaction_pooling)
+        return private
     db = current_app.extensions.get("sqlalchemy")
     if db is None:
         raise ConfigurationError(
@@ -228,4 +232,5 @@ def _engine(settings: Settings) -> sa.Engine:
         )
     engine: sa.Engine = db.engines[settings.bind_key]
     prepare_engine(engine)
+    prepare_pooling(engine, settings.transaction_pooling)
     return engine

@@ -37,7 +37,15 @@ class Store(
         """Something to wait on for new jobs (``with store.listener(s) as l: l.wait(stop)``).
 
         PostgreSQL: ``LISTEN`` on the channel the insert trigger NOTIFYs (migration 0005),
-        on a connection of its own, for at most ``interval`` seconds a wait. Elsewhere: a
-        plain wait of ``interval`` seconds.
+        on a connection of its own (to ``BGQUEUE_LISTEN_DATABASE_URI`` when set), for at
+        most ``interval`` seconds a wait. Elsewhere, and behind a pooler in transaction mode
+        without that URL: a plain wait of ``interval`` seconds.
         """
-        return self.dialect.listener(self.channel, interval)
+        return self.dialect.listener(
+            self.channel, interval, self.listen_engine, self.transaction_pooling
+        )
+
+    @property
+    def wakeup(self) -> str:
+        """How a broker-less consumer learns of new jobs, in words."""
+        return self.dialect.wakeup_mode(self.listen_engine, self.transaction_pooling)

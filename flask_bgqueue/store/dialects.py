@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,13 @@ from ..models import RUNNABLE_STATES, JobState
 
 #: How long SQLite waits for another connection's write lock, in seconds.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+#: How long a new PostgreSQL listener waits for its own test notification before deciding
+#: that its ``LISTEN`` connection cannot hear any (a pooler in transaction mode), in seconds.
+#: A direct connection hears it within milliseconds.
+LISTEN_PROBE_SECONDS = 5
+
+_log = logging.getLogger("flask_bgqueue")
 
 
 def lock_key(name: str) -> int:
@@ -117,9 +125,15 @@ class Dialect:
         """The largest statement the server takes, where it has a small limit."""
         return None
 
-    def listener(self, channel: str, interval: float) -> Listener:
+    def listener(
+        self, channel: str, interval: float, listen_engine: sa.Engine | None, pooled: bool
+    ) -> Listener:
         """An object that waits for new jobs: here a plain timed wait."""
         return Listener(interval)
+
+    def wakeup_mode(self, listen_engine: sa.Engine | None, pooled: bool) -> str:
+        """How a broker-less consumer learns of new jobs, in words."""
+        return self.wakeup
 
 
 class SQLite(Dialect):
@@ -173,9 +187,49 @@ class PostgreSQL(Dialect):
     def minute(self, column: Any) -> Any:
         return sa.func.date_trunc("minute", column)
 
-    def listener(self, channel: str, interval: float) -> Listener:
-        """``LISTEN`` on the channel a trigger NOTIFYs when jobs are inserted (migration 0005)."""
-        return _PostgreSQLListener(self.engine, channel, interval)
+    def listener(
+        self, channel: str, interval: float, listen_engine: sa.Engine | None, pooled: bool
+    ) -> Listener:
+        """``LISTEN`` on the channel a trigger NOTIFYs when jobs are inserted (migration 0005).
+
+        On ``listen_engine`` when given (a direct connection while the queue's own go
+        through a pooler). Through a pooler in transaction mode ``LISTEN`` lands on a server
+        connection that is handed to other clients between statements: this client never
+        hears a notification. So with ``pooled`` and no ``listen_engine`` there is no
+        ``LISTEN`` at all, only polling; and every new ``LISTEN`` connection first sends
+        itself a notification (on a channel of its own) and falls back to polling, with a
+        warning, when it does not hear it.
+        """
+        if pooled and listen_engine is None:
+            return Listener(interval)
+        listener = _PostgreSQLListener(listen_engine or self.engine, channel, interval)
+        try:
+            heard = listener.probe(self.engine, LISTEN_PROBE_SECONDS)
+        except BaseException:
+            listener.close()
+            raise
+        if heard:
+            return listener
+        listener.close()
+        url = (listen_engine or self.engine).url.render_as_string(hide_password=True)
+        _log.warning(
+            "bgqueue: LISTEN on %s does not hear notifications (its own test notification did"
+            " not arrive in %d s): the connection goes through a pooler in transaction mode"
+            " (PgBouncer?). Polling every BGQUEUE_POLL_INTERVAL_MS instead; set"
+            " BGQUEUE_LISTEN_DATABASE_URI to a direct PostgreSQL URL for LISTEN, and"
+            " BGQUEUE_TRANSACTION_POOLING = True.",
+            url,
+            LISTEN_PROBE_SECONDS,
+        )
+        return Listener(interval)
+
+    def wakeup_mode(self, listen_engine: sa.Engine | None, pooled: bool) -> str:
+        if listen_engine is not None:
+            url = listen_engine.url
+            return f"LISTEN/NOTIFY on {url.host}:{url.port or 5432}/{url.database}"
+        if pooled:
+            return "polling (transaction pooling, no BGQUEUE_LISTEN_DATABASE_URI)"
+        return self.wakeup
 
 
 class _PostgreSQLListener(Listener):
@@ -187,7 +241,24 @@ class _PostgreSQLListener(Listener):
         self.raw: Any = engine.raw_connection()
         conn: Any = self.raw.driver_connection
         conn.autocommit = True
-        conn.execute(f'LISTEN "{channel}"')
+        self.listening = False
+
+    def probe(self, notifier: sa.Engine, seconds: float) -> bool:
+        """Whether this connection hears a notification sent on ``notifier``; if it does,
+        ``LISTEN`` on the jobs' channel. The test channel is this listener's own, so no
+        other consumer wakes up for it."""
+        conn: Any = self.raw.driver_connection
+        probe = f"bgq_probe_{secrets.token_hex(8)}"
+        conn.execute(f'LISTEN "{probe}"')
+        with notifier.connect() as sender:
+            sender.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": probe})
+            sender.commit()
+        heard = any(n.channel == probe for n in conn.notifies(timeout=seconds, stop_after=1))
+        conn.execute(f'UNLISTEN "{probe}"')
+        if heard:
+            conn.execute(f'LISTEN "{self.channel}"')
+            self.listening = True
+        return heard
 
     def wait(self, stop: threading.Event) -> None:
         deadline = time.monotonic() + self.interval
@@ -203,7 +274,8 @@ class _PostgreSQLListener(Listener):
             return
         raw, self.raw = self.raw, None
         try:
-            raw.driver_connection.execute(f'UNLISTEN "{self.channel}"')
+            if self.listening:
+                raw.driver_connection.execute(f'UNLISTEN "{self.channel}"')
         finally:
             raw.invalidate()  # never hand a LISTENing connection back to the pool
 
@@ -350,6 +422,54 @@ def prepare_engine(engine: sa.Engine) -> None:
     """
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine.pool, "checkout", _sqlite_busy_timeout)
+
+
+def prepare_pooling(engine: sa.Engine, transaction_pooling: bool) -> None:
+    """Settings for a PostgreSQL engine that may go through a pooler (PgBouncer).
+
+    ``transaction_pooling``: psycopg 3 prepares a statement on the server once it ran five
+    times on a connection (``prepare_threshold``), and uses it by name afterwards. Behind a
+    pooler in transaction mode the next transaction may run on another server connection,
+    which does not know that name ("prepared statement "_pg3_0" does not exist"; PgBouncer
+    before 1.21, or without ``max_prepared_statements``). So the queue's connections never
+    prepare: set on checkout, the engine may be a bind whose pool already holds
+    connections. Either way, such an error is logged once with the setting that cures it.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    if transaction_pooling:
+        sa.event.listen(engine, "checkout", _never_prepare)
+    sa.event.listen(engine, "handle_error", _note_pooler_error)
+
+
+def _never_prepare(dbapi_connection: Any, *_: Any) -> None:
+    if hasattr(dbapi_connection, "prepare_threshold"):  # psycopg 3 (psycopg2 never prepares)
+        dbapi_connection.prepare_threshold = None
+
+
+_POOLER_CODES = ("26000", "42P05")  # prepared statement does not exist / already exists
+_pooler_noted = False
+
+
+def note_pooler_error(exc: BaseException) -> None:
+    """Log, once per process, what cures a prepared statement lost behind a pooler."""
+    global _pooler_noted
+    if _pooler_noted or getattr(exc, "sqlstate", None) not in _POOLER_CODES:
+        return
+    if "_pg3_" not in str(exc):  # only psycopg's own automatic prepared statements
+        return
+    _pooler_noted = True
+    _log.error(
+        "bgqueue: PostgreSQL says %s: the queue's connections go through a pooler in"
+        " transaction mode (PgBouncer before 1.21, or without max_prepared_statements), where"
+        " the next transaction may run on another server connection. Set"
+        " BGQUEUE_TRANSACTION_POOLING = True (no server-side prepared statements then).",
+        str(exc).strip().splitlines()[0],
+    )
+
+
+def _note_pooler_error(context: Any) -> None:
+    note_pooler_error(context.original_exception)
 
 
 def _sqlite_busy_timeout(dbapi_connection: Any, *_: Any) -> None:
