@@ -19,8 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 
-from flask_bgqueue import JobState
+from flask_bgqueue import BackgroundQueue, ConfigurationError, JobState
 from flask_bgqueue.schema import current_revision, head_revision
 from flask_bgqueue.store import Listener
 from flask_bgqueue.store import dialects as store_dialects
@@ -284,3 +285,44 @@ def test_the_schema_upgrade_runs_once_when_processes_race_through_the_pooler(
     with engine.connect() as conn:
         assert current_revision(conn, pooled.env["PROCAPP_TABLE"]) == head_revision()
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("uri", "fragment"),
+    [
+        ("mysql+pymysql://u:p@h/db", "must be a PostgreSQL URL for psycopg 3"),
+        ("postgresql+psycopg2://u:p@h/db", "must be a PostgreSQL URL for psycopg 3"),
+        ("not a url", "is not a database URL"),
+        (5432, "must be a non-empty string"),
+    ],
+)
+def test_a_wrong_listen_url_is_refused_at_init_app(uri: Any, fragment: str) -> None:
+    app = Flask("t")
+    app.config.update(BGQUEUE_DATABASE_URI="sqlite://", BGQUEUE_LISTEN_DATABASE_URI=uri)
+    with pytest.raises(ConfigurationError, match=fragment) as info:
+        BackgroundQueue(app)
+    assert info.value.key == "BGQUEUE_LISTEN_DATABASE_URI"
+    assert ":p@" not in str(info.value)
+
+
+def test_a_listen_url_without_a_driver_means_psycopg_3() -> None:
+    app = Flask("t")
+    app.config.update(
+        BGQUEUE_DATABASE_URI="sqlite://", BGQUEUE_LISTEN_DATABASE_URI="postgresql://u:p@h/db"
+    )
+    BackgroundQueue(app)
+    assert app.extensions["bgqueue"].settings.listen_database_uri == (
+        "postgresql+psycopg://u:p@h/db"
+    )
+
+
+def test_a_listen_url_for_a_job_table_not_on_postgresql_is_refused(tmp_path: Any) -> None:
+    app = Flask("t", instance_path=str(tmp_path))
+    app.config.update(
+        BGQUEUE_DATABASE_URI=f"sqlite:///{tmp_path / 'jobs.db'}",
+        BGQUEUE_LISTEN_DATABASE_URI="postgresql+psycopg://u:p@h/db",
+    )
+    BackgroundQueue(app)
+    with app.app_context(), pytest.raises(ConfigurationError, match="which has no LISTEN"):
+        app.extensions["bgqueue"].store  # noqa: B018
+    app.extensions["bgqueue"].engine.dispose()
