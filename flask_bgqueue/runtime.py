@@ -29,7 +29,8 @@ from .exceptions import ConfigurationError, SchemaError
 from .limits import Limits
 from .schedule import Schedule
 from .store import Store
-from .store.dialects import enable_wal, engine_options, prepare_engine, prepare_pooling
+from .store.dialects import enable_wal, engine_options, prepare_engine
+from .store.pooling import prepare_pooling
 
 EXTENSION_KEY = "bgqueue"
 

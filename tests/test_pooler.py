@@ -23,10 +23,10 @@ from flask import Flask
 
 from flask_bgqueue import BackgroundQueue, ConfigurationError, JobState
 from flask_bgqueue.schema import current_revision, head_revision
-from flask_bgqueue.store import Listener
-from flask_bgqueue.store import dialects as store_dialects
+from flask_bgqueue.store import Listener, pooling
 from tests.conftest import IN_CI, ProcEnv, require_server
 from tests.helpers import all_jobs
+from tests.test_limits import Sampler, drain
 from tests.test_serial_unique import CANONICAL
 from tests.test_workers import wait_for
 
@@ -126,7 +126,7 @@ def test_publishing_through_the_pooler_survives_a_change_of_server_connection(
 def test_without_transaction_pooling_a_lost_prepared_statement_says_the_cure(
     pooled: ProcEnv, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_dialects, "_pooler_noted", False)
+    monkeypatch.setattr(pooling, "_pooler_noted", False)
     pooled.config["BGQUEUE_TRANSACTION_POOLING"] = False
     app = pooled.app()
     with app.app_context(), caplog.at_level(logging.ERROR, "flask_bgqueue"):
@@ -177,7 +177,9 @@ def test_consume_listens_on_the_direct_url_while_its_queries_go_through_the_pool
                 wait_for(lambda j=job: bgq.get_job(j).state is JobState.FINISHED, 60, "a wake-up")
             _out, err = worker.communicate(timeout=60)
         finally:
-            worker.kill()
+            if worker.returncode is None:  # it failed: show what it said
+                worker.kill()
+                print(worker.communicate()[1])
     assert worker.returncode == 0, err
     assert "LISTEN/NOTIFY on 127.0.0.1:5432/bgqueue_test" in err.splitlines()[0]
     assert "does not hear notifications" not in err
@@ -196,7 +198,9 @@ def test_consume_through_the_pooler_without_a_listen_url_polls(pooled: ProcEnv) 
             )
             _out, err = worker.communicate(timeout=60)
         finally:
-            worker.kill()
+            if worker.returncode is None:  # it failed: show what it said
+                worker.kill()
+                print(worker.communicate()[1])
     assert worker.returncode == 0, err
     first = err.splitlines()[0]
     assert "polling (transaction pooling, no BGQUEUE_LISTEN_DATABASE_URI)" in first, first
@@ -264,6 +268,24 @@ def test_serial_groups_stay_exclusive_with_three_consumers_through_the_pooler(
         assert [r[0] for r in runs] == list("abdegcf"), group
         for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
             assert end <= next_start, f"two jobs of {group} overlapped"
+
+
+def test_a_concurrency_limit_holds_across_four_consumers_through_the_pooler(
+    pooled: ProcEnv, direct_url: str
+) -> None:
+    """The limit's lock (a transaction advisory lock) and its count are one decision."""
+    pooled.config["BGQUEUE_POLL_INTERVAL_MS"] = 50
+    app = pooled.app()
+    with app.app_context():
+        for n in range(12):
+            app.bgq.publish("limited", {"name": f"l{n}"})  # type: ignore[attr-defined]
+    sampler = Sampler(app, "limited")
+    sampler.engine.dispose()
+    sampler.engine = sa.create_engine(direct_url, poolclass=sa.NullPool)  # not the pooler
+    jobs = drain(pooled, app, sampler)
+    assert sampler.samples > 20
+    assert sampler.most[None] == 2  # reached, never passed
+    assert len(jobs) == 12 and all(j.number_of_attempts == 1 for j in jobs)
 
 
 def test_the_schema_upgrade_runs_once_when_processes_race_through_the_pooler(

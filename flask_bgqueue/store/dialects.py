@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..models import RUNNABLE_STATES, JobState
+from .pooling import Listener, listen
 
 #: How long SQLite waits for another connection's write lock, in seconds.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
-
-#: How long a new PostgreSQL listener waits for its own test notification before deciding
-#: that its ``LISTEN`` connection cannot hear any (a pooler in transaction mode), in seconds.
-#: A direct connection hears it within milliseconds.
-LISTEN_PROBE_SECONDS = 5
-
-_log = logging.getLogger("flask_bgqueue")
 
 
 def lock_key(name: str) -> int:
@@ -39,26 +30,6 @@ def lock_key(name: str) -> int:
 def lock_name(name: str) -> str:
     """A MySQL lock name for ``name``: at most 64 characters whatever the name's length."""
     return "bgq:" + hashlib.sha256(name.encode()).hexdigest()[:56]
-
-
-class Listener:
-    """Wait for new jobs: a plain timed wait (no database can say when jobs arrive)."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-
-    def wait(self, stop: threading.Event) -> None:
-        """Return after ``interval`` seconds, or as soon as ``stop`` is set."""
-        stop.wait(self.interval)
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Dialect:
@@ -202,26 +173,7 @@ class PostgreSQL(Dialect):
         """
         if pooled and listen_engine is None:
             return Listener(interval)
-        listener = _PostgreSQLListener(listen_engine or self.engine, channel, interval)
-        try:
-            heard = listener.probe(self.engine, LISTEN_PROBE_SECONDS)
-        except BaseException:
-            listener.close()
-            raise
-        if heard:
-            return listener
-        listener.close()
-        url = (listen_engine or self.engine).url.render_as_string(hide_password=True)
-        _log.warning(
-            "bgqueue: LISTEN on %s does not hear notifications (its own test notification did"
-            " not arrive in %d s): the connection goes through a pooler in transaction mode"
-            " (PgBouncer?). Polling every BGQUEUE_POLL_INTERVAL_MS instead; set"
-            " BGQUEUE_LISTEN_DATABASE_URI to a direct PostgreSQL URL for LISTEN, and"
-            " BGQUEUE_TRANSACTION_POOLING = True.",
-            url,
-            LISTEN_PROBE_SECONDS,
-        )
-        return Listener(interval)
+        return listen(listen_engine or self.engine, self.engine, channel, interval)
 
     def wakeup_mode(self, listen_engine: sa.Engine | None, pooled: bool) -> str:
         if listen_engine is not None:
@@ -230,54 +182,6 @@ class PostgreSQL(Dialect):
         if pooled:
             return "polling (transaction pooling, no BGQUEUE_LISTEN_DATABASE_URI)"
         return self.wakeup
-
-
-class _PostgreSQLListener(Listener):
-    """``LISTEN`` on a connection of its own, thrown away afterwards."""
-
-    def __init__(self, engine: sa.Engine, channel: str, interval: float) -> None:
-        super().__init__(interval)
-        self.channel = channel
-        self.raw: Any = engine.raw_connection()
-        conn: Any = self.raw.driver_connection
-        conn.autocommit = True
-        self.listening = False
-
-    def probe(self, notifier: sa.Engine, seconds: float) -> bool:
-        """Whether this connection hears a notification sent on ``notifier``; if it does,
-        ``LISTEN`` on the jobs' channel. The test channel is this listener's own, so no
-        other consumer wakes up for it."""
-        conn: Any = self.raw.driver_connection
-        probe = f"bgq_probe_{secrets.token_hex(8)}"
-        conn.execute(f'LISTEN "{probe}"')
-        with notifier.connect() as sender:
-            sender.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": probe})
-            sender.commit()
-        heard = any(n.channel == probe for n in conn.notifies(timeout=seconds, stop_after=1))
-        conn.execute(f'UNLISTEN "{probe}"')
-        if heard:
-            conn.execute(f'LISTEN "{self.channel}"')
-            self.listening = True
-        return heard
-
-    def wait(self, stop: threading.Event) -> None:
-        deadline = time.monotonic() + self.interval
-        while not stop.is_set() and time.monotonic() < deadline:
-            # Short slices so that a stop request is seen quickly.
-            for _ in self.raw.driver_connection.notifies(
-                timeout=min(0.25, self.interval), stop_after=1
-            ):
-                return
-
-    def close(self) -> None:
-        if self.raw is None:
-            return
-        raw, self.raw = self.raw, None
-        try:
-            if self.listening:
-                raw.driver_connection.execute(f'UNLISTEN "{self.channel}"')
-        finally:
-            raw.invalidate()  # never hand a LISTENing connection back to the pool
 
 
 class MySQL(Dialect):
@@ -422,54 +326,6 @@ def prepare_engine(engine: sa.Engine) -> None:
     """
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine.pool, "checkout", _sqlite_busy_timeout)
-
-
-def prepare_pooling(engine: sa.Engine, transaction_pooling: bool) -> None:
-    """Settings for a PostgreSQL engine that may go through a pooler (PgBouncer).
-
-    ``transaction_pooling``: psycopg 3 prepares a statement on the server once it ran five
-    times on a connection (``prepare_threshold``), and uses it by name afterwards. Behind a
-    pooler in transaction mode the next transaction may run on another server connection,
-    which does not know that name ("prepared statement "_pg3_0" does not exist"; PgBouncer
-    before 1.21, or without ``max_prepared_statements``). So the queue's connections never
-    prepare: set on checkout, the engine may be a bind whose pool already holds
-    connections. Either way, such an error is logged once with the setting that cures it.
-    """
-    if engine.dialect.name != "postgresql":
-        return
-    if transaction_pooling:
-        sa.event.listen(engine, "checkout", _never_prepare)
-    sa.event.listen(engine, "handle_error", _note_pooler_error)
-
-
-def _never_prepare(dbapi_connection: Any, *_: Any) -> None:
-    if hasattr(dbapi_connection, "prepare_threshold"):  # psycopg 3 (psycopg2 never prepares)
-        dbapi_connection.prepare_threshold = None
-
-
-_POOLER_CODES = ("26000", "42P05")  # prepared statement does not exist / already exists
-_pooler_noted = False
-
-
-def note_pooler_error(exc: BaseException) -> None:
-    """Log, once per process, what cures a prepared statement lost behind a pooler."""
-    global _pooler_noted
-    if _pooler_noted or getattr(exc, "sqlstate", None) not in _POOLER_CODES:
-        return
-    if "_pg3_" not in str(exc):  # only psycopg's own automatic prepared statements
-        return
-    _pooler_noted = True
-    _log.error(
-        "bgqueue: PostgreSQL says %s: the queue's connections go through a pooler in"
-        " transaction mode (PgBouncer before 1.21, or without max_prepared_statements), where"
-        " the next transaction may run on another server connection. Set"
-        " BGQUEUE_TRANSACTION_POOLING = True (no server-side prepared statements then).",
-        str(exc).strip().splitlines()[0],
-    )
-
-
-def _note_pooler_error(context: Any) -> None:
-    note_pooler_error(context.original_exception)
 
 
 def _sqlite_busy_timeout(dbapi_connection: Any, *_: Any) -> None:

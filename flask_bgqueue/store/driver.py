@@ -18,7 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..models import JobState
-from .dialects import Dialect, note_pooler_error
+from .dialects import Dialect
+from .pooling import note_pooler_error
 
 #: What this module uses of SQLAlchemy beyond its documented API, or reaches by name on
 #: objects it does not create, by owner; tests/test_store_paths.py checks each one exists.
