@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
 
 from flask_bgqueue import BackgroundQueue, ConfigurationError, JobState
 from flask_bgqueue.schema import current_revision, head_revision
@@ -96,9 +97,31 @@ def another_client_in_a_transaction() -> Iterator[None]:
         conn.rollback()
 
 
+def fresh_server_connections() -> None:
+    """Make PgBouncer close its server connections (the admin console's ``RECONNECT``), so
+    that none holds a statement an earlier test prepared."""
+    url = sa.make_url(PGBOUNCER_URL)
+    with psycopg.connect(
+        host=url.host,
+        port=url.port,
+        dbname="pgbouncer",
+        user=url.username,
+        password=url.password,
+        autocommit=True,
+        cursor_factory=psycopg.ClientCursor,  # the console speaks the simple protocol only
+    ) as admin:
+        admin.execute(f"RECONNECT {url.database}")
+        wait_for(
+            lambda: not [s for s in admin.execute("SHOW SERVERS").fetchall() if url.database in s],
+            30,
+            "PgBouncer to close its server connections",
+        )
+
+
 def _publish_on_two_server_connections(bgq: Any) -> list[int]:
     """Single and bulk publishes, each statement more often than psycopg's prepare
     threshold (5), then both again once the server connection changed."""
+    fresh_server_connections()
     ids = [bgq.publish("noop") for _ in range(7)]
     for _ in range(7):
         with bgq.bulk():
@@ -121,6 +144,32 @@ def test_publishing_through_the_pooler_survives_a_change_of_server_connection(
         ids = _publish_on_two_server_connections(bgq)
         assert all(bgq.get_job(i).state is JobState.READY for i in ids)
         assert len(all_jobs(bgq)) == 7 + 7 * 3 + 1 + 3
+
+
+def test_a_bind_through_the_pooler_never_prepares_even_on_connections_it_already_had(
+    pooled: ProcEnv, tmp_path: Any
+) -> None:
+    app = Flask("bind", root_path=str(tmp_path))
+    app.config.update(
+        SECRET_KEY="s",
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'app.db'}",
+        SQLALCHEMY_BINDS={"bgqueue": PGBOUNCER_URL},
+        BGQUEUE_TABLE_NAME=pooled.env["PROCAPP_TABLE"],
+        BGQUEUE_TRANSACTION_POOLING=True,
+    )
+    db = SQLAlchemy()
+    db.init_app(app)
+    bgq = BackgroundQueue(app)
+    bgq.callback("noop")(lambda: None)
+    with app.app_context():
+        try:
+            with db.engines["bgqueue"].connect() as conn:  # the app used the bind first
+                conn.execute(sa.text("SELECT 1"))
+            ids = _publish_on_two_server_connections(bgq)
+            assert all(bgq.get_job(i).state is JobState.READY for i in ids)
+        finally:
+            for engine in db.engines.values():
+                engine.dispose()
 
 
 def test_without_transaction_pooling_a_lost_prepared_statement_says_the_cure(
