@@ -66,6 +66,8 @@ install_pgbouncer() {
 stop_packaged_instance() {
   if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl disable --now pgbouncer.service >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/pgbouncer ] && [ -f /var/run/postgresql/pgbouncer.pid ]; then
+    /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
   fi
 }
 

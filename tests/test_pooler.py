@@ -25,7 +25,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_bgqueue import BackgroundQueue, ConfigurationError, JobState
 from flask_bgqueue.schema import current_revision, head_revision
 from flask_bgqueue.store import Listener, pooling
-from tests.conftest import IN_CI, ProcEnv, require_server
+from tests.conftest import IN_CI, ProcEnv, StorePath, require_server
 from tests.helpers import all_jobs
 from tests.test_limits import Sampler, drain
 from tests.test_serial_unique import CANONICAL
@@ -136,10 +136,11 @@ def _publish_on_two_server_connections(bgq: Any) -> list[int]:
 
 
 def test_publishing_through_the_pooler_survives_a_change_of_server_connection(
-    pooled: ProcEnv,
+    pooled: ProcEnv, store_path: StorePath
 ) -> None:
     app = pooled.app()
     with app.app_context():
+        store_path.apply(app)
         bgq = app.bgq  # type: ignore[attr-defined]
         ids = _publish_on_two_server_connections(bgq)
         assert all(bgq.get_job(i).state is JobState.READY for i in ids)
@@ -173,12 +174,16 @@ def test_a_bind_through_the_pooler_never_prepares_even_on_connections_it_already
 
 
 def test_without_transaction_pooling_a_lost_prepared_statement_says_the_cure(
-    pooled: ProcEnv, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    pooled: ProcEnv,
+    store_path: StorePath,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(pooling, "_pooler_noted", False)
     pooled.config["BGQUEUE_TRANSACTION_POOLING"] = False
     app = pooled.app()
     with app.app_context(), caplog.at_level(logging.ERROR, "flask_bgqueue"):
+        store_path.apply(app)
         with pytest.raises(sa.exc.DBAPIError, match="prepared statement") as raised:
             _publish_on_two_server_connections(app.bgq)  # type: ignore[attr-defined]
     assert "Set BGQUEUE_TRANSACTION_POOLING = True" in caplog.text, raised.value
