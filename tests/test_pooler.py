@@ -262,11 +262,15 @@ def test_consume_through_the_pooler_without_a_listen_url_polls(pooled: ProcEnv) 
 
 
 def test_a_listener_that_cannot_hear_through_the_pooler_falls_back_to_polling(
-    pooled: ProcEnv, direct_url: str, caplog: pytest.LogCaptureFixture
+    pooled: ProcEnv,
+    direct_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """BGQUEUE_TRANSACTION_POOLING forgotten: LISTEN through the pooler would never wake
     the consumer; its own test notification does not come back, so it polls and says why.
     On a direct connection the same listener listens."""
+    monkeypatch.setattr(pooling, "LISTEN_PROBE_SECONDS", 1)  # the wait for what never comes
     pooled.config["BGQUEUE_TRANSACTION_POOLING"] = False
     app = pooled.app()
     with app.app_context(), caplog.at_level(logging.WARNING, "flask_bgqueue"):
@@ -277,6 +281,7 @@ def test_a_listener_that_cannot_hear_through_the_pooler_falls_back_to_polling(
         assert "BGQUEUE_LISTEN_DATABASE_URI" in caplog.text
         caplog.clear()
         pooled.config["BGQUEUE_LISTEN_DATABASE_URI"] = direct_url
+    monkeypatch.undo()  # a direct connection hears it at once, however loaded the machine
     app = pooled.app()
     with app.app_context(), caplog.at_level(logging.WARNING, "flask_bgqueue"):
         with app.extensions["bgqueue"].store.listener(0.1) as listener:
