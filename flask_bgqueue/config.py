@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from flask import Flask
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from werkzeug.utils import ImportStringError, import_string
 
 from .exceptions import ConfigurationError, ConfigurationWarning
@@ -31,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_BIND_KEY": "bgqueue",
     "BGQUEUE_DATABASE_URI": None,
     "BGQUEUE_ENGINE_OPTIONS": {},
+    "BGQUEUE_TRANSACTION_POOLING": False,
+    "BGQUEUE_LISTEN_DATABASE_URI": None,
     "BGQUEUE_TABLE_NAME": "background_job",
     "BGQUEUE_QUEUE": "default",
     "BGQUEUE_PRIORITIES": [1],
@@ -183,6 +187,10 @@ class Settings:
     dashboard_refresh_seconds: float = 5
     metrics: bool = False
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
+    #: The queue's connections go through a pooler in transaction mode (PgBouncer).
+    transaction_pooling: bool = False
+    #: A direct PostgreSQL URL for the consumers' ``LISTEN`` connection only.
+    listen_database_uri: str | None = None
 
 
 def load_settings(app: Flask) -> Settings:
@@ -256,7 +264,30 @@ def load_settings(app: Flask) -> Settings:
         ),
         metrics=_metrics(c),
         schedules=_schedules(c["BGQUEUE_SCHEDULE"]),
+        transaction_pooling=_flag(c, "BGQUEUE_TRANSACTION_POOLING"),
+        listen_database_uri=_listen_uri(c),
     )
+
+
+def _listen_uri(c: Mapping[str, Any]) -> str | None:
+    """``BGQUEUE_LISTEN_DATABASE_URI``: a PostgreSQL URL (psycopg 3 is what can LISTEN)."""
+    key = "BGQUEUE_LISTEN_DATABASE_URI"
+    value = _text(c, key, optional=True)
+    if value is None:
+        return None
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"{key} is not a database URL: {exc}", key) from None
+    if url.drivername == "postgresql":  # psycopg 3 whatever SQLAlchemy's default driver
+        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername != "postgresql+psycopg":
+        raise ConfigurationError(
+            f"{key} must be a PostgreSQL URL for psycopg 3 (postgresql+psycopg://...), not"
+            f" {url.render_as_string(hide_password=True)!r}: only PostgreSQL has LISTEN.",
+            key,
+        )
+    return url.render_as_string(hide_password=False)
 
 
 def _metrics(c: Mapping[str, Any]) -> bool:

@@ -30,6 +30,7 @@ from .limits import Limits
 from .schedule import Schedule
 from .store import Store
 from .store.dialects import bound_network_waits, enable_wal, engine_options, prepare_engine
+from .store.pooling import prepare_pooling
 
 EXTENSION_KEY = "bgqueue"
 
@@ -127,7 +128,9 @@ class Runtime:
                     f" version needs {schema.head_revision()}. Run 'flask bgq update-schema'"
                     " (BGQUEUE_AUTO_UPDATE_SCHEMA is off)."
                 )
-        return Store(engine, s.table_name, s.queue)
+        store = Store(engine, s.table_name, s.queue)
+        store.configure_pooling(s.transaction_pooling, s.listen_database_uri)
+        return store
 
     def queues(self) -> list[str]:
         """The queues this app publishes to: ``BGQUEUE_QUEUE`` and its callbacks' sub-queues."""
@@ -220,6 +223,7 @@ def _engine(settings: Settings) -> sa.Engine:
         timeout = settings.network_timeout_seconds
         private = sa.create_engine(url, **engine_options(url, settings.engine_options, timeout))
         bound_network_waits(private, timeout)
+        prepare_pooling(private, settings.transaction_pooling)
         return private
     db = current_app.extensions.get("sqlalchemy")
     if db is None:
@@ -231,4 +235,5 @@ def _engine(settings: Settings) -> sa.Engine:
         )
     engine: sa.Engine = db.engines[settings.bind_key]
     prepare_engine(engine, settings.network_timeout_seconds)
+    prepare_pooling(engine, settings.transaction_pooling)
     return engine

@@ -116,7 +116,7 @@ class Worker:
             if broker is not None
             else "the table of " + self.store.engine.url.render_as_string(hide_password=True)
         )
-        mode = "broker" if broker is not None else self.store.dialect.wakeup
+        mode = "broker" if broker is not None else self.store.wakeup
         return (
             f"bgqueue consumer pid {self.processor.pid} on {self.processor.hostname}: queue"
             f" {self.only_queue or (self.queue if broker else 'every queue')}, priorities"

@@ -31,9 +31,12 @@ fi
 
 # PostgreSQL, MariaDB and RabbitMQ on 127.0.0.1 (installed if missing).
 scripts/services.sh start
+# PgBouncer in transaction mode in front of that PostgreSQL (tests/test_pooler.py).
+scripts/pgbouncer.sh start
 
 export BGQUEUE_TEST_POSTGRES_URL="${BGQUEUE_TEST_POSTGRES_URL:-postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_test}"
 export BGQUEUE_TEST_MYSQL_URL="${BGQUEUE_TEST_MYSQL_URL:-mysql+pymysql://bgqueue:bgqueue@127.0.0.1:3306/bgqueue_test}"
+export BGQUEUE_TEST_PGBOUNCER_URL="${BGQUEUE_TEST_PGBOUNCER_URL:-postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:6432/bgqueue_test}"
 export BGQUEUE_TEST_AMQP_URL="${BGQUEUE_TEST_AMQP_URL:-amqp://bgqueue:bgqueue@127.0.0.1:5672/%2F}"
 
 exec .venv/bin/python -m pytest "$@"

@@ -8,7 +8,8 @@ publishes, :mod:`.claims` claims (:mod:`.plain_claims`: plain jobs in one statem
 :mod:`.control` cancels and records progress, :mod:`.recovery` takes back what was lost,
 :mod:`.queries` reads for people, :mod:`.activity` for monitoring, :mod:`.schedules` turns
 periodic ticks into jobs. Whatever differs between databases sits in :mod:`.dialects`; the
-raw-DBAPI fast path in :mod:`.driver`.
+raw-DBAPI fast path in :mod:`.driver`; waiting for new jobs, and what a pooler in
+transaction mode changes, in :mod:`.pooling`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from .activity import Activity
 from .base import Claim
 from .claims import Claims
 from .control import Control
-from .dialects import Listener
 from .inserts import Inserts
 from .outcomes import Outcomes
 from .plain_claims import PlainClaims
+from .pooling import Listener
 from .queries import Queries
 from .recovery import Recovery
 from .schedules import ScheduleRow, Schedules
@@ -37,7 +38,15 @@ class Store(
         """Something to wait on for new jobs (``with store.listener(s) as l: l.wait(stop)``).
 
         PostgreSQL: ``LISTEN`` on the channel the insert trigger NOTIFYs (migration 0005),
-        on a connection of its own, for at most ``interval`` seconds a wait. Elsewhere: a
-        plain wait of ``interval`` seconds.
+        on a connection of its own (to ``BGQUEUE_LISTEN_DATABASE_URI`` when set), for at
+        most ``interval`` seconds a wait. Elsewhere, and behind a pooler in transaction mode
+        without that URL: a plain wait of ``interval`` seconds.
         """
-        return self.dialect.listener(self.channel, interval)
+        return self.dialect.listener(
+            self.channel, interval, self.listen_engine, self.transaction_pooling
+        )
+
+    @property
+    def wakeup(self) -> str:
+        """How a broker-less consumer learns of new jobs, in words."""
+        return self.dialect.wakeup_mode(self.listen_engine, self.transaction_pooling)

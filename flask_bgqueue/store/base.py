@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..exceptions import ConfigurationError
 from ..models import Job, JobState, job_table
 from .dialects import Dialect, dialect_for
 from .driver import Driver
@@ -32,6 +33,10 @@ class StoreBase:
     def __init__(self, engine: sa.Engine, table_name: str, queue: str) -> None:
         self.engine = engine
         self.dialect: Dialect = dialect_for(engine)
+        #: The engine goes through a pooler in transaction mode (no LISTEN on it).
+        self.transaction_pooling = False
+        #: A direct connection for LISTEN only (``BGQUEUE_LISTEN_DATABASE_URI``).
+        self.listen_engine: sa.Engine | None = None
         self.table = t = job_table(table_name)
         self.queue = queue
         # The instance's queue and its sub-queues ("<queue>_<name>"), matched exactly:
@@ -40,6 +45,22 @@ class StoreBase:
             t.c.queue == queue, t.c.queue.startswith(f"{queue}_", autoescape=True)
         )
         self.driver = Driver(engine, t, self.dialect)
+
+    def configure_pooling(self, transaction_pooling: bool, listen_url: str | None) -> None:
+        """Whether the engine goes through a pooler in transaction mode, and the direct URL
+        consumers ``LISTEN`` on (``BGQUEUE_TRANSACTION_POOLING``,
+        ``BGQUEUE_LISTEN_DATABASE_URI``)."""
+        self.transaction_pooling = transaction_pooling
+        if listen_url is None:
+            return
+        if self.engine.dialect.name != "postgresql":
+            raise ConfigurationError(
+                "BGQUEUE_LISTEN_DATABASE_URI is set but the job table is on"
+                f" {self.engine.dialect.name}, which has no LISTEN: remove the setting.",
+                "BGQUEUE_LISTEN_DATABASE_URI",
+            )
+        # One connection per consumer, held while it waits: nothing to pool.
+        self.listen_engine = sa.create_engine(listen_url, poolclass=sa.NullPool)
 
     def is_database_error(self, exc: BaseException) -> bool:
         """Whether ``exc`` came from the database or its driver (a lost connection, a

@@ -14,14 +14,13 @@ import logging
 import math
 import os
 import socket
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..models import RUNNABLE_STATES, JobState
+from .pooling import Listener, listen
 
 #: How long SQLite waits for another connection's write lock, in seconds.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -35,26 +34,6 @@ def lock_key(name: str) -> int:
 def lock_name(name: str) -> str:
     """A MySQL lock name for ``name``: at most 64 characters whatever the name's length."""
     return "bgq:" + hashlib.sha256(name.encode()).hexdigest()[:56]
-
-
-class Listener:
-    """Wait for new jobs: a plain timed wait (no database can say when jobs arrive)."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-
-    def wait(self, stop: threading.Event) -> None:
-        """Return after ``interval`` seconds, or as soon as ``stop`` is set."""
-        stop.wait(self.interval)
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Dialect:
@@ -121,9 +100,15 @@ class Dialect:
         """The largest statement the server takes, where it has a small limit."""
         return None
 
-    def listener(self, channel: str, interval: float) -> Listener:
+    def listener(
+        self, channel: str, interval: float, listen_engine: sa.Engine | None, pooled: bool
+    ) -> Listener:
         """An object that waits for new jobs: here a plain timed wait."""
         return Listener(interval)
+
+    def wakeup_mode(self, listen_engine: sa.Engine | None, pooled: bool) -> str:
+        """How a broker-less consumer learns of new jobs, in words."""
+        return self.wakeup
 
 
 class SQLite(Dialect):
@@ -177,39 +162,30 @@ class PostgreSQL(Dialect):
     def minute(self, column: Any) -> Any:
         return sa.func.date_trunc("minute", column)
 
-    def listener(self, channel: str, interval: float) -> Listener:
-        """``LISTEN`` on the channel a trigger NOTIFYs when jobs are inserted (migration 0005)."""
-        return _PostgreSQLListener(self.engine, channel, interval)
+    def listener(
+        self, channel: str, interval: float, listen_engine: sa.Engine | None, pooled: bool
+    ) -> Listener:
+        """``LISTEN`` on the channel a trigger NOTIFYs when jobs are inserted (migration 0005).
 
+        On ``listen_engine`` when given (a direct connection while the queue's own go
+        through a pooler). Through a pooler in transaction mode ``LISTEN`` lands on a server
+        connection that is handed to other clients between statements: this client never
+        hears a notification. So with ``pooled`` and no ``listen_engine`` there is no
+        ``LISTEN`` at all, only polling; and every new ``LISTEN`` connection first sends
+        itself a notification (on a channel of its own) and falls back to polling, with a
+        warning, when it does not hear it.
+        """
+        if pooled and listen_engine is None:
+            return Listener(interval)
+        return listen(listen_engine or self.engine, self.engine, channel, interval)
 
-class _PostgreSQLListener(Listener):
-    """``LISTEN`` on a connection of its own, thrown away afterwards."""
-
-    def __init__(self, engine: sa.Engine, channel: str, interval: float) -> None:
-        super().__init__(interval)
-        self.channel = channel
-        self.raw: Any = engine.raw_connection()
-        conn: Any = self.raw.driver_connection
-        conn.autocommit = True
-        conn.execute(f'LISTEN "{channel}"')
-
-    def wait(self, stop: threading.Event) -> None:
-        deadline = time.monotonic() + self.interval
-        while not stop.is_set() and time.monotonic() < deadline:
-            # Short slices so that a stop request is seen quickly.
-            for _ in self.raw.driver_connection.notifies(
-                timeout=min(0.25, self.interval), stop_after=1
-            ):
-                return
-
-    def close(self) -> None:
-        if self.raw is None:
-            return
-        raw, self.raw = self.raw, None
-        try:
-            raw.driver_connection.execute(f'UNLISTEN "{self.channel}"')
-        finally:
-            raw.invalidate()  # never hand a LISTENing connection back to the pool
+    def wakeup_mode(self, listen_engine: sa.Engine | None, pooled: bool) -> str:
+        if listen_engine is not None:
+            url = listen_engine.url
+            return f"LISTEN/NOTIFY on {url.host}:{url.port or 5432}/{url.database}"
+        if pooled:
+            return "polling (transaction pooling, no BGQUEUE_LISTEN_DATABASE_URI)"
+        return self.wakeup
 
 
 class MySQL(Dialect):

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from ..models import JobState
 from .dialects import Dialect
+from .pooling import note_pooler_error
 
 #: What this module uses of SQLAlchemy beyond its documented API, or reaches by name on
 #: objects it does not create, by owner; tests/test_store_paths.py checks each one exists.
@@ -143,6 +144,7 @@ class Driver:
                 close(transaction_reset=True)
                 raw = None
         except dialect.loaded_dbapi.Error as exc:
+            note_pooler_error(exc)
             invalidated = dialect.is_disconnect(exc, raw, cursor)
             if invalidated:
                 raw.invalidate(exc)
