@@ -13,11 +13,16 @@ raw-DBAPI fast path in :mod:`.driver`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
 from .activity import Activity
 from .base import Claim
 from .claims import Claims
 from .control import Control
-from .dialects import Listener
+from .dialects import Listener, engine_options
 from .inserts import Inserts
 from .outcomes import Outcomes
 from .plain_claims import PlainClaims
@@ -25,7 +30,7 @@ from .queries import Queries
 from .recovery import Recovery
 from .schedules import ScheduleRow, Schedules
 
-__all__ = ["Claim", "Listener", "ScheduleRow", "Store"]
+__all__ = ["Claim", "Listener", "ScheduleRow", "Store", "open_store"]
 
 
 class Store(
@@ -41,3 +46,10 @@ class Store(
         plain wait of ``interval`` seconds.
         """
         return self.dialect.listener(self.channel, interval)
+
+
+def open_store(url: str, table_name: str, queue: str, options: Mapping[str, Any]) -> Store:
+    """A store on an engine of its own for ``url`` (the watchdog process opens one only
+    when it must write)."""
+    parsed = sa.make_url(url)
+    return Store(sa.create_engine(parsed, **engine_options(parsed, options)), table_name, queue)

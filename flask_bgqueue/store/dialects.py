@@ -342,6 +342,15 @@ def engine_options(url: sa.URL, options: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+def shareable_url(engine: sa.Engine) -> str | None:
+    """The URL another process opens the same database with (password included), or
+    ``None`` for an in-memory SQLite database, which no other process can reach."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return None
+    return url.render_as_string(hide_password=False)
+
+
 def prepare_engine(engine: sa.Engine) -> None:
     """Settings the queue needs on an engine it shares with the application (a bind).
 
