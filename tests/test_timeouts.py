@@ -241,3 +241,26 @@ def test_the_watchdog_process_ends_when_its_worker_is_killed(gil: ProcEnv) -> No
         consumer.kill()
         consumer.communicate(timeout=60)
     wait_until_no_watchdog_of(consumer.pid)
+
+
+def test_a_callback_holding_the_gil_that_was_asked_to_stop_is_cancelled_by_the_watchdog(
+    gil: ProcEnv,
+) -> None:
+    app = gil.app()
+    bgq = app.bgq  # type: ignore[attr-defined]
+    with app.app_context():
+        job_id = bgq.publish("holds_the_gil")
+        consumer = gil.start("bgq", "consume", "-j", "1")
+        deadline = time.monotonic() + 60
+        while ["holds_the_gil", "start", str(consumer.pid)] not in gil.records():
+            assert time.monotonic() < deadline and consumer.poll() is None, "the job never ran"
+            time.sleep(0.05)
+        assert bgq.cancel([job_id], by="operator") == [job_id]  # no thread of it can read it
+        _, stderr = consumer.communicate(timeout=120)
+        assert consumer.returncode == -signal.SIGKILL, stderr
+        assert "recorded as CANCELLED; killed pid" in stderr
+        job = bgq.get_job(job_id)
+    assert job.state is JobState.CANCELLED and job.finished_at is not None
+    assert job.cancelled_by == "operator"
+    assert job.error_message.endswith("could not interrupt it and was killed by its watchdog")
+    wait_until_no_watchdog_of(consumer.pid)
