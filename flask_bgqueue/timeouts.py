@@ -13,10 +13,11 @@ Python cannot stop running code from outside safely, so there are three levels:
    supervisor to restart it.
 3. Code that holds the GIL the whole time (a loop inside one C call) stops every Python
    thread, that watchdog included. A consumer has a watchdog *process* (:mod:`.watchdog`)
-   that records the attempt and kills the worker twice ``grace`` after the deadline;
-   :func:`faulthandler.dump_traceback_later`, whose thread is C and needs no GIL, prints
-   the stacks just before. Without a watchdog process, faulthandler ends the process
-   then, and the attempt is recorded by the reaper, as a lost worker's.
+   that records the attempt and kills the worker twice ``grace`` after the deadline.
+   Without one (or if it is gone), :func:`faulthandler.dump_traceback_later`, whose thread
+   is C and needs no GIL, ends the process, printing the stacks, at twice ``grace`` (and
+   :data:`LAST_RESORT_AFTER_WATCHDOG_SECONDS` more with a watchdog process); the attempt
+   is then recorded by the reaper, as a lost worker's.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ from .runtime import Runtime
 from .store import Claim
 from .store.dialects import shareable_url
 from .watchdog import Watchdog
+
+#: How long after the watchdog process's turn :mod:`faulthandler` ends the process anyway
+#: (at least; or the grace if longer), in case the watchdog process is gone.
+LAST_RESORT_AFTER_WATCHDOG_SECONDS = 10.0
 
 #: The exit status of a worker that stopped itself because a callback ran past its
 #: timeout and could not be interrupted (``EX_TEMPFAIL``).
@@ -86,10 +91,12 @@ class Deadline:
         else:
             self._start(self.seconds, self._raise_in_thread)
         self._start(self.seconds + self.grace, self._stuck)
-        if self.watched:  # the stacks, for the person who reads why it was killed
-            faulthandler.dump_traceback_later(self.seconds + 1.5 * self.grace, exit=False)
-        else:
-            faulthandler.dump_traceback_later(self.seconds + 2 * self.grace, exit=True)
+        # The last resort when the GIL is held; well after the watchdog process's turn, if
+        # there is one (it stops this process at once when it acts).
+        last = self.seconds + 2 * self.grace
+        if self.watched:
+            last += max(self.grace, LAST_RESORT_AFTER_WATCHDOG_SECONDS)
+        faulthandler.dump_traceback_later(last, exit=True)
         return self
 
     def __exit__(
@@ -162,7 +169,16 @@ class TimeLimits:
             yield
             return
         s = self.settings
-        self.watchdog = Watchdog.start(url, s.table_name, s.queue, dict(s.engine_options))
+        try:
+            self.watchdog = Watchdog.start(url, s.table_name, s.queue, dict(s.engine_options))
+        except OSError as exc:  # no interpreter to run it (sys.executable is not Python?)
+            self.state.logger.warning(
+                "bgqueue: no watchdog process (%s); a callback holding the GIL past its"
+                " timeout is recorded by the reaper",
+                exc,
+            )
+            yield
+            return
         try:
             yield
         finally:

@@ -7,8 +7,9 @@ timeout. A separate process can. The worker starts this file as a small process 
 than forked, so it shares no GIL, thread, lock or database connection with the worker) and tells
 it through a pipe, one JSON line each, when an attempt with a timeout starts and when it
 ends. An attempt still running at its limit is recorded as timed out (through the store's
-fenced transition: it cannot overwrite a newer attempt), then the worker is killed with
-``SIGKILL`` for its supervisor to start it again.
+fenced transition: it cannot overwrite a newer attempt) while the worker is stopped
+(``SIGSTOP``), then the worker is killed with ``SIGKILL`` for its supervisor to start it
+again.
 
 It stays light: only the standard library is loaded until it must write; the database is
 opened then, with an engine of its own. It ends when the worker closes the pipe or is gone
@@ -106,7 +107,10 @@ class Watchdog:
 
 
 def main(parent: int, pipe: IO[bytes]) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker; this follows it
+    # Ctrl-C, a terminal hanging up, a supervisor's SIGTERM to the group: meant for the
+    # worker, which may still finish its job gracefully; this process ends with it.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     fd = pipe.fileno()
     config: dict[str, Any] = {}
     watching: dict[int, tuple[float, dict[str, Any]]] = {}
@@ -146,18 +150,25 @@ def main(parent: int, pipe: IO[bytes]) -> int:
 
 
 def _end(parent: int, config: dict[str, Any], watch: dict[str, Any]) -> None:
-    """Record the attempt as timed out, then kill the worker (record first: a supervisor
-    that stops the worker's whole group when it dies would stop this process too)."""
+    """Stop the worker (``SIGSTOP``: nothing of it runs on, not even a late end of the
+    callback), record the attempt as timed out, then kill the worker. Recorded before the
+    kill: a supervisor that stops the worker's whole group when it dies would stop this
+    process too."""
+    ours = os.getppid() == parent  # not a stranger that got the same pid
+    if ours:
+        os.kill(parent, signal.SIGSTOP)
     try:
         written = _record(config, watch)
     except Exception as exc:  # the reaper takes the job back after the lost-worker delay
         written = f"could not record it ({type(exc).__name__}: {exc}); the reaper will"
-    if os.getppid() == parent:  # not a stranger that got the same pid
+    if ours:
         os.kill(parent, signal.SIGKILL)
+        ended = f"killed pid {parent} (exit status -9) for its supervisor to restart it"
+    else:
+        ended = f"pid {parent} had ended already"
     sys.stderr.write(
         f"bgqueue watchdog: job {watch['watch']} ({watch['name']}) still ran"
-        f" {watch['after']:g} s after it started, past its timeout; {written}; killed"
-        f" pid {parent} (exit status -9) for its supervisor to restart it\n"
+        f" {watch['after']:g} s after it started, past its timeout; {written}; {ended}\n"
     )
     sys.stderr.flush()
 

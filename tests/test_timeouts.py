@@ -197,6 +197,24 @@ def test_a_callback_holding_the_gil_is_recorded_timed_out_by_the_watchdog_proces
     _a_callback_holding_the_gil_is_recorded_and_its_worker_killed(gil)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the same path as consume's
+def test_flask_bgq_process_has_a_watchdog_process_too(gil: ProcEnv) -> None:
+    app = gil.app()
+    bgq = app.bgq  # type: ignore[attr-defined]
+    with app.app_context():
+        job_id = bgq.publish("holds_the_gil")
+    sweep = gil.start("bgq", "process")
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == -signal.SIGKILL, stderr
+    assert "recorded as TEMPORARILY_FAILED; killed pid" in stderr
+    with app.app_context():
+        job = bgq.get_job(job_id)
+    assert job.state is JobState.TEMPORARILY_FAILED and job.number_of_attempts == 1
+    assert job.error_message.endswith("could not interrupt it and was killed by its watchdog")
+    wait_until_no_watchdog_of(sweep.pid)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # the databases: above
 def test_a_broker_consumer_holding_the_gil_is_recorded_timed_out_by_the_watchdog_process(
     rabbit: ProcEnv,
 ) -> None:
