@@ -62,7 +62,13 @@ class Watchdog:
         except (TypeError, ValueError):
             options = {}
         watchdog._send(
-            {"url": url, "table": table, "queue": queue, "options": options, "path": sys.path}
+            {
+                "url": url,
+                "table": table,
+                "queue": queue,
+                "options": options,
+                "path": [p for p in sys.path if isinstance(p, str)],
+            }
         )
         return watchdog
 
