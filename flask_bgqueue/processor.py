@@ -34,7 +34,7 @@ from .publishing import send_jobs_to_broker, send_to_broker
 from .resources import memory_usage, reset_peak
 from .runtime import Runtime
 from .store import Claim
-from .timeouts import EXIT_TIMED_OUT, Deadline
+from .timeouts import Deadline, TimeLimits
 
 HOSTNAME = socket.gethostname()
 
@@ -102,8 +102,8 @@ class Processor:
         self.owed = Owed()
         #: The claim whose job runs now (read by a forced shutdown from another thread).
         self.current: Claim | None = None
-        #: The heartbeat of the batch running now (a timed-out job leaves it).
-        self.heartbeat: Heartbeat | None = None
+        #: The callbacks' time limits (and the consumer's watchdog process).
+        self.limits = TimeLimits(state, self.pid, self.hostname)
 
     # -- the cron sweep -----------------------------------------------------------------
 
@@ -321,7 +321,7 @@ class Processor:
         ``OutcomeWriter.FLUSH_AFTER_SECONDS`` when a later job runs longer.
         """
         writer = OutcomeWriter(self.save_outcomes, self.logger) if len(claims) > 1 else None
-        self.heartbeat = heartbeat
+        self.limits.heartbeat = heartbeat
         started = 0
         died = False
         try:
@@ -440,7 +440,7 @@ class Processor:
                 try:
                     assert spec is not None  # claims only pick known callbacks
                     # An async callback (or any awaitable it returns) runs to its end here.
-                    with self._deadline(claim, spec.timeout) as deadline:
+                    with self.limits.limit(claim, spec.timeout) as deadline:
                         value = resolve(_call(spec.func, parameters), job.callback_name)
                 finally:
                     measured["execution_time"] = round((time.perf_counter() - started) * 1000)
@@ -467,49 +467,6 @@ class Processor:
         if take_cancel_request(job.id):
             return cancelled(error), measured
         return classify(job, error, self.settings), measured
-
-    @contextmanager
-    def _deadline(self, claim: Claim, timeout: float | None) -> Iterator[Deadline | None]:
-        """The callback's time limit (see :mod:`.timeouts`), or none."""
-        seconds = timeout if timeout is not None else self.settings.default_timeout_seconds
-        if seconds is None:
-            yield None
-            return
-
-        def expired() -> None:  # no heartbeat keeps a timed-out job alive any more
-            if self.heartbeat is not None:
-                self.heartbeat.drop(claim)
-
-        def stuck() -> None:
-            self._give_up_on(claim, seconds)
-
-        with Deadline(seconds, self.settings.timeout_grace_seconds, expired, stuck) as d:
-            yield d
-
-    def _give_up_on(self, claim: Claim, seconds: float) -> None:
-        """A callback past its deadline that cannot be interrupted: record the attempt as
-        timed out now and end this process, for its supervisor to restart it."""
-        why = (
-            f"timed out after {seconds:g} s; pid {self.pid} on {self.hostname} could not"
-            " interrupt it and exited"
-        )
-        outcome = classify(claim.job, JobTimeout(why), self.settings)
-        values = {**outcome.values, "updated_at": utcnow(), "heartbeat_at": None}
-        try:
-            self.store.save_outcome(claim, outcome.state, **values)
-        except Exception:
-            self.logger.exception("bgqueue: could not record job %s as timed out", claim.job.id)
-        self.logger.critical(
-            "bgqueue: job %s (%s) %s (exit status %s)",
-            claim.job.id,
-            claim.job.callback_name,
-            why,
-            EXIT_TIMED_OUT,
-            extra=job_fields(claim.job, outcome.state),
-        )
-        for handler in logging.getLogger().handlers + self.logger.handlers:
-            handler.flush()
-        os._exit(EXIT_TIMED_OUT)
 
     def _observe(self, claim: Claim, outcome: Outcome) -> None:
         """Log and send the observation signals; nothing here changes the saved outcome."""

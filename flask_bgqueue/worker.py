@@ -149,12 +149,13 @@ class Worker:
         self.store.ensure_statistics()
         self.heartbeat.start()
         try:
-            broker = self.state.broker
-            if broker is None:
-                with _Wakeup(self.store, self.settings.poll_interval_ms / 1000) as wakeup:
-                    self.result.reloaded = self._consume(_TableFeed(self, wakeup))
-            else:
-                self.result.reloaded = self._consume_broker(broker)
+            with self.processor.limits.watching():  # a watchdog process, if needed
+                broker = self.state.broker
+                if broker is None:
+                    with _Wakeup(self.store, self.settings.poll_interval_ms / 1000) as wakeup:
+                        self.result.reloaded = self._consume(_TableFeed(self, wakeup))
+                else:
+                    self.result.reloaded = self._consume_broker(broker)
         finally:
             self.heartbeat.stop()
             if self.processor.owed:  # stopped while the database was away

@@ -103,6 +103,15 @@ def sleeps_too_long() -> None:
     _record("sleeps_too_long ran to its end")
 
 
+@bgq.callback("holds_the_gil", timeout=0.5)
+def holds_the_gil() -> None:
+    """One C call that holds the GIL and never checks for signals: no thread of this
+    process runs again, neither ``SIGALRM`` nor an async exception interrupts it."""
+    _record(f"holds_the_gil start {os.getpid()}")
+    sum(range(10**15))
+    _record("holds_the_gil ran to its end")
+
+
 @bgq.callback("tick")
 def tick() -> None:
     """A periodic job: write "job_id pid" to ticks.txt."""

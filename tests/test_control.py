@@ -151,3 +151,44 @@ def test_a_cancelled_job_explains_who_cancelled_it(app: Flask) -> None:
         reasons = Inspector(bgq).why_not_running(bgq.get_job(job_id))
     assert [r.code for r in reasons] == ["cancelled"]
     assert "Cancelled by ops" in reasons[0].text
+
+
+def test_a_job_asked_to_stop_whose_worker_was_killed_is_cancelled_by_the_reaper(
+    procs: ProcEnv,
+) -> None:
+    # "slow" never reads cancel_requested: only the reaper can end it
+    procs.config = {
+        "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 0.2,
+        "BGQUEUE_WORKER_LOST_AFTER_SECONDS": 2,
+    }
+    app = procs.app()
+    bgq = app.bgq  # type: ignore[attr-defined]
+    (procs.dir / "held.hold").touch()
+    with app.app_context():
+        job_id = bgq.publish("slow", {"name": "held", "seconds": 120})
+        worker = procs.start("bgq", "consume", "-j", "1")
+        try:
+            wait_for(
+                lambda: ["slow", "held", "start", str(worker.pid)] in procs.records(), what="run"
+            )
+            assert bgq.cancel([job_id], by="operator") == [job_id]
+        finally:
+            worker.kill()  # SIGKILL: nothing of the worker runs after it
+            worker.communicate(timeout=60)
+        assert bgq.get_job(job_id).state is JobState.PROCESSING  # until the reaper comes
+        deadline = time.monotonic() + 60
+        while bgq.get_job(job_id).state is JobState.PROCESSING:
+            assert time.monotonic() < deadline, "the reaper never took the job back"
+            bgq.process()  # the cron sweep reaps once the heartbeat is 2 s old
+            time.sleep(0.2)
+        job = bgq.get_job(job_id)
+    assert job.state is JobState.CANCELLED  # not retried
+    assert job.cancelled_by == "operator" and job.cancel_requested_at is not None
+    assert job.finished_at is not None and job.number_of_attempts == 1
+    assert job.error_message == (
+        f"worker lost: pid {worker.pid} on {job.hostname} stopped without saving the job"
+        " (cancel was asked)"
+    )
+    assert [r for r in procs.records() if r[2] == "start"] == [
+        ["slow", "held", "start", str(worker.pid)]  # it never ran again
+    ]

@@ -210,3 +210,59 @@ def test_the_docs_pictures_can_be_remade_and_show_no_path_of_this_machine(tmp_pa
         "dashboard-job.png",
     ]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in shots)
+
+
+def test_a_person_cancels_a_job_and_every_job_of_a_filter_after_confirming(
+    make_app: AppFactory, browser: Any
+) -> None:
+    app = dashboard_app(make_app)
+    bgq = app.bgq  # type: ignore[attr-defined]
+    with app.app_context():
+        single = bgq.publish("work", 1, identifier="single")
+        batch = [bgq.publish("work", n, identifier="batch-a") for n in range(3)]
+        other = bgq.publish("work", 9, identifier="batch-b")
+
+    def states() -> dict[int, JobState]:
+        with app.app_context():
+            return {row.id: JobState(row.state) for row in all_jobs(bgq)}
+
+    questions: list[str] = []
+
+    def answer(dialog: Any, accept: bool) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    with serving(app) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{base}/jobs/{single}")
+        before = states()
+        page.once("dialog", lambda d: answer(d, accept=False))
+        page.click("button:text-is('Cancel')")
+        assert questions == [f"Cancel job {single}? If it runs, it is asked to stop."]
+        assert page.locator(".bgq-notice").count() == 0  # dismissed: nothing was sent
+        assert states() == before
+        page.once("dialog", lambda d: answer(d, accept=True))
+        with page.expect_navigation():
+            page.click("button:text-is('Cancel')")
+        assert f"Job {single} is cancelled" in page.inner_text(".bgq-notice")
+        with app.app_context():
+            job = bgq.get_job(single)
+        assert job.state is JobState.CANCELLED
+        assert job.cancelled_by == "dashboard (127.0.0.1)"
+
+        page.goto(f"{base}/jobs?identifier=batch-a")
+        bulk = "button:text-is('Cancel every job matching this filter that is not over')"
+        before = states()
+        page.once("dialog", lambda d: answer(d, accept=False))
+        page.click(bulk)
+        assert questions[-1].startswith("Cancel every job this filter matches")
+        assert page.locator(".bgq-notice").count() == 0
+        assert states() == before
+        page.once("dialog", lambda d: answer(d, accept=True))
+        with page.expect_navigation():
+            page.click(bulk)
+        assert "3 job(s) are cancelled or asked to stop." in page.inner_text(".bgq-notice")
+        page.close()
+    after = states()
+    assert [after[i] for i in batch] == [JobState.CANCELLED] * 3
+    assert after[other] is JobState.READY and after[single] is JobState.CANCELLED

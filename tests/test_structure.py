@@ -11,11 +11,13 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flask_bgqueue"
 #: Modules imported inside a function on purpose, only when configured: optional
-#: dependencies (pika), brokers chosen by URL, and the dashboard (off by default).
+#: dependencies (pika), brokers chosen by URL, and the dashboard (off by default); and the
+#: store, by the watchdog process only when it must write (it stays small until then).
 LAZY_ALLOWED = {
     "flask_bgqueue.broker.amqp",
     "flask_bgqueue.broker.memory",
     "flask_bgqueue.dashboard",
+    "flask_bgqueue.store",
 }
 #: The modules above the facade: only they may import ``extension``.
 ABOVE_EXTENSION = {"flask_bgqueue", "flask_bgqueue.testing"}

@@ -97,7 +97,9 @@ def process_command(spec: Any, verbosity: str | None) -> None:
     something to read.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    result = Processor(current_runtime(), app).sweep(spec)
+    processor = Processor(current_runtime(), app)
+    with processor.limits.watching():  # this is a process of its own: it may be killed
+        result = processor.sweep(spec)
     if verbosity == "quiet" or (verbosity is None and not result.did_anything):
         return
     click.echo(result.summary())

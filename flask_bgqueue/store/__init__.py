@@ -14,10 +14,16 @@ transaction mode changes, in :mod:`.pooling`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
 from .activity import Activity
 from .base import Claim
 from .claims import Claims
 from .control import Control
+from .dialects import engine_options
 from .inserts import Inserts
 from .outcomes import Outcomes
 from .plain_claims import PlainClaims
@@ -26,7 +32,7 @@ from .queries import Queries
 from .recovery import Recovery
 from .schedules import ScheduleRow, Schedules
 
-__all__ = ["Claim", "Listener", "ScheduleRow", "Store"]
+__all__ = ["Claim", "Listener", "ScheduleRow", "Store", "open_store"]
 
 
 class Store(
@@ -50,3 +56,10 @@ class Store(
     def wakeup(self) -> str:
         """How a broker-less consumer learns of new jobs, in words."""
         return self.dialect.wakeup_mode(self.listen_engine, self.transaction_pooling)
+
+
+def open_store(url: str, table_name: str, queue: str, options: Mapping[str, Any]) -> Store:
+    """A store on an engine of its own for ``url`` (the watchdog process opens one only
+    when it must write)."""
+    parsed = sa.make_url(url)
+    return Store(sa.create_engine(parsed, **engine_options(parsed, options)), table_name, queue)

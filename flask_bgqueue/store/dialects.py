@@ -330,6 +330,15 @@ def engine_options(
     return options
 
 
+def shareable_url(engine: sa.Engine) -> str | None:
+    """The URL another process opens the same database with (password included), or
+    ``None`` for an in-memory SQLite database, which no other process can reach."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return None
+    return url.render_as_string(hide_password=False)
+
+
 def prepare_engine(engine: sa.Engine, network_timeout: float | None = None) -> None:
     """Settings the queue needs on its engine, private or shared with the application (a
     bind).

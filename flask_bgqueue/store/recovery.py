@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -74,6 +75,47 @@ class Recovery(StoreBase):
                 heartbeat_at=None,
                 error_message=message,
             )
+
+    def time_out(
+        self,
+        job_id: int,
+        attempts: int,
+        state: JobState,
+        values: dict[str, Any],
+        now: datetime,
+    ) -> JobState | None:
+        """Attempt ``attempts`` of a running job is past its timeout and could not be
+        interrupted: end it as ``state`` with ``values`` (the timed-out outcome), or
+        ``CANCELLED`` when a cancel was asked for (it does not run again). Guarded by the
+        attempt, like every change of a claimed job; the state written, or ``None`` when
+        the job is no longer that attempt's."""
+        t = self.table
+        state = JobState(state)  # the watchdog process sends its number
+        attempt = t.c.number_of_attempts == attempts
+        ended = {"updated_at": now, "heartbeat_at": None}
+        with self.engine.begin() as conn:
+            if self._transition(
+                conn,
+                job_id,
+                (JobState.PROCESSING,),
+                extra=sa.and_(attempt, t.c.cancel_requested_at.is_(None)),
+                state=state,
+                **ended,
+                **values,
+            ):
+                return state
+            cancelled = {**values, "state": JobState.CANCELLED, "finished_at": now}
+            cancelled.pop("available_at", None)
+            if self._transition(
+                conn,
+                job_id,
+                (JobState.PROCESSING,),
+                extra=sa.and_(attempt, t.c.cancel_requested_at.is_not(None)),
+                **ended,
+                **cancelled,
+            ):
+                return JobState.CANCELLED
+        return None
 
     def note_unknown_callbacks(self, now: datetime, known: Sequence[str], note: str) -> int:
         """Mark due jobs that no callback of this worker can run, without touching their state."""
