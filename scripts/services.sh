@@ -257,8 +257,18 @@ rabbitmq_ready() {
   rabbitmqctl_t -q set_permissions -p / bgqueue '.*' '.*' '.*' >/dev/null
 }
 
+# True while a beam process of this node runs: the nodes of scripts/rabbitmq-cluster.sh
+# (RABBITMQ_NODENAME=bgq...) are someone else's.
+rabbitmq_beam_running() {
+  local pid
+  for pid in $(pgrep -u rabbitmq -f 'beam.*-s rabbit'); do
+    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -q '^RABBITMQ_NODENAME=bgq' || return 0
+  done
+  return 1
+}
+
 rabbitmq_stop() {
-  rabbitmq_up || pgrep -u rabbitmq -f 'rabbit' >/dev/null || return 0
+  rabbitmq_up || rabbitmq_beam_running || return 0
   say "stopping RabbitMQ"
   if have_systemd; then
     systemctl stop rabbitmq-server
@@ -266,7 +276,7 @@ rabbitmq_stop() {
     rabbitmqctl_t -q shutdown >/dev/null 2>&1 || rabbitmqctl_t -q stop >/dev/null 2>&1 || true
   fi
   wait_gone "RabbitMQ" rabbitmq_up
-  wait_gone "RabbitMQ (beam) process" pgrep -u rabbitmq -f 'beam.*-s rabbit'
+  wait_gone "RabbitMQ (beam) process" rabbitmq_beam_running
 }
 
 # ---------------------------------------------------------------------- main

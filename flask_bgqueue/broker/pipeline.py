@@ -17,6 +17,10 @@ the delivery tag → job id of every message not confirmed yet. Then:
   ``BGQUEUE_BROKER_RESEND_AFTER_SECONDS``.
 
 So no job is lost; a job may be announced twice, and the guarded claim runs it once.
+
+With several nodes (a cluster) a session connects to the first that answers; a session
+whose connection is lost ends as above, and the next submit opens one on the first node
+that answers then.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from .nodes import describe
+from .settings import mask
+
 log = logging.getLogger("flask_bgqueue.broker")
 
 _PROPERTIES = pika.BasicProperties(delivery_mode=2)  # persistent
 
-#: (queues to declare first: [(name, extra arguments)], routing key, job id)
+#: (queues to declare first: [(name, arguments)], routing key, job id)
 Item = tuple[tuple[tuple[str, tuple[tuple[str, Any], ...]], ...], str, int]
 OnFailed = Callable[[list[int], str], None]
 
@@ -45,9 +52,8 @@ OnFailed = Callable[[list[int], str], None]
 class PipelinedPublisher:
     """Sends job ids from any thread through one connection, confirms tracked apart."""
 
-    def __init__(self, url: str, arguments: dict[str, Any], on_failed: OnFailed) -> None:
-        self.url = url
-        self.arguments = arguments
+    def __init__(self, urls: tuple[str, ...], on_failed: OnFailed) -> None:
+        self.urls = urls
         self.on_failed = on_failed
         self.lock = threading.Condition()
         self.pending: deque[Item] = deque()  # handed over, not sent yet
@@ -112,6 +118,9 @@ class _Session:
     def __init__(self, publisher: PipelinedPublisher) -> None:
         self.publisher = publisher
         self.connection: Any = None
+        self.node = ""  # the URL of the node connected to
+        self.open_error: BaseException | None = None  # the last node's, while connecting
+        self.closing = False  # closed by us: no warning
         self.channel: Any = None  # set once confirms are on
         self.ended = False
         self.wake_scheduled = False
@@ -137,6 +146,7 @@ class _Session:
 
     def close(self, timeout: float) -> None:
         connection = self.connection
+        self.closing = True
         if connection is not None and not self.ended:
             try:
                 connection.ioloop.add_callback_threadsafe(connection.close)
@@ -148,32 +158,53 @@ class _Session:
     # -- the session's thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        urls = self.publisher.urls
+        errors: list[str] = []
         try:
-            self.connection = pika.SelectConnection(
-                pika.URLParameters(self.publisher.url),
-                on_open_callback=self._on_open,
-                on_open_error_callback=self._on_open_error,
-                on_close_callback=self._on_closed,
-            )
-            self.connection.ioloop.start()
+            for url in urls:  # the first node that answers
+                self.node, self.open_error = url, None
+                self.connection = pika.SelectConnection(
+                    pika.URLParameters(url),
+                    on_open_callback=self._on_open,
+                    on_open_error_callback=self._on_open_error,
+                    on_close_callback=self._on_closed,
+                )
+                try:
+                    self.connection.ioloop.start()
+                finally:
+                    try:
+                        self.connection.ioloop.close()
+                    except Exception:  # nothing left to release
+                        pass
+                if self.open_error is None or self.ended:
+                    return  # it ran and closed (_on_closed ended the session), or was closed
+                errors.append(f"{mask(url)}: {self.open_error!r}")
+            where = "; ".join(errors) if len(urls) > 1 else repr(self.open_error)
+            self._end(f"RabbitMQ could not be reached: {where}")
         except Exception as exc:  # pika raised instead of calling back
             self._end(f"RabbitMQ publisher stopped: {exc!r}")
         finally:
             self._end("the RabbitMQ publisher stopped")
-            if self.connection is not None:
-                try:
-                    self.connection.ioloop.close()
-                except Exception:  # nothing left to release
-                    pass
 
     def _on_open(self, connection: Any) -> None:
+        if len(self.publisher.urls) > 1:
+            log.info("bgqueue: the publisher thread publishes to node %s", mask(self.node))
         connection.channel(on_open_callback=self._on_channel)
 
     def _on_open_error(self, connection: Any, error: BaseException) -> None:
-        self._end(f"RabbitMQ could not be reached: {error!r}")
+        self.open_error = error  # _run tries the next node, or ends the session
         connection.ioloop.stop()
 
     def _on_closed(self, connection: Any, reason: BaseException) -> None:
+        if not self.closing:
+            log.warning(
+                "bgqueue: the publisher thread lost RabbitMQ %s: %r; %d job(s) not confirmed"
+                " become BROKER_FAILED, the next ones go to the first node that answers (%s)",
+                mask(self.node),
+                reason,
+                len(self.unconfirmed),
+                describe(self.publisher.urls),
+            )
         self._end(f"the connection to RabbitMQ closed before confirming: {reason!r}")
         # stop once pika has closed the socket, after this callback
         connection.ioloop.add_callback_threadsafe(connection.ioloop.stop)
@@ -205,7 +236,7 @@ class _Session:
 
     def _send(self, item: Item) -> None:
         declarations, routing_key, job_id = item
-        for name, extra in declarations:
+        for name, arguments in declarations:
             if name in self.declared:
                 continue
             if name in self.waiting:
@@ -215,7 +246,7 @@ class _Session:
             self.channel.queue_declare(
                 name,
                 durable=True,
-                arguments={**self.publisher.arguments, **dict(extra)},
+                arguments=dict(arguments),
                 callback=lambda _frame, name=name: self._on_declared(name),
             )
             return
