@@ -175,6 +175,14 @@ class AmqpBroker(Broker):
                 return
             except (pika.exceptions.AMQPError, OSError) as exc:
                 node = self._drop_producer()
+                if attempt == 1 and node and len(self.urls) > 1:
+                    log.warning(
+                        "bgqueue: lost RabbitMQ node %s (%s); sending job %d again through"
+                        " the first node that answers",
+                        mask(node),
+                        explain(exc),
+                        job_id,
+                    )
                 if attempt == 2:
                     where = f" (node {mask(node)})" if node and len(self.urls) > 1 else ""
                     raise BrokerError(
