@@ -40,7 +40,8 @@ def broker_urls(value: Any, custom: bool = False) -> tuple[str, ...]:
     for url in urls:
         if not isinstance(url, str) or not url.strip():
             raise ConfigurationError(
-                f"{URL_KEY} holds an empty or non-text URL {url!r} (in {value!r}); give each"
+                f"{URL_KEY} holds an empty or non-text URL {url!r} (in"
+                f" {[mask(u) if isinstance(u, str) else u for u in urls]}); give each"
                 " node as amqp://user:pass@host:5672/vhost, separated by commas.",
                 URL_KEY,
             )
