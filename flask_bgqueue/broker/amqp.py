@@ -1,4 +1,4 @@
-"""RabbitMQ through pika: the only module that imports pika.
+"""RabbitMQ through pika (with :mod:`.pipeline` and :mod:`.nodes`, the only modules that import it).
 
 Topology, all durable and declared with ``BGQUEUE_AMQP_QUEUE_ARGUMENTS``, and for the
 queues of one job queue also with its ``BGQUEUE_AMQP_QUEUE_ARGUMENTS_BY_QUEUE`` entry:
