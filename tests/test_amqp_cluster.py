@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 import sqlalchemy as sa
 
 from flask_bgqueue import JobState
 from flask_bgqueue.broker.amqp import TIERS_MS, control_queue, delay_queue, work_queue
-from tests.conftest import IN_CI, ProcEnv
+from tests.conftest import AMQP_URL, IN_CI, ProcEnv
 from tests.test_workers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +49,6 @@ def node(action: str, number: int) -> None:
 
 
 def _unreachable() -> str | None:
-    import pika
-
     for url in CLUSTER_URLS:
         try:
             pika.BlockingConnection(pika.URLParameters(url)).close()
@@ -69,8 +68,6 @@ def cluster_queue() -> Iterator[str]:
         pytest.skip(error + " (run scripts/rabbitmq-cluster.sh start as root)")
     name = f"c{uuid.uuid4().hex[:10]}"
     yield name
-    import pika
-
     connection = pika.BlockingConnection([pika.URLParameters(u) for u in CLUSTER_URLS])
     channel = connection.channel()
     for q in (work_queue(name, 1), *(delay_queue(name, 1, t) for t in TIERS_MS)):
@@ -267,3 +264,35 @@ def test_no_node_answering_ends_the_consumer_with_one_line_naming_each(
         f" {b}: nothing answers there (Connection refused))"
     )
     assert "secret" not in result.stderr + result.stdout
+
+
+def test_after_a_refusal_the_publisher_thread_sends_the_next_ids_through_a_new_connection(
+    procs: ProcEnv, amqp_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A channel may go on refusing a quorum queue after a node stopped (above); a full
+    # queue refuses the same way, on the one node, on purpose.
+    procs.config = {
+        "BGQUEUE_BROKER_URL": AMQP_URL,
+        "BGQUEUE_QUEUE": amqp_queue,
+        "BGQUEUE_AMQP_QUEUE_ARGUMENTS": {"x-max-length": 1, "x-overflow": "reject-publish"},
+    }
+    app = procs.app()
+    broker = app.extensions["bgqueue"].broker
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        taken = bgq.publish("counted")
+        assert broker.flush(60)
+        first = broker._publisher.session
+        refused = bgq.publish("counted")  # the queue is full
+        assert broker.flush(60)
+        wait_for(lambda: first.ended, 60, "the refused session to end")
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        method, _, body = connection.channel().basic_get(work_queue(amqp_queue, 1), auto_ack=True)
+        connection.close()
+        assert method is not None and int(body) == taken  # room again
+        sent = bgq.publish("counted")
+        assert broker.flush(60)
+        assert broker._publisher.session is not first
+        assert bgq.get_job(refused).state is JobState.BROKER_FAILED
+        assert bgq.get_job(sent).state is JobState.READY
+    assert "refused a message; the next ones go through a new connection" in caplog.text

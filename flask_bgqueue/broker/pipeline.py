@@ -6,6 +6,11 @@ publisher confirms on; it sends what it is handed at once (many ids in flight) a
 the delivery tag → job id of every message not confirmed yet. Then:
 
 - a confirm (``basic.ack``) ends the message's story: it is in RabbitMQ;
+- a refusal (``basic.nack``) also renews the session: the thread sends nothing more on
+  this connection, closes it once every message sent is confirmed or refused, and sends
+  the next ids through a new one. A channel may keep refusing a quorum queue whose leader
+  was on a node that stopped (RabbitMQ 3.10 caches the queue's members per channel), and a
+  new connection asks afresh;
 - a refusal (``basic.nack``, e.g. a full queue with ``x-overflow: reject-publish``), a
   returned (unroutable) message, a connection or channel that closes with messages not
   confirmed, or a connection that cannot be opened hand their job ids to ``on_failed``,
@@ -123,6 +128,7 @@ class _Session:
         self.closing = False  # closed by us: no warning
         self.channel: Any = None  # set once confirms are on
         self.ended = False
+        self.renewing = False  # refused once: send no more here, then hand over
         self.wake_scheduled = False
         self.unconfirmed: dict[int, int] = {}  # delivery tag -> job id
         self.next_tag = 1
@@ -196,7 +202,7 @@ class _Session:
         connection.ioloop.stop()
 
     def _on_closed(self, connection: Any, reason: BaseException) -> None:
-        if not self.closing:
+        if not self.closing and not self.renewing:
             log.warning(
                 "bgqueue: the publisher thread lost RabbitMQ %s: %r; %d job(s) not confirmed"
                 " become BROKER_FAILED, the next ones go to the first node that answers (%s)",
@@ -229,7 +235,7 @@ class _Session:
     def _send_pending(self) -> None:
         with self.publisher.lock:
             self.wake_scheduled = False
-        if self.ended:
+        if self.ended or self.renewing:
             return
         for item in self.publisher.take_pending():
             self._send(item)
@@ -276,7 +282,16 @@ class _Session:
         job_ids = [self.unconfirmed.pop(t) for t in tags if t in self.unconfirmed]
         if isinstance(method, pika.spec.Basic.Nack):
             self.publisher.fail(job_ids, "RabbitMQ refused the message (basic.nack)")
+            if not self.renewing:
+                self.renewing = True
+                log.warning(
+                    "bgqueue: RabbitMQ %s refused a message; the next ones go through a new"
+                    " connection",
+                    mask(self.node),
+                )
         self.publisher.done(len(job_ids))
+        if self.renewing and not self.unconfirmed and not self.waiting:
+            self.connection.close()  # _on_closed -> _end hands what is pending over
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         # its confirm (an ack) follows: fail the job now; the ack then finds no tag left
@@ -291,18 +306,21 @@ class _Session:
 
     def _end(self, message: str) -> None:
         """The connection is gone: fail everything not confirmed; the next submit opens
-        another one."""
+        another one. A session renewed after a refusal hands what is pending, never sent,
+        to a new session at once."""
         publisher = self.publisher
         with publisher.lock:
             if self.ended:
                 return
             self.ended = True
+            left = []
             if publisher.session is self:
                 publisher.session = None
-                left = [job_id for _, _, job_id in publisher.pending]
-                publisher.pending.clear()
-            else:
-                left = []
+                if self.renewing and not self.closing and publisher.pending:
+                    publisher.session = _Session(publisher)
+                else:
+                    left = [job_id for _, _, job_id in publisher.pending]
+                    publisher.pending.clear()
         left += list(self.unconfirmed.values())
         left += [job_id for items in self.waiting.values() for _, _, job_id in items]
         self.unconfirmed.clear()
