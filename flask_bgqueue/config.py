@@ -23,6 +23,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from werkzeug.utils import ImportStringError, import_string
 
+from .broker import Broker
+from .broker import settings as broker_settings
 from .exceptions import ConfigurationError, ConfigurationWarning
 from .limits import Limits
 from .schedule import Schedule, ScheduleError
@@ -58,9 +60,11 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_CLAIM_BATCH_SIZE": 10,
     "BGQUEUE_POLL_INTERVAL_MS": 1000,
     "BGQUEUE_BROKER_URL": None,
+    "BGQUEUE_BROKER_CLASS": None,
     "BGQUEUE_BROKER_RESEND_AFTER_SECONDS": 600,
     "BGQUEUE_BROKER_WAIT_FOR_CONFIRM": False,
     "BGQUEUE_AMQP_QUEUE_ARGUMENTS": {},
+    "BGQUEUE_AMQP_QUEUE_ARGUMENTS_BY_QUEUE": {},
     "BGQUEUE_DASHBOARD_URL_PREFIX": None,
     "BGQUEUE_DASHBOARD_AUTHORIZE": None,
     "BGQUEUE_DASHBOARD_REFRESH_SECONDS": 5,
@@ -178,10 +182,14 @@ class Settings:
     network_timeout_seconds: float | None
     claim_batch_size: int
     poll_interval_ms: int
-    broker_url: str | None
+    #: The broker's node URLs, in the order tried (empty: no broker, unless a class).
+    broker_urls: tuple[str, ...]
     broker_resend_after_seconds: float
     broker_wait_for_confirm: bool
     amqp_queue_arguments: Mapping[str, Any] = field(default_factory=dict)
+    #: Arguments of the RabbitMQ queues of one job queue, by its full name.
+    amqp_queue_arguments_by_queue: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    broker_class: type[Broker] | None = None
     dashboard_url_prefix: str | None = None
     dashboard_authorize: Callable[[], Any] | None = None
     dashboard_refresh_seconds: float = 5
@@ -191,6 +199,11 @@ class Settings:
     transaction_pooling: bool = False
     #: A direct PostgreSQL URL for the consumers' ``LISTEN`` connection only.
     listen_database_uri: str | None = None
+
+    @property
+    def broker_url(self) -> str | None:
+        """The first of :attr:`broker_urls` (``None`` without one)."""
+        return self.broker_urls[0] if self.broker_urls else None
 
 
 def load_settings(app: Flask) -> Settings:
@@ -214,12 +227,14 @@ def load_settings(app: Flask) -> Settings:
             " SECRET_KEY or BGQUEUE_SIGNING_KEY.",
             "BGQUEUE_PARAMETERS_FORMAT",
         )
+    queue = _identifier(c, "BGQUEUE_QUEUE", 100)
+    broker_class = broker_settings.broker_class(c["BGQUEUE_BROKER_CLASS"])
     return Settings(
         bind_key=_text(c, "BGQUEUE_BIND_KEY"),
         database_uri=_text(c, "BGQUEUE_DATABASE_URI", optional=True),
         engine_options=_mapping(c, "BGQUEUE_ENGINE_OPTIONS"),
         table_name=_identifier(c, "BGQUEUE_TABLE_NAME", 40),  # index names stay < 64
-        queue=_identifier(c, "BGQUEUE_QUEUE", 100),
+        queue=queue,
         priorities=priorities,
         callbacks=_callbacks(c["BGQUEUE_CALLBACKS"], priorities),
         parameters_format=fmt,
@@ -251,12 +266,18 @@ def load_settings(app: Flask) -> Settings:
         ),
         claim_batch_size=_number(c, "BGQUEUE_CLAIM_BATCH_SIZE", minimum=1),
         poll_interval_ms=_number(c, "BGQUEUE_POLL_INTERVAL_MS", minimum=1),
-        broker_url=_text(c, "BGQUEUE_BROKER_URL", optional=True),
+        broker_urls=broker_settings.broker_urls(
+            c["BGQUEUE_BROKER_URL"], custom=broker_class is not None
+        ),
         broker_resend_after_seconds=_number(
             c, "BGQUEUE_BROKER_RESEND_AFTER_SECONDS", minimum=1, kind=(int, float)
         ),
         broker_wait_for_confirm=_flag(c, "BGQUEUE_BROKER_WAIT_FOR_CONFIRM"),
         amqp_queue_arguments=_mapping(c, "BGQUEUE_AMQP_QUEUE_ARGUMENTS"),
+        amqp_queue_arguments_by_queue=broker_settings.arguments_by_queue(
+            c["BGQUEUE_AMQP_QUEUE_ARGUMENTS_BY_QUEUE"], queue
+        ),
+        broker_class=broker_class,
         dashboard_url_prefix=_url_prefix(c, "BGQUEUE_DASHBOARD_URL_PREFIX"),
         dashboard_authorize=_function(c, "BGQUEUE_DASHBOARD_AUTHORIZE"),
         dashboard_refresh_seconds=_number(

@@ -22,7 +22,7 @@ from flask import Flask, current_app
 from flask.logging import default_handler, has_level_handler
 
 from . import schema
-from .broker import Broker, broker_for_url
+from .broker import Broker, broker_for_url, custom_broker
 from .clock import utcnow
 from .config import CallbackSpec, Settings
 from .exceptions import ConfigurationError, SchemaError
@@ -60,8 +60,14 @@ class Runtime:
         self._store: Store | None = None
         self._engine: sa.Engine | None = None
         self.broker: Broker | None = None
-        if settings.broker_url is not None:  # checks the scheme and that pika is installed
-            self.broker = broker_for_url(settings.broker_url, dict(settings.amqp_queue_arguments))
+        if settings.broker_class is not None:
+            self.broker = custom_broker(settings.broker_class, app.config)
+        elif settings.broker_urls:  # checks that pika is installed
+            self.broker = broker_for_url(
+                settings.broker_urls,
+                settings.amqp_queue_arguments,
+                settings.amqp_queue_arguments_by_queue,
+            )
         self._lock = threading.Lock()
         self._limits: tuple[int, dict[str, Limits]] | None = None
         #: Callbacks whose parameters held a SQLAlchemy model (warned of once each).

@@ -256,13 +256,19 @@ class Worker:
                     self.stop.wait(delay)
                     delay = min(delay * 2, RECONNECT_MAX_SECONDS)
                     continue
+                node = consumer.describe()  # the node of a cluster it reached
                 if tries:
                     log.warning("bgqueue: %s is back after %d retries", where, tries)
+                if node:  # a reconnection is worth a warning: work moved to this node
+                    (log.warning if self._connected else log.info)(
+                        "bgqueue: consuming from node %s of %s", node, where
+                    )
                 self._connected, delay, tries = True, RECONNECT_FIRST_SECONDS, 0
                 try:
                     return self._consume(_BrokerFeed(self, consumer, runner))
                 except BrokerConnectionLost as exc:
-                    log.warning("bgqueue: lost %s: %s; reconnecting in %.2g s", where, exc, delay)
+                    lost = f"node {node} of {where}" if node else where
+                    log.warning("bgqueue: lost %s: %s; reconnecting in %.2g s", lost, exc, delay)
                     self.stop.wait(delay)
                     delay = min(delay * 2, RECONNECT_MAX_SECONDS)
                 finally:

@@ -33,6 +33,9 @@ fi
 scripts/services.sh start
 # PgBouncer in transaction mode in front of that PostgreSQL (tests/test_pooler.py).
 scripts/pgbouncer.sh start
+# Three more RabbitMQ nodes, clustered, for the cluster tests (tests/test_amqp_cluster.py).
+scripts/rabbitmq-cluster.sh start
+export BGQUEUE_TEST_AMQP_CLUSTER_URLS="${BGQUEUE_TEST_AMQP_CLUSTER_URLS:-$(scripts/rabbitmq-cluster.sh env | cut -d= -f2-)}"
 
 export BGQUEUE_TEST_POSTGRES_URL="${BGQUEUE_TEST_POSTGRES_URL:-postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:5432/bgqueue_test}"
 export BGQUEUE_TEST_MYSQL_URL="${BGQUEUE_TEST_MYSQL_URL:-mysql+pymysql://bgqueue:bgqueue@127.0.0.1:3306/bgqueue_test}"

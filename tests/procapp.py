@@ -170,6 +170,16 @@ def fail(kind: str) -> None:
     raise RuntimeError("failed on purpose")
 
 
+@bgq.callback("counted")
+def counted(pause: float = 0.0) -> None:
+    """Write "job_id attempt pid time" to counted.txt: how often, and where, each job ran
+    (after ``pause`` seconds)."""
+    time.sleep(pause)
+    job = current_job()
+    assert job is not None
+    _record(f"{job.id} {job.attempt} {os.getpid()} {time.time():.6f}", "counted.txt")
+
+
 def _export_spans(path: str) -> None:
     """Trace with OpenTelemetry's SDK into memory; write the spans to ``path`` (JSON) at
     exit, for a test to read."""
@@ -220,6 +230,13 @@ def create_app() -> Flask:
         for n in range(count):
             bgq.publish("record", {"group": "killed", "name": str(n)})
         os.kill(os.getpid(), signal.SIGKILL)
+
+    @app.cli.command("publish-counted")
+    @click.argument("count", type=int)
+    def publish_counted(count: int) -> None:
+        """Publish ``count`` counted jobs one by one, as a web app would."""
+        for _ in range(count):
+            bgq.publish("counted")
 
     @app.cli.command("sweep")
     def sweep() -> None:

@@ -1,6 +1,7 @@
-"""RabbitMQ through pika: the only module that imports pika.
+"""RabbitMQ through pika (with :mod:`.pipeline` and :mod:`.nodes`, the only modules that import it).
 
-Topology, all durable and declared with ``BGQUEUE_AMQP_QUEUE_ARGUMENTS``:
+Topology, all durable and declared with ``BGQUEUE_AMQP_QUEUE_ARGUMENTS``, and for the
+queues of one job queue also with its ``BGQUEUE_AMQP_QUEUE_ARGUMENTS_BY_QUEUE`` entry:
 
 - ``bgq.<queue>.<priority>``: the ids of jobs due now, one queue per (queue, priority);
 - ``bgq.<queue>.<priority>.delay.<ms>``: delay tiers of 100 ms * 2^n (n = 0 … 23, up to
@@ -16,6 +17,8 @@ Publishes are persistent and confirmed: :meth:`AmqpBroker.publish` waits for the
 unacknowledged message per queue at first (prefetch 1), more when the worker asks for it,
 and hands the held ids out most urgent first. A lost connection surfaces as
 :class:`~flask_bgqueue.broker.BrokerConnectionLost`; the worker then opens a new consumer.
+Every connection goes to the first node of ``BGQUEUE_BROKER_URL`` that answers
+(:mod:`.nodes`).
 """
 
 from __future__ import annotations
@@ -24,18 +27,18 @@ import atexit
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pika
 import pika.exceptions
 
 from .base import Broker, BrokerConnectionLost, BrokerError, Consumer, Delivery
+from .nodes import connect, describe, explain
 from .pipeline import Item, PipelinedPublisher
+from .settings import mask
 
 log = logging.getLogger("flask_bgqueue.broker")
 
@@ -62,25 +65,27 @@ def tier_for(delay_ms: int) -> int | None:
 
 
 class _Channel:
-    """A connection with one confirming channel, and the queues it declared."""
+    """A connection to the first node that answers, with one confirming channel, and the
+    queues it declared."""
 
-    def __init__(self, url: str, arguments: dict[str, Any]) -> None:
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+    def __init__(self, broker: AmqpBroker) -> None:
+        self.connection, self.node = connect(broker.urls)
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
-        self.arguments = arguments
+        self.arguments_for = broker.arguments_for
         self.declared: set[str] = set()
 
-    def declare(self, name: str, extra: dict[str, Any] | None = None) -> None:
+    def declare(self, name: str, queue: str, extra: dict[str, Any] | None = None) -> None:
+        """Declare ``name``, one of job queue ``queue``'s RabbitMQ queues."""
         if name not in self.declared:
             self.channel.queue_declare(
-                name, durable=True, arguments={**self.arguments, **(extra or {})}
+                name, durable=True, arguments={**self.arguments_for(queue), **(extra or {})}
             )
             self.declared.add(name)
 
     def declare_work(self, queue: str, priority: int) -> str:
         name = work_queue(queue, priority)
-        self.declare(name)
+        self.declare(name, queue)
         return name
 
     def send(self, routing_key: str, body: bytes, headers: dict[str, Any] | None = None) -> None:
@@ -101,6 +106,7 @@ class _Channel:
         name = delay_queue(queue, priority, tier)
         self.declare(
             name,
+            queue,
             {
                 "x-message-ttl": tier,
                 "x-dead-letter-exchange": "",
@@ -118,29 +124,48 @@ class _Channel:
 
 
 class AmqpBroker(Broker):
-    """RabbitMQ, with one producer connection per thread (pika is not thread-safe)."""
+    """RabbitMQ, with one producer connection per thread (pika is not thread-safe).
 
-    def __init__(self, url: str, queue_arguments: dict[str, Any]) -> None:
-        self.url = url
+    ``urls``: one node, or the nodes of a cluster in the order tried. ``queue_arguments``
+    apply to every queue declared, ``arguments_by_queue`` (by full job queue name) on top
+    of them to the queues of that job queue.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        queue_arguments: Mapping[str, Any],
+        arguments_by_queue: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.urls = (urls,) if isinstance(urls, str) else tuple(urls)
         self.arguments = dict(queue_arguments)
+        self.arguments_by_queue = {q: dict(a) for q, a in (arguments_by_queue or {}).items()}
         self._local = threading.local()
         self._publisher: PipelinedPublisher | None = None
         self._publisher_lock = threading.Lock()
 
+    @property
+    def url(self) -> str:
+        """The first node's URL."""
+        return self.urls[0]
+
+    def arguments_for(self, queue: str) -> dict[str, Any]:
+        """The arguments of job queue ``queue``'s RabbitMQ queues."""
+        return {**self.arguments, **self.arguments_by_queue.get(queue, {})}
+
     def describe(self) -> str:
-        """``amqp://user:***@host:port/vhost``: the URL with its password masked."""
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        """``amqp://user:***@host:port/vhost``: the URL with its password masked (several,
+        comma-separated, for a cluster)."""
+        return describe(self.urls)
 
     # -- producing ----------------------------------------------------------------------
 
     def _producer(self) -> _Channel:
         channel = getattr(self._local, "channel", None)
         if channel is None or not channel.connection.is_open:
-            channel = self._local.channel = _Channel(self.url, self.arguments)
+            channel = self._local.channel = _Channel(self)
+            if len(self.urls) > 1:
+                log.info("bgqueue: publishing to RabbitMQ node %s", mask(channel.node))
         return channel
 
     def publish(self, queue: str, priority: int, job_id: int, delay_ms: int = 0) -> None:
@@ -149,9 +174,20 @@ class AmqpBroker(Broker):
                 self._producer().publish_job(queue, priority, job_id, delay_ms)
                 return
             except (pika.exceptions.AMQPError, OSError) as exc:
-                self._drop_producer()
+                node = self._drop_producer()
+                if attempt == 1 and node and len(self.urls) > 1:
+                    log.warning(
+                        "bgqueue: lost RabbitMQ node %s (%s); sending job %d again through"
+                        " the first node that answers",
+                        mask(node),
+                        explain(exc),
+                        job_id,
+                    )
                 if attempt == 2:
-                    raise BrokerError(f"RabbitMQ did not take job {job_id}: {exc!r}") from exc
+                    where = f" (node {mask(node)})" if node and len(self.urls) > 1 else ""
+                    raise BrokerError(
+                        f"RabbitMQ did not take job {job_id}{where}: {explain(exc)}"
+                    ) from exc
 
     def announce(
         self,
@@ -162,9 +198,10 @@ class AmqpBroker(Broker):
         items: list[Item] = []
         for queue, priority, job_id, delay_ms in jobs:
             target = work_queue(queue, priority)
+            arguments = tuple(self.arguments_for(queue).items())
             tier = tier_for(delay_ms)
             if tier is None:
-                items.append((((target, ()),), target, job_id))
+                items.append((((target, arguments),), target, job_id))
                 continue
             name = delay_queue(queue, priority, tier)
             extra = (
@@ -172,15 +209,13 @@ class AmqpBroker(Broker):
                 ("x-dead-letter-exchange", ""),
                 ("x-dead-letter-routing-key", target),
             )
-            items.append((((target, ()), (name, extra)), name, job_id))
+            items.append((((target, arguments), (name, arguments + extra)), name, job_id))
         with self._publisher_lock:
             publisher = self._publisher
             if publisher is None or publisher.pid != os.getpid():
                 # none yet, or inherited through fork() (a pre-forking server): its thread
                 # is not in this process, so this process gets a publisher of its own
-                publisher = self._publisher = PipelinedPublisher(
-                    self.url, self.arguments, on_failed
-                )
+                publisher = self._publisher = PipelinedPublisher(self.urls, on_failed)
                 atexit.register(publisher.close)  # confirms in flight at exit
         publisher.submit(items)
 
@@ -191,7 +226,7 @@ class AmqpBroker(Broker):
     def request_reload(self, queue: str, number: int) -> None:
         try:
             channel = self._producer()
-            channel.declare(control_queue(queue))
+            channel.declare(control_queue(queue), queue)
             for _ in range(number):
                 channel.send(
                     control_queue(queue), b"reload", {"sent_at_ms": int(time.time() * 1000)}
@@ -200,11 +235,13 @@ class AmqpBroker(Broker):
             self._drop_producer()
             raise BrokerError(f"RabbitMQ did not take the reload request: {exc!r}") from exc
 
-    def _drop_producer(self) -> None:
+    def _drop_producer(self) -> str | None:
+        """Close this thread's producer connection; the node it was on (or ``None``)."""
         channel = getattr(self._local, "channel", None)
         if channel is not None:
             channel.close()
         self._local.channel = None
+        return channel.node if channel is not None else None
 
     def close(self) -> None:
         with self._publisher_lock:
@@ -234,30 +271,6 @@ def _connection_lost() -> Iterator[None]:
         raise BrokerConnectionLost(explain(exc)) from exc
 
 
-def explain(exc: BaseException) -> str:
-    """Why a connection to RabbitMQ failed or dropped, for a person (never the password)."""
-    if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
-        return "RabbitMQ refused the user name or password (ACCESS_REFUSED)"
-    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
-        return "the virtual host does not exist, or the user may not use it (NOT_ALLOWED)"
-    if isinstance(exc, socket.gaierror):
-        return f"the host name is not known ({exc.strerror})"
-    if isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args:
-        cause = exc.args[0]
-        socket_error = getattr(cause, "exception", None)  # AMQPConnectorSocketConnectError
-        if isinstance(socket_error, OSError):
-            # strerror, or pika's own text (its args hold the errno's text quoted)
-            text = socket_error.strerror or os.strerror(socket_error.errno or 0)
-            return f"nothing answers there ({text})"
-        if isinstance(cause, pika.exceptions.ConnectionClosedByBroker):
-            return f"RabbitMQ closed the connection ({cause.reply_code} {cause.reply_text})"
-    if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
-        return f"RabbitMQ closed the connection ({exc.reply_code} {exc.reply_text})"
-    if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
-        return f"RabbitMQ closed the channel ({exc.reply_code} {exc.reply_text})"
-    return f"{type(exc).__name__}: {exc}"
-
-
 class AmqpConsumer(Consumer):
     """One connection's worth of consuming: the work queues of some priorities, and the
     control queue.
@@ -271,8 +284,9 @@ class AmqpConsumer(Consumer):
     def __init__(
         self, broker: AmqpBroker, queue: str, priorities: list[int], started: float
     ) -> None:
+        self.cluster = len(broker.urls) > 1
         with _connection_lost():
-            self.ch = _Channel(broker.url, broker.arguments)
+            self.ch = _Channel(broker)
         self.queue, self.priorities, self.started = queue, priorities, started
         # priority -> [(delivery tag, job id)], in the order they came
         self.buffered: dict[int, list[tuple[int, int]]] = {p: [] for p in priorities}
@@ -286,7 +300,7 @@ class AmqpConsumer(Consumer):
                 for p in priorities:
                     self.ch.declare_work(queue, p)
                 self._subscribe(1)
-                self.ch.declare(control_queue(queue))
+                self.ch.declare(control_queue(queue), queue)
                 self.ch.channel.basic_consume(control_queue(queue), self._on_control)
         except BaseException:
             self.ch.close()
@@ -399,6 +413,9 @@ class AmqpConsumer(Consumer):
             self._ack([self.reload_tag])
         self.reload_tag = None
         return True
+
+    def describe(self) -> str:
+        return mask(self.ch.node) if self.cluster else ""
 
     def close(self) -> None:
         self.ch.close()

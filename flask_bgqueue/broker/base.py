@@ -9,8 +9,9 @@ worker (:mod:`flask_bgqueue.worker`) claims and runs the jobs. Brokers run no jo
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..exceptions import BrokerConnectionLost as BrokerConnectionLost
 from ..exceptions import BrokerError as BrokerError
@@ -59,12 +60,31 @@ class Consumer(abc.ABC):
         """Whether a reload was requested of this consumer; a request is taken by one
         consumer only, so a true answer consumes it."""
 
+    def describe(self) -> str:
+        """Where this consumer is connected, for logs (never with a password): the node
+        of a cluster; empty when the broker's :meth:`Broker.describe` says it all."""
+        return ""
+
     def close(self) -> None:  # noqa: B027 - most consumers hold nothing to release
         """Release the connection; unacknowledged messages go back to their queues."""
 
 
 class Broker(abc.ABC):
-    """Producer and consumer sides of one broker connection configuration."""
+    """Producer and consumer sides of one broker connection configuration.
+
+    A broker of your own is installed with ``BGQUEUE_BROKER_CLASS`` (the class or its
+    import string); :meth:`from_config` makes it.
+    """
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Broker:
+        """The broker for an app's ``config`` (``app.config``), made once per app by
+        ``init_app`` when ``BGQUEUE_BROKER_CLASS`` names this class. This one calls the
+        class without arguments; override it to read settings of your own (under a
+        prefix of your own: unknown ``BGQUEUE_*`` keys are warned of) or
+        ``BGQUEUE_BROKER_URL``, which Flask-BgQueue then leaves to you.
+        """
+        return cls()
 
     @abc.abstractmethod
     def publish(self, queue: str, priority: int, job_id: int, delay_ms: int = 0) -> None:

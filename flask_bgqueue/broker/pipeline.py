@@ -6,6 +6,11 @@ publisher confirms on; it sends what it is handed at once (many ids in flight) a
 the delivery tag → job id of every message not confirmed yet. Then:
 
 - a confirm (``basic.ack``) ends the message's story: it is in RabbitMQ;
+- a refusal (``basic.nack``) also renews the session: the thread sends nothing more on
+  this connection, closes it once every message sent is confirmed or refused, and sends
+  the next ids through a new one. A channel may keep refusing a quorum queue whose leader
+  was on a node that stopped (RabbitMQ 3.10 caches the queue's members per channel), and a
+  new connection asks afresh;
 - a refusal (``basic.nack``, e.g. a full queue with ``x-overflow: reject-publish``), a
   returned (unroutable) message, a connection or channel that closes with messages not
   confirmed, or a connection that cannot be opened hand their job ids to ``on_failed``,
@@ -17,6 +22,10 @@ the delivery tag → job id of every message not confirmed yet. Then:
   ``BGQUEUE_BROKER_RESEND_AFTER_SECONDS``.
 
 So no job is lost; a job may be announced twice, and the guarded claim runs it once.
+
+With several nodes (a cluster) a session connects to the first that answers; a session
+whose connection is lost ends as above, and the next submit opens one on the first node
+that answers then.
 """
 
 from __future__ import annotations
@@ -33,11 +42,14 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from .nodes import describe
+from .settings import mask
+
 log = logging.getLogger("flask_bgqueue.broker")
 
 _PROPERTIES = pika.BasicProperties(delivery_mode=2)  # persistent
 
-#: (queues to declare first: [(name, extra arguments)], routing key, job id)
+#: (queues to declare first: [(name, arguments)], routing key, job id)
 Item = tuple[tuple[tuple[str, tuple[tuple[str, Any], ...]], ...], str, int]
 OnFailed = Callable[[list[int], str], None]
 
@@ -45,9 +57,8 @@ OnFailed = Callable[[list[int], str], None]
 class PipelinedPublisher:
     """Sends job ids from any thread through one connection, confirms tracked apart."""
 
-    def __init__(self, url: str, arguments: dict[str, Any], on_failed: OnFailed) -> None:
-        self.url = url
-        self.arguments = arguments
+    def __init__(self, urls: tuple[str, ...], on_failed: OnFailed) -> None:
+        self.urls = urls
         self.on_failed = on_failed
         self.lock = threading.Condition()
         self.pending: deque[Item] = deque()  # handed over, not sent yet
@@ -112,8 +123,12 @@ class _Session:
     def __init__(self, publisher: PipelinedPublisher) -> None:
         self.publisher = publisher
         self.connection: Any = None
+        self.node = ""  # the URL of the node connected to
+        self.open_error: BaseException | None = None  # the last node's, while connecting
+        self.closing = False  # closed by us: no warning
         self.channel: Any = None  # set once confirms are on
         self.ended = False
+        self.renewing = False  # refused once: send no more here, then hand over
         self.wake_scheduled = False
         self.unconfirmed: dict[int, int] = {}  # delivery tag -> job id
         self.next_tag = 1
@@ -137,6 +152,7 @@ class _Session:
 
     def close(self, timeout: float) -> None:
         connection = self.connection
+        self.closing = True
         if connection is not None and not self.ended:
             try:
                 connection.ioloop.add_callback_threadsafe(connection.close)
@@ -148,32 +164,53 @@ class _Session:
     # -- the session's thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        urls = self.publisher.urls
+        errors: list[str] = []
         try:
-            self.connection = pika.SelectConnection(
-                pika.URLParameters(self.publisher.url),
-                on_open_callback=self._on_open,
-                on_open_error_callback=self._on_open_error,
-                on_close_callback=self._on_closed,
-            )
-            self.connection.ioloop.start()
+            for url in urls:  # the first node that answers
+                self.node, self.open_error = url, None
+                self.connection = pika.SelectConnection(
+                    pika.URLParameters(url),
+                    on_open_callback=self._on_open,
+                    on_open_error_callback=self._on_open_error,
+                    on_close_callback=self._on_closed,
+                )
+                try:
+                    self.connection.ioloop.start()
+                finally:
+                    try:
+                        self.connection.ioloop.close()
+                    except Exception:  # nothing left to release
+                        pass
+                if self.open_error is None or self.ended:
+                    return  # it ran and closed (_on_closed ended the session), or was closed
+                errors.append(f"{mask(url)}: {self.open_error!r}")
+            where = "; ".join(errors) if len(urls) > 1 else repr(self.open_error)
+            self._end(f"RabbitMQ could not be reached: {where}")
         except Exception as exc:  # pika raised instead of calling back
             self._end(f"RabbitMQ publisher stopped: {exc!r}")
         finally:
             self._end("the RabbitMQ publisher stopped")
-            if self.connection is not None:
-                try:
-                    self.connection.ioloop.close()
-                except Exception:  # nothing left to release
-                    pass
 
     def _on_open(self, connection: Any) -> None:
+        if len(self.publisher.urls) > 1:
+            log.info("bgqueue: the publisher thread publishes to node %s", mask(self.node))
         connection.channel(on_open_callback=self._on_channel)
 
     def _on_open_error(self, connection: Any, error: BaseException) -> None:
-        self._end(f"RabbitMQ could not be reached: {error!r}")
+        self.open_error = error  # _run tries the next node, or ends the session
         connection.ioloop.stop()
 
     def _on_closed(self, connection: Any, reason: BaseException) -> None:
+        if not self.closing and not self.renewing:
+            log.warning(
+                "bgqueue: the publisher thread lost RabbitMQ %s: %r; %d job(s) not confirmed"
+                " become BROKER_FAILED, the next ones go to the first node that answers (%s)",
+                mask(self.node),
+                reason,
+                len(self.unconfirmed),
+                describe(self.publisher.urls),
+            )
         self._end(f"the connection to RabbitMQ closed before confirming: {reason!r}")
         # stop once pika has closed the socket, after this callback
         connection.ioloop.add_callback_threadsafe(connection.ioloop.stop)
@@ -198,14 +235,14 @@ class _Session:
     def _send_pending(self) -> None:
         with self.publisher.lock:
             self.wake_scheduled = False
-        if self.ended:
+        if self.ended or self.renewing:
             return
         for item in self.publisher.take_pending():
             self._send(item)
 
     def _send(self, item: Item) -> None:
         declarations, routing_key, job_id = item
-        for name, extra in declarations:
+        for name, arguments in declarations:
             if name in self.declared:
                 continue
             if name in self.waiting:
@@ -215,7 +252,7 @@ class _Session:
             self.channel.queue_declare(
                 name,
                 durable=True,
-                arguments={**self.publisher.arguments, **dict(extra)},
+                arguments=dict(arguments),
                 callback=lambda _frame, name=name: self._on_declared(name),
             )
             return
@@ -245,7 +282,16 @@ class _Session:
         job_ids = [self.unconfirmed.pop(t) for t in tags if t in self.unconfirmed]
         if isinstance(method, pika.spec.Basic.Nack):
             self.publisher.fail(job_ids, "RabbitMQ refused the message (basic.nack)")
+            if not self.renewing:
+                self.renewing = True
+                log.warning(
+                    "bgqueue: RabbitMQ %s refused a message; the next ones go through a new"
+                    " connection",
+                    mask(self.node),
+                )
         self.publisher.done(len(job_ids))
+        if self.renewing and not self.unconfirmed and not self.waiting:
+            self.connection.close()  # _on_closed -> _end hands what is pending over
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         # its confirm (an ack) follows: fail the job now; the ack then finds no tag left
@@ -260,18 +306,21 @@ class _Session:
 
     def _end(self, message: str) -> None:
         """The connection is gone: fail everything not confirmed; the next submit opens
-        another one."""
+        another one. A session renewed after a refusal hands what is pending, never sent,
+        to a new session at once."""
         publisher = self.publisher
         with publisher.lock:
             if self.ended:
                 return
             self.ended = True
+            left = []
             if publisher.session is self:
                 publisher.session = None
-                left = [job_id for _, _, job_id in publisher.pending]
-                publisher.pending.clear()
-            else:
-                left = []
+                if self.renewing and not self.closing and publisher.pending:
+                    publisher.session = _Session(publisher)
+                else:
+                    left = [job_id for _, _, job_id in publisher.pending]
+                    publisher.pending.clear()
         left += list(self.unconfirmed.values())
         left += [job_id for items in self.waiting.values() for _, _, job_id in items]
         self.unconfirmed.clear()
