@@ -1,10 +1,11 @@
 """Reads for monitoring: due jobs per queue and the workers seen, cheap enough for a
 Prometheus scrape or a dashboard refresh every few seconds (both use indexes: the due
-index, and ``ix_<table>_last_attempt_at``)."""
+index, and ``ix_<table>_last_attempt_at``, which holds every column the workers need)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -38,21 +39,29 @@ class Activity(StoreBase):
         """
         t = self.table
         done = sa.func.sum(sa.case((t.c.state == JobState.PROCESSING, 0), else_=1))
-        stmt = (
-            sa.select(
-                t.c.hostname,
-                t.c.pid,
-                t.c.queue,
-                sa.func.max(t.c.last_attempt_at),
-                sa.func.max(t.c.heartbeat_at),
-                done,
-            )
-            .where(
-                self.in_queue,
-                sa.or_(t.c.state == JobState.PROCESSING, t.c.last_attempt_at >= since),
-                t.c.last_attempt_at.is_not(None),
-            )
-            .group_by(t.c.hostname, t.c.pid, t.c.queue)
+        worker = (t.c.hostname, t.c.pid, t.c.queue)
+        # The window holds every column it needs in ix_<table>_last_attempt_at (migration
+        # 0010): an index-only read. The PROCESSING jobs, few, through ix_<table>_due,
+        # add the workers whose job started earlier, and the heartbeats (a job has one
+        # only while it runs).
+        recent = (
+            sa.select(*worker, sa.func.max(t.c.last_attempt_at), done)
+            .where(self.in_queue, t.c.last_attempt_at >= since)
+            .group_by(*worker)
         )
+        running = (
+            sa.select(*worker, sa.func.max(t.c.last_attempt_at), sa.func.max(t.c.heartbeat_at))
+            .where(
+                self.in_queue, t.c.state == JobState.PROCESSING, t.c.last_attempt_at.is_not(None)
+            )
+            .group_by(*worker)
+        )
+        found: dict[tuple[str | None, int | None, str], list[Any]] = {}
         with self.engine.connect() as conn:
-            return [(h, p, q, a, b, int(n or 0)) for h, p, q, a, b, n in conn.execute(stmt)]
+            for h, p, q, attempt, beat in conn.execute(running):
+                found[(h, p, q)] = [attempt, beat, 0]
+            for h, p, q, attempt, n in conn.execute(recent):
+                seen = found.setdefault((h, p, q), [attempt, None, 0])
+                seen[0] = max(seen[0], attempt)
+                seen[2] = int(n or 0)
+        return [(h, p, q, a, b, n) for (h, p, q), (a, b, n) in found.items()]

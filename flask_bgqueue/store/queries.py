@@ -117,14 +117,21 @@ class Queries(StoreBase):
         limit: int,
         before_id: int | None = None,
         after_id: int | None = None,
+        lowest_id: int | None = None,
+        highest_id: int | None = None,
         **where: Any,
     ) -> list[Job]:
         """One page of matching jobs, newest first: keyset paging on the primary key.
 
-        ``before_id`` gives the page of older jobs, ``after_id`` the page of newer ones.
+        ``before_id`` gives the page of older jobs, ``after_id`` the page of newer ones;
+        ``lowest_id`` and ``highest_id`` bound the ids read (a text search's window).
         """
         t = self.table
         stmt = sa.select(t).where(self._inspect_where(**where)).limit(limit)
+        if lowest_id is not None:
+            stmt = stmt.where(t.c.id >= lowest_id)
+        if highest_id is not None:
+            stmt = stmt.where(t.c.id <= highest_id)
         if after_id is not None:
             stmt = stmt.where(t.c.id > after_id).order_by(t.c.id.asc())
         else:
@@ -148,16 +155,11 @@ class Queries(StoreBase):
         with self.engine.connect() as conn:
             return conn.execute(stmt).first() is not None
 
-    def count_by_state_queue_callback(self) -> list[tuple[JobState, str, str, int]]:
-        """How many jobs of this queue are in each (state, queue, callback)."""
+    def newest_id(self) -> int | None:
+        """The highest job id of this queue (a walk down the primary key)."""
         t = self.table
-        stmt = (
-            sa.select(t.c.state, t.c.queue, t.c.callback_name, sa.func.count())
-            .where(self.in_queue)
-            .group_by(t.c.state, t.c.queue, t.c.callback_name)
-        )
         with self.engine.connect() as conn:
-            return [(JobState(s), q, c, int(n)) for s, q, c, n in conn.execute(stmt)]
+            return conn.execute(sa.select(sa.func.max(t.c.id)).where(self.in_queue)).scalar()
 
     def due_summary(self, now: datetime) -> tuple[int, datetime | None]:
         """How many unfinished jobs are due now, and since when the oldest one is."""
