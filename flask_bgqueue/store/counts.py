@@ -12,8 +12,9 @@ exact, read from the same index.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -40,58 +41,57 @@ class Counts(StoreBase):
         whose gauges must add up, and wherever exact figures are worth the read.
         """
         with self.engine.connect() as conn:
-            return self._exact(conn, None)
+            return self._exact(conn, ())
 
     def state_counts(self, exact_limit: int) -> StateCounts:
         """Exact counts of the states with at most ``exact_limit`` jobs, estimates of the
         others where the database can estimate (see the module's docstring)."""
         with self.engine.connect() as conn:
             if not self.dialect.estimates_rows:
-                return StateCounts(self._exact(conn, None), frozenset())
-            capped = self._capped(conn, exact_limit)
-            big = [s for s, n in capped.items() if n > exact_limit]
-            estimates = {s: self._estimate(conn, s) for s in big}
+                return StateCounts(self._exact(conn, ()), frozenset())
+            estimates = {s: self._estimate(conn, s) for s in self._over(conn, exact_limit)}
             estimated = {s: max(n, exact_limit + 1) for s, n in estimates.items() if n is not None}
-            exact_states = [s for s in capped if s not in estimated]
-            rows = self._exact(conn, exact_states)
+            rows = self._exact(conn, sorted(estimated))
             for state, total in estimated.items():
                 rows += self._split(conn, state, total)
         return StateCounts(rows, frozenset(estimated))
 
-    def _where(self, states: list[JobState] | None) -> Any:
-        """This queue's jobs in ``states`` (``None``: any), and in states this version does
-        not know (a newer version's), which are always counted exactly."""
-        t = self.table
-        if states is None:
-            return self.in_queue
-        known = sorted(int(s) for s in JobState)
-        gaps = [v for v in range(known[0], known[-1]) if v not in known]
-        unknown = sa.or_(t.c.state < known[0], t.c.state > known[-1], t.c.state.in_(gaps))
-        return sa.and_(self.in_queue, sa.or_(t.c.state.in_(states), unknown))
-
-    def _exact(
-        self, conn: sa.Connection, states: list[JobState] | None
-    ) -> list[tuple[JobState, str, str, int]]:
-        t = self.table
-        stmt = (
-            sa.select(t.c.state, t.c.queue, t.c.callback_name, sa.func.count())
-            .where(self._where(states))
-            .group_by(t.c.state, t.c.queue, t.c.callback_name)
-        )
-        return [(JobState(s), q, c, int(n)) for s, q, c, n in conn.execute(stmt)]
-
-    def _capped(self, conn: sa.Connection, exact_limit: int) -> dict[JobState, int]:
-        """Each known state's count, read no further than ``exact_limit + 1`` jobs: one
-        statement, one bounded index range per state."""
+    def _over(self, conn: sa.Connection, exact_limit: int) -> list[JobState]:
+        """The states with more than ``exact_limit`` jobs: whether each has a job past the
+        first ``exact_limit`` of its index range (one statement; no state is read further
+        than that, and only from the index)."""
         t = self.table
         states = list(JobState)
-        columns = []
-        for state in states:
-            ids = sa.select(t.c.id).where(t.c.state == state, self.in_queue)
-            inner = ids.limit(exact_limit + 1).subquery()
-            columns.append(sa.select(sa.func.count()).select_from(inner).scalar_subquery())
-        counts = conn.execute(sa.select(*columns)).one()
-        return {s: int(n) for s, n in zip(states, counts, strict=True) if n}
+        probes = [
+            sa.select(t.c.state)
+            .where(t.c.state == state, self.in_queue)
+            .limit(1)
+            .offset(exact_limit)
+            .scalar_subquery()
+            for state in states
+        ]
+        found = conn.execute(sa.select(*probes)).one()
+        return [s for s, past in zip(states, found, strict=True) if past is not None]
+
+    def _exact(
+        self, conn: sa.Connection, excluded: Sequence[JobState]
+    ) -> list[tuple[JobState, str, str, int]]:
+        """Exact counts of every state but ``excluded`` (sorted), newer versions' states
+        included: one index range between each two excluded states, so each part stays an
+        index-only read (an ``OR`` of ranges would make PostgreSQL visit the rows)."""
+        t = self.table
+        key = (t.c.state, t.c.queue, t.c.callback_name)
+        bounds: list[int | None] = [None, *(int(s) for s in excluded), None]
+        parts = []
+        for low, high in itertools.pairwise(bounds):
+            where = [self.in_queue]
+            if low is not None:
+                where.append(t.c.state > low)
+            if high is not None:
+                where.append(t.c.state < high)
+            parts.append(sa.select(*key, sa.func.count()).where(*where).group_by(*key))
+        stmt = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+        return [(JobState(s), q, c, int(n)) for s, q, c, n in conn.execute(stmt)]
 
     def _estimate(self, conn: sa.Connection, state: JobState) -> int | None:
         t = self.table
@@ -102,18 +102,23 @@ class Counts(StoreBase):
     def _split(
         self, conn: sa.Connection, state: JobState, total: int
     ) -> list[tuple[JobState, str, str, int]]:
-        """``total`` shared between queues and callbacks as among the newest jobs."""
+        """``total`` shared between queues and callbacks as among the jobs of the newest
+        :data:`SAMPLE` ids (a primary-key range), or, when none of those is in ``state``,
+        as among the first :data:`SAMPLE` of its index range."""
         t = self.table
-        newest = (
-            sa.select(t.c.queue, t.c.callback_name)
-            .where(t.c.state == state, self.in_queue)
-            .order_by(t.c.id.desc())
-            .limit(SAMPLE)
-            .subquery()
+        key = (t.c.queue, t.c.callback_name)
+        top = conn.execute(sa.select(sa.func.max(t.c.id))).scalar() or 0
+        newest = sa.select(*key, sa.func.count()).where(
+            t.c.id > top - SAMPLE, t.c.state == state, self.in_queue
         )
-        stmt = sa.select(newest.c.queue, newest.c.callback_name, sa.func.count()).group_by(
-            newest.c.queue, newest.c.callback_name
-        )
-        sample = [(q, c, int(n)) for q, c, n in conn.execute(stmt)]
+        sample = [(q, c, int(n)) for q, c, n in conn.execute(newest.group_by(*key))]
+        if not sample:
+            first = (
+                sa.select(*key).where(t.c.state == state, self.in_queue).limit(SAMPLE).subquery()
+            )
+            stmt = sa.select(first.c.queue, first.c.callback_name, sa.func.count()).group_by(
+                first.c.queue, first.c.callback_name
+            )
+            sample = [(q, c, int(n)) for q, c, n in conn.execute(stmt)]
         seen = sum(n for _, _, n in sample) or 1
         return [(state, q, c, max(1, round(n * total / seen))) for q, c, n in sample]
