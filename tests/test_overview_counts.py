@@ -181,3 +181,46 @@ def test_the_counts_read_only_their_index_on_sqlite(make_app: AppFactory, db_url
     assert "COVERING INDEX" in failed, failed  # by state or by the time of the attempt
     assert f"COVERING INDEX ix_{name}_last_attempt_at" in recent, recent
     assert "USING" in running and "SCAN" not in running, running  # the PROCESSING jobs
+
+
+def test_workers_come_from_the_window_and_from_the_jobs_running_since_before_it(
+    make_app: AppFactory,
+) -> None:
+    """The window is read from its index alone; a job running since before the window
+    still shows its worker, with the heartbeat only running jobs have."""
+    app = dashboard_app(make_app)
+    bgq = app.bgq  # type: ignore[attr-defined]
+    now = utcnow().replace(microsecond=0)
+    long_ago, recently = now - timedelta(hours=2), now - timedelta(minutes=3)
+    with app.app_context():
+        ids = [bgq.publish("work", n) for n in range(4)]
+        store = app.extensions["bgqueue"].store
+        t = store.table
+        changes = [
+            # a long job on web-1, claimed two hours ago, beating now
+            (ids[0], JobState.PROCESSING, "web-1", 11, long_ago, now),
+            # two jobs web-2 ended in the window, one web-1 ended long ago
+            (ids[1], JobState.FINISHED, "web-2", 22, recently, None),
+            (ids[2], JobState.PERMANENTLY_FAILED, "web-2", 22, recently, None),
+            (ids[3], JobState.FINISHED, "web-1", 11, long_ago, None),
+        ]
+        with store.engine.begin() as conn:
+            for job_id, state, host, pid, attempt, beat in changes:
+                conn.execute(
+                    t.update()
+                    .where(t.c.id == job_id)
+                    .values(
+                        state=state,
+                        hostname=host,
+                        pid=pid,
+                        last_attempt_at=attempt,
+                        heartbeat_at=beat,
+                    )
+                )
+        workers = {(w.hostname, w.pid): w for w in Inspector(bgq).workers(now)}
+    assert set(workers) == {("web-1", 11), ("web-2", 22)}
+    web1, web2 = workers[("web-1", 11)], workers[("web-2", 22)]
+    assert web1.current_jobs == [(ids[0], "work")] and web1.jobs_done == 0
+    assert web1.last_attempt_at == long_ago and web1.last_heartbeat_at == now
+    assert web2.current_jobs == [] and web2.jobs_done == 2
+    assert web2.last_attempt_at == recently and web2.last_heartbeat_at is None
