@@ -5,9 +5,10 @@ the table. Every count reads ``ix_<table>_state_counts`` (state, queue, callback
 last_attempt_at; migration 0010) alone, an index-only read. A state with at most
 ``exact_limit`` jobs is counted exactly; a state with more (typically FINISHED on a busy
 table) is *estimated* where the database keeps statistics: its total is the planner's row
-estimate (PostgreSQL, MySQL/MariaDB), split between queues and callbacks in the
-proportions of its newest :data:`SAMPLE` jobs. SQLite keeps none, so there every count is
-exact, read from the same index.
+estimate (PostgreSQL, MySQL/MariaDB), scaled to this queue and split between queues and
+callbacks in the proportions of its jobs among the newest :data:`SAMPLE` ids (rows read
+along the primary key). SQLite keeps none, so there every count is exact, read from the
+same index.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from ..models import JobState
 from .base import StoreBase
 
-#: How many of an estimated state's newest jobs give its split by queue and callback.
+#: How many of the newest ids give an estimated state's split by queue and callback.
 SAMPLE = 10_000
 
 
@@ -50,10 +51,12 @@ class Counts(StoreBase):
             if not self.dialect.estimates_rows:
                 return StateCounts(self._exact(conn, ()), frozenset())
             estimates = {s: self._estimate(conn, s) for s in self._over(conn, exact_limit)}
-            estimated = {s: max(n, exact_limit + 1) for s, n in estimates.items() if n is not None}
+            estimated = {s: n for s, n in estimates.items() if n is not None}
             rows = self._exact(conn, sorted(estimated))
+            if estimated and self.dialect.estimates_at_most_half:
+                estimated = self._share_the_rest(conn, estimated, rows)
             for state, total in estimated.items():
-                rows += self._split(conn, state, total)
+                rows += self._split(conn, state, total, exact_limit + 1)
         return StateCounts(rows, frozenset(estimated))
 
     def _over(self, conn: sa.Connection, exact_limit: int) -> list[JobState]:
@@ -94,31 +97,51 @@ class Counts(StoreBase):
         return [(JobState(s), q, c, int(n)) for s, q, c, n in conn.execute(stmt)]
 
     def _estimate(self, conn: sa.Connection, state: JobState) -> int | None:
+        """The planner's rows for ``state`` in the whole table: its statistics of a
+        single value are good (PostgreSQL's most common values, MariaDB's index dives),
+        those of the queue's ``LIKE`` are rough; :meth:`_split` scales it to this queue."""
         t = self.table
-        return self.dialect.estimate_rows(
-            conn, sa.select(t.c.id).where(t.c.state == state, self.in_queue)
-        )
+        return self.dialect.estimate_rows(conn, sa.select(t.c.id).where(t.c.state == state))
+
+    def _share_the_rest(
+        self,
+        conn: sa.Connection,
+        estimated: dict[JobState, int],
+        exact: list[tuple[JobState, str, str, int]],
+    ) -> dict[JobState, int]:
+        """MySQL/MariaDB: the table's estimated rows less those counted exactly, shared
+        between the estimated states as the planner's figures are (which InnoDB caps at
+        half the table, so a state holding most of it would be underestimated)."""
+        rest = (self.dialect.table_rows(conn, self.table.name) or 0) - sum(n for *_, n in exact)
+        weight = sum(estimated.values()) or 1
+        return {s: max(n, round(rest * n / weight)) for s, n in estimated.items()}
 
     def _split(
-        self, conn: sa.Connection, state: JobState, total: int
+        self, conn: sa.Connection, state: JobState, table_total: int, at_least: int
     ) -> list[tuple[JobState, str, str, int]]:
-        """``total`` shared between queues and callbacks as among the jobs of the newest
-        :data:`SAMPLE` ids (a primary-key range), or, when none of those is in ``state``,
-        as among the first :data:`SAMPLE` of its index range."""
+        """``table_total`` (the planner's, for the whole table) scaled to this queue, never
+        below ``at_least`` (what :meth:`_over` saw), and shared between its queues and
+        callbacks as among the jobs of the newest :data:`SAMPLE` ids (a primary-key
+        range)."""
         t = self.table
         key = (t.c.queue, t.c.callback_name)
         top = conn.execute(sa.select(sa.func.max(t.c.id))).scalar() or 0
-        newest = sa.select(*key, sa.func.count()).where(
-            t.c.id > top - SAMPLE, t.c.state == state, self.in_queue
-        )
+        newest = sa.select(*key, sa.func.count()).where(t.c.id > top - SAMPLE, t.c.state == state)
         sample = [(q, c, int(n)) for q, c, n in conn.execute(newest.group_by(*key))]
-        if not sample:
+        # this queue and its sub-queues, as self.in_queue matches them in SQL
+        ours = [
+            (q, c, n) for q, c, n in sample if q == self.queue or q.startswith(f"{self.queue}_")
+        ]
+        mine = sum(n for _, _, n in ours)
+        if mine:
+            total = max(at_least, round(table_total * mine / sum(n for _, _, n in sample)))
+        else:  # none of the newest: the first of its index range, and the least it holds
             first = (
                 sa.select(*key).where(t.c.state == state, self.in_queue).limit(SAMPLE).subquery()
             )
             stmt = sa.select(first.c.queue, first.c.callback_name, sa.func.count()).group_by(
                 first.c.queue, first.c.callback_name
             )
-            sample = [(q, c, int(n)) for q, c, n in conn.execute(stmt)]
-        seen = sum(n for _, _, n in sample) or 1
-        return [(state, q, c, max(1, round(n * total / seen))) for q, c, n in sample]
+            ours = [(q, c, int(n)) for q, c, n in conn.execute(stmt)]
+            mine, total = sum(n for _, _, n in ours) or 1, at_least
+        return [(state, q, c, max(1, round(n * total / mine))) for q, c, n in ours]

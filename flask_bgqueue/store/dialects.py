@@ -70,6 +70,8 @@ class Dialect:
     wakeup = "polling"
     #: :meth:`estimate_rows` answers from the database's statistics.
     estimates_rows = False
+    #: :meth:`estimate_rows` never says more than half the table (InnoDB's index dives).
+    estimates_at_most_half = False
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -119,6 +121,10 @@ class Dialect:
     def estimate_rows(self, conn: sa.Connection, select: sa.Select[Any]) -> int | None:
         """How many rows ``select`` would return, from the database's statistics (never
         by reading them); ``None`` where the database gives no such estimate (SQLite)."""
+        return None
+
+    def table_rows(self, conn: sa.Connection, table_name: str) -> int | None:
+        """The database's estimate of the rows of a whole table (``None``: none kept)."""
         return None
 
     def max_statement_bytes(self) -> int | None:
@@ -229,6 +235,8 @@ class MySQL(Dialect):
     """MySQL and MariaDB."""
 
     estimates_rows = True
+    # InnoDB caps an index range's estimate at half the table's rows.
+    estimates_at_most_half = True
 
     def __init__(self, engine: sa.Engine) -> None:
         super().__init__(engine)
@@ -290,6 +298,15 @@ class MySQL(Dialect):
         if row is None or row.get("rows") is None:
             return None
         return round(int(row["rows"]) * float(row.get("filtered") or 100) / 100)
+
+    def table_rows(self, conn: sa.Connection, table_name: str) -> int | None:
+        """InnoDB's estimate of the table's rows (from its sampled statistics)."""
+        stmt = sa.text(
+            "SELECT table_rows FROM information_schema.tables"
+            " WHERE table_schema = DATABASE() AND table_name = :name"
+        )
+        rows = conn.execute(stmt, {"name": table_name}).scalar()
+        return None if rows is None else int(rows)
 
     def save_many(
         self,
