@@ -117,3 +117,16 @@ def test_a_search_with_no_match_on_its_first_page_offers_no_bulk_action(
     app, _ = searched_app(make_app, WINDOW)
     html = app.test_client().get(f"{PREFIX}/jobs?q=nobody+wrote+this").get_data(as_text=True)
     assert "No job matches." in html and "max_id" not in html
+
+
+def test_list_says_which_ids_its_text_search_read_and_how_to_go_on(
+    make_app: AppFactory,
+) -> None:
+    app, found = searched_app(make_app, WINDOW)
+    newest = found["Café"][0] + 4
+    runner = app.test_cli_runner()
+    out = runner.invoke(args=["bgq", "list", "-t", "Café"]).output
+    assert f"(the text was searched in jobs {newest - 9} to {newest} only)" in out
+    assert f"(more: --before {newest - 9})" in out and f"{found['Café'][0]:>8}" in out
+    out = runner.invoke(args=["bgq", "list", "-t", "Café", "--before", str(newest - 9)]).output
+    assert "no job matches" in out and f"(more: --before {newest - 19})" in out
