@@ -1,8 +1,8 @@
 """How many jobs are in each state, queue and callback, at a cost that stays bounded.
 
 The overview and ``flask bgq stats`` ask on every refresh, so the answer must not read
-the table. Every count reads ``ix_<table>_state_counts`` (state, queue, callback_name,
-last_attempt_at; migration 0010) alone, an index-only read. A state with at most
+the table. Every count reads ``ix_<table>_due`` (state, available_at, queue, priority,
+callback_name, ...; migration 0010) alone, an index-only read. A state with at most
 ``exact_limit`` jobs is counted exactly; a state with more (typically FINISHED on a busy
 table) is *estimated* where the database keeps statistics: its total is the planner's row
 estimate (PostgreSQL, MySQL/MariaDB), scaled to this queue and split between queues and
@@ -38,7 +38,7 @@ class Counts(StoreBase):
     def count_by_state_queue_callback(self) -> list[tuple[JobState, str, str, int]]:
         """How many jobs of this queue are in each (state, queue, callback), exactly.
 
-        Reads every entry of ``ix_<table>_state_counts`` (not the rows); for metrics,
+        Reads every entry of ``ix_<table>_due`` (not the rows); for metrics,
         whose gauges must add up, and wherever exact figures are worth the read.
         """
         with self.engine.connect() as conn:

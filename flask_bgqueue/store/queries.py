@@ -7,7 +7,7 @@ arrive as keyword arguments (see :meth:`flask_bgqueue.selection.JobFilter.as_kwa
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -176,42 +176,62 @@ class Queries(StoreBase):
 
         A failure is counted at the start of its attempt (``last_attempt_at``); a job that
         failed and later finished counts as finished only (there is no history table).
+        Every read is index-only (migration 0010): the jobs ended in the window, from
+        ``ix_<table>_finished_at`` (finished_at, queue), less those ended in another state
+        than FINISHED (REDUNDANT, CANCELLED ...), and the failed ones, both from
+        ``ix_<table>_due``, which holds the state with both times.
         """
         t = self.table
-        finished = self.dialect.minute(t.c.finished_at)
+        ended = self.dialect.minute(t.c.finished_at)
         failed = self.dialect.minute(t.c.last_attempt_at)
+        not_finished = [s for s in JobState if s != JobState.FINISHED]
         queries = (
             (
                 "finished",
-                sa.select(finished, sa.func.count())
+                sa.select(ended, sa.func.count())
+                .where(t.c.finished_at >= since, self.in_queue)
+                .group_by(ended),
+            ),
+            (
+                "not finished",
+                sa.select(ended, sa.func.count())
                 .where(
-                    t.c.finished_at >= since,
-                    # state + 0: no index on state for this one, so the planner reads the
-                    # window through ix_<table>_finished_at rather than every FINISHED job
-                    t.c.state + 0 == JobState.FINISHED,
+                    t.c.state.in_(not_finished),
+                    # wrapped, so that no planner reads the window's rows through
+                    # ix_<table>_finished_at, which lacks the state: the jobs not
+                    # FINISHED, few, are read from ix_<table>_due alone
+                    sa.func.coalesce(t.c.finished_at, since - timedelta(days=1)) >= since,
                     self.in_queue,
                 )
-                .group_by(finished),
+                .group_by(ended),
             ),
             (
                 "failed",
                 sa.select(failed, sa.func.count())
                 .where(
-                    t.c.last_attempt_at >= since,
                     t.c.state.in_(FAILED_STATES),
+                    # wrapped, as above: the failed jobs from ix_<table>_due alone, not
+                    # every attempt of the window through ix_<table>_last_attempt_at
+                    sa.func.coalesce(t.c.last_attempt_at, since - timedelta(days=1)) >= since,
                     self.in_queue,
                 )
                 .group_by(failed),
             ),
         )
-        result = []
+        counts: dict[tuple[str, datetime], int] = {}
         with self.engine.connect() as conn:
             for kind, stmt in queries:
                 for minute, n in conn.execute(stmt):
                     if isinstance(minute, str):
                         minute = datetime.fromisoformat(minute)
-                    result.append((kind, minute.replace(tzinfo=None), int(n)))
-        return result
+                    key = (
+                        "finished" if kind == "not finished" else kind,
+                        minute.replace(tzinfo=None),
+                    )
+                    counts[key] = counts.get(key, 0) + (-1 if kind == "not finished" else 1) * int(
+                        n
+                    )
+        return [(kind, minute, n) for (kind, minute), n in counts.items() if n]
 
     def last_worker_activity(self) -> datetime | None:
         """The latest claim or heartbeat of any job of this queue."""
