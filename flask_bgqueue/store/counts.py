@@ -50,8 +50,13 @@ class Counts(StoreBase):
         with self.engine.connect() as conn:
             if not self.dialect.estimates_rows:
                 return StateCounts(self._exact(conn, ()), frozenset())
-            estimates = {s: self._estimate(conn, s) for s in self._over(conn, exact_limit)}
-            estimated = {s: n for s, n in estimates.items() if n is not None}
+            # The planner's figures say which states may be over the limit (a stale one
+            # costs time, never exactness: a state it misses is counted to the end).
+            guesses = {s: self._estimate(conn, s) for s in JobState}
+            likely = [s for s, n in guesses.items() if n is None or 2 * n > exact_limit]
+            estimated = {
+                s: n for s in self._over(conn, exact_limit, likely) if (n := guesses[s]) is not None
+            }
             rows = self._exact(conn, sorted(estimated))
             if estimated and self.dialect.estimates_at_most_half:
                 estimated = self._share_the_rest(conn, estimated, rows)
@@ -59,12 +64,15 @@ class Counts(StoreBase):
                 rows += self._split(conn, state, total, exact_limit + 1)
         return StateCounts(rows, frozenset(estimated))
 
-    def _over(self, conn: sa.Connection, exact_limit: int) -> list[JobState]:
-        """The states with more than ``exact_limit`` jobs: whether each has a job past the
-        first ``exact_limit`` of its index range (one statement; no state is read further
-        than that, and only from the index)."""
+    def _over(
+        self, conn: sa.Connection, exact_limit: int, states: list[JobState]
+    ) -> list[JobState]:
+        """Those of ``states`` with more than ``exact_limit`` jobs: whether each has a job
+        past the first ``exact_limit`` of its index range (one statement; no state is
+        read further than that, and only from the index)."""
+        if not states:
+            return []
         t = self.table
-        states = list(JobState)
         probes = [
             sa.select(t.c.state)
             .where(t.c.state == state, self.in_queue)
