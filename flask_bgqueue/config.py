@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_DASHBOARD_AUTHORIZE": None,
     "BGQUEUE_DASHBOARD_REFRESH_SECONDS": 5,
     "BGQUEUE_EXACT_COUNT_LIMIT": 100_000,
-    "BGQUEUE_SEARCH_WINDOW": 100_000,
+    "BGQUEUE_SEARCH_WINDOW": 50_000,
     "BGQUEUE_METRICS": False,
 }
 
@@ -142,7 +142,7 @@ class Settings:
     #: always counted exactly).
     exact_count_limit: int | None = 100_000
     #: How many ids one page of a text search reads (``None``: the whole table).
-    search_window: int | None = 100_000
+    search_window: int | None = 50_000
     metrics: bool = False
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
 
