@@ -1,17 +1,27 @@
-"""Dashboard render times on a large table.
+"""Dashboard and ``flask bgq stats`` times on a large table.
 
-    .venv/bin/python benchmarks/dashboard.py [--databases sqlite,postgresql,mysql]
+    PYTHONPATH=. .venv/bin/python benchmarks/dashboard.py [--databases sqlite,postgresql,mysql]
         [--jobs 100000] [--repeat 9]
 
-``--jobs 1000000`` works too (rows are generated and inserted 5000 at a time).
+``--jobs 1000000`` works too (rows are generated and inserted 5000 at a time, in one
+transaction, with SQLAlchemy's multi-row INSERT: about a minute on PostgreSQL).
 
 Bulk-inserts ``--jobs`` rows shaped like a busy queue's table (mostly FINISHED over the last
 six hours, some failed with tracebacks, waiting serial groups, future and due READY jobs, a
-few PROCESSING), runs ``ANALYZE`` as autovacuum would, then times GET requests through
-Flask's test client: the overview, filtered job lists (by state and callback, a second page,
-a text search) and a job page (with the serial-group "why" query). Prints one JSON document
-with the median and every sample in milliseconds; progress goes to stderr. Goal: every
-median under 200 ms on 100,000 rows.
+few PROCESSING), then does what autovacuum would (PostgreSQL: ``VACUUM ANALYZE``, which
+PostgreSQL 13+ autovacuum also runs on a table that only received inserts; elsewhere
+``ANALYZE``), then times, in the same process, GET requests through Flask's test client (no
+HTTP server: the time is the application's and the database's): the overview, filtered job
+lists (by state and callback, page 50 of a state and of all jobs, a serial group), a text
+search with and without a match, and a job page (with the serial-group "why" query); then
+``flask bgq stats --json`` through Flask's CLI runner, and the overview's two heaviest reads
+alone (``overview_counts``: the counts per state, queue and callback; ``throughput_chart``:
+the per-minute outcomes of the last three hours). Prints one JSON document with the median
+and every sample in milliseconds; progress goes to stderr. Goal: every median under 200 ms.
+
+Run it against another checkout (e.g. the commit before a change) with
+``PYTHONPATH=<checkout> .venv/bin/python benchmarks/dashboard.py``: the table, its indexes
+and the code timed are then that checkout's.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from flask import Flask
 
 from flask_bgqueue import BackgroundQueue, JobState, schema
 from flask_bgqueue.clock import utcnow
+from flask_bgqueue.inspection import Inspector
 from flask_bgqueue.models import job_table
 
 GOAL_MS = 200
@@ -116,7 +127,8 @@ def fill(url: str, table: str, n: int) -> None:
         log(f"  inserted {n} rows in {time.perf_counter() - started:.1f} s")
         with engine.connect() as conn:
             if engine.dialect.name == "postgresql":
-                conn.execute(sa.text(f"ANALYZE {table}"))
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
             elif engine.dialect.name in ("mysql", "mariadb"):
                 conn.execute(sa.text(f"ANALYZE TABLE {table}"))
             else:
@@ -154,13 +166,25 @@ def pages(app: Flask) -> dict[str, str]:
             )
         ).scalar()
         middle = conn.execute(sa.select(sa.func.max(t.c.id))).scalar() // 2
+
+        def page_50(*where: Any) -> int:
+            """The ``before=`` of page 50 (of 50 jobs each): the 2450th newest match."""
+            stmt = sa.select(t.c.id).where(*where).order_by(t.c.id.desc()).offset(2449)
+            return int(conn.execute(stmt.limit(1)).scalar() or 1)
+
+        failed_50 = page_50(
+            t.c.state.in_([JobState.TEMPORARILY_FAILED, JobState.PERMANENTLY_FAILED])
+        )
+        all_50 = page_50()
     return {
         "overview": "/bgq/",
         "list_failed_of_a_callback": "/bgq/jobs?state=failed&callback=task_3",
         "list_failed_of_a_callback_page_2": (
             f"/bgq/jobs?state=failed&callback=task_3&before={middle}"
         ),
+        "list_failed_page_50": f"/bgq/jobs?state=failed&before={failed_50}",
         "list_all_newest": "/bgq/jobs",
+        "list_all_page_50": f"/bgq/jobs?before={all_50}",
         "list_serial_group": "/bgq/jobs?group=invoice-42",
         "list_text_search": "/bgq/jobs?q=upstream+13",
         "list_text_search_no_match": "/bgq/jobs?q=no+job+says+this",
@@ -190,6 +214,52 @@ def time_pages(app: Flask, urls: dict[str, str], repeat: int) -> dict[str, Any]:
     return result
 
 
+def time_calls(app: Flask, repeat: int) -> dict[str, Any]:
+    """``flask bgq stats --json``, and the overview's two heaviest reads alone."""
+
+    runner = app.test_cli_runner()
+    store = app.extensions["bgqueue"].store
+    limit = getattr(app.extensions["bgqueue"].settings, "exact_count_limit", None)
+
+    def stats_json() -> None:
+        result = runner.invoke(args=["bgq", "stats", "--json"])
+        assert result.exit_code == 0, result.output
+
+    def counts() -> None:
+        with app.app_context():
+            if limit is not None:
+                store.state_counts(limit)
+            else:
+                store.count_by_state_queue_callback()
+
+    def chart() -> None:
+        with app.app_context():
+            Inspector()._throughput(utcnow(), 3)
+
+    result = {}
+    for name, call in (
+        ("stats_json", stats_json),
+        ("overview_counts", counts),
+        ("throughput_chart", chart),
+    ):
+        call()  # warm-up
+        samples = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - started) * 1000)
+        result[name] = {
+            "median_ms": round(statistics.median(samples), 1),
+            "samples_ms": [round(s, 1) for s in samples],
+            "under_goal": statistics.median(samples) < GOAL_MS,
+        }
+        log(f"  {name}: {result[name]['median_ms']} ms")
+    if hasattr(store, "state_counts") and limit is not None:
+        with app.app_context():
+            result["estimated_states"] = sorted(s.name for s in store.state_counts(limit).estimated)
+    return result
+
+
 def main() -> None:
     import argparse
 
@@ -207,7 +277,10 @@ def main() -> None:
             try:
                 fill(url, table, args.jobs)
                 app = make_app(url, table)
-                report["databases"][db] = time_pages(app, pages(app), args.repeat)
+                report["databases"][db] = {
+                    **time_pages(app, pages(app), args.repeat),
+                    **time_calls(app, args.repeat),
+                }
                 engines[db] = sa.create_engine(url, poolclass=sa.NullPool)
                 report.setdefault("environment", {}).update(environment({db: engines[db]}))
                 app.extensions["bgqueue"].engine.dispose()

@@ -68,6 +68,8 @@ DEFAULTS: dict[str, Any] = {
     "BGQUEUE_DASHBOARD_URL_PREFIX": None,
     "BGQUEUE_DASHBOARD_AUTHORIZE": None,
     "BGQUEUE_DASHBOARD_REFRESH_SECONDS": 5,
+    "BGQUEUE_EXACT_COUNT_LIMIT": 100_000,
+    "BGQUEUE_SEARCH_WINDOW": 50_000,
     "BGQUEUE_METRICS": False,
 }
 
@@ -193,6 +195,11 @@ class Settings:
     dashboard_url_prefix: str | None = None
     dashboard_authorize: Callable[[], Any] | None = None
     dashboard_refresh_seconds: float = 5
+    #: A state with more jobs is estimated on the overview and in ``stats`` (``None``:
+    #: always counted exactly).
+    exact_count_limit: int | None = 100_000
+    #: How many ids one page of a text search reads (``None``: the whole table).
+    search_window: int | None = 50_000
     metrics: bool = False
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
     #: The queue's connections go through a pooler in transaction mode (PgBouncer).
@@ -283,6 +290,8 @@ def load_settings(app: Flask) -> Settings:
         dashboard_refresh_seconds=_number(
             c, "BGQUEUE_DASHBOARD_REFRESH_SECONDS", minimum=0, kind=(int, float)
         ),
+        exact_count_limit=_number(c, "BGQUEUE_EXACT_COUNT_LIMIT", minimum=0, optional=True),
+        search_window=_number(c, "BGQUEUE_SEARCH_WINDOW", minimum=1, optional=True),
         metrics=_metrics(c),
         schedules=_schedules(c["BGQUEUE_SCHEDULE"]),
         transaction_pooling=_flag(c, "BGQUEUE_TRANSACTION_POOLING"),

@@ -27,6 +27,7 @@ from .models import Job, JobState
 from .publishing import send_jobs_to_broker
 from .runtime import Runtime, current_runtime
 from .selection import JobFilter
+from .store import StateCounts
 from .store.activity import WORKERS_WINDOW
 
 #: The longest text shown for decoded parameters.
@@ -43,6 +44,9 @@ class JobPage:
     #: ``before_id`` of the page of older jobs, ``after_id`` of the page of newer ones.
     older_than: int | None = None
     newer_than: int | None = None
+    #: ``(lowest, highest)``: the ids a text search read when it stopped at the end of
+    #: its window (``BGQUEUE_SEARCH_WINDOW``) before filling the page; ``None`` otherwise.
+    searched: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class Stats:
     oldest_due_at: datetime | None
     throughput: list[Minute]
     workers: list[Worker]
+    #: States whose counts (in ``by_state``, ``by_queue`` and ``by_callback``) are
+    #: estimates: more than ``BGQUEUE_EXACT_COUNT_LIMIT`` jobs, on PostgreSQL or MySQL.
+    estimated: frozenset[JobState] = frozenset()
 
     @property
     def total(self) -> int:
@@ -135,8 +142,14 @@ class Inspector:
         """Up to ``limit`` matching jobs below ``before_id`` (or above ``after_id``).
 
         Keyset paging on the id: no page counts the table, so each stays fast on a large one.
+        A text search reads at most ``BGQUEUE_SEARCH_WINDOW`` ids per page (see
+        :attr:`JobPage.searched`).
         """
-        store, where = self._app.store, (flt or JobFilter()).as_kwargs()
+        flt = flt or JobFilter()
+        window = self._app.settings.search_window
+        if flt.text and window is not None:
+            return self._search_page(flt, before_id, after_id, limit, window)
+        store, where = self._app.store, flt.as_kwargs()
         rows = store.find_jobs(limit=limit + 1, before_id=before_id, after_id=after_id, **where)
         if after_id is not None:
             has_newer = len(rows) > limit
@@ -153,6 +166,46 @@ class Inspector:
             newer_than = jobs[0].id if jobs else before_id - 1
             has_newer = store.has_job_beyond(above=newer_than, **where)
         return JobPage(jobs, has_older, has_newer, jobs[-1].id if jobs else before_id, newer_than)
+
+    def _search_page(
+        self, flt: JobFilter, before_id: int | None, after_id: int | None, limit: int, window: int
+    ) -> JobPage:
+        """A page of a text search that reads ``window`` ids at most: a text cannot be
+        looked up in an index, so each page reads its rows. Whether more jobs lie either
+        side is asked without the text (one step along the primary key): the next page
+        may then say that no job of its window matches."""
+        store, where = self._app.store, flt.as_kwargs()
+        if after_id is not None:
+            top = after_id + window
+            rows = store.find_jobs(limit=limit + 1, after_id=after_id, highest_id=top, **where)
+            full = len(rows) > limit
+            jobs = rows[1:] if full else rows
+            newer_than = jobs[0].id if full else top
+            below = jobs[-1].id if jobs else after_id + 1
+            cut = not full and store.has_job_beyond(above=top)
+            return JobPage(
+                jobs,
+                store.has_job_beyond(below=below),
+                full or cut,
+                below,
+                newer_than,
+                (after_id + 1, top) if cut else None,
+            )
+        upper = before_id if before_id is not None else (store.newest_id() or 0) + 1
+        bottom = max(1, upper - window)
+        rows = store.find_jobs(limit=limit + 1, before_id=upper, lowest_id=bottom, **where)
+        full = len(rows) > limit
+        jobs = rows[:limit]
+        cut = not full and store.has_job_beyond(below=bottom)
+        has_newer = before_id is not None and store.has_job_beyond(above=upper - 1)
+        return JobPage(
+            jobs,
+            full or cut,
+            has_newer,
+            jobs[-1].id if full else bottom,
+            upper - 1 if has_newer else None,
+            (bottom, upper - 1) if cut else None,
+        )
 
     def job(self, job_id: int) -> Job | None:
         return self._app.store.get(job_id)
@@ -196,13 +249,21 @@ class Inspector:
 
     def stats(self, hours: float = 3, now: datetime | None = None) -> Stats:
         """Counts per state, queue and callback, the oldest due job, per-minute outcomes over
-        the last ``hours``, and the workers seen in the last :data:`WORKERS_WINDOW`."""
+        the last ``hours``, and the workers seen in the last :data:`WORKERS_WINDOW`.
+
+        A state with more than ``BGQUEUE_EXACT_COUNT_LIMIT`` jobs is estimated from the
+        database's statistics on PostgreSQL and MySQL/MariaDB (:attr:`Stats.estimated`)."""
         store = self._app.store
         now = now or utcnow()
         by_state = dict.fromkeys(JobState, 0)
         by_queue: dict[str, dict[JobState, int]] = {}
         by_callback: dict[str, dict[JobState, int]] = {}
-        for state, queue, callback, n in store.count_by_state_queue_callback():
+        limit = self._app.settings.exact_count_limit
+        if limit is None:
+            found = StateCounts(store.count_by_state_queue_callback(), frozenset())
+        else:
+            found = store.state_counts(limit)
+        for state, queue, callback, n in found.rows:
             by_state[state] = by_state.get(state, 0) + n  # unknown states too
             for group, key in ((by_queue, queue), (by_callback, callback)):
                 counts = group.setdefault(key, {})
@@ -217,6 +278,7 @@ class Inspector:
             oldest_due_at=oldest,
             throughput=self._throughput(now, hours),
             workers=self.workers(now),
+            estimated=found.estimated,
         )
 
     def _throughput(self, now: datetime, hours: float) -> list[Minute]:

@@ -148,11 +148,21 @@ def job_table(name: str, metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Column("cancel_requested_at", Timestamp),
         sa.Column("cancelled_by", sa.String(255)),
         sa.Column("concurrency_key", sa.String(255)),
-        sa.Index(f"ix_{name}_due", "state", "available_at", "queue", "priority"),
+        # migration 0010: wider indexes, from which the overview reads without the rows
+        sa.Index(
+            f"ix_{name}_due",
+            "state",
+            "available_at",
+            "queue",
+            "priority",
+            "callback_name",
+            "last_attempt_at",
+            "finished_at",
+        ),
         sa.Index(f"ix_{name}_identifier", "identifier", "id"),
         sa.Index(f"ix_{name}_serial_group", "serial_group", "priority", "id"),
-        sa.Index(f"ix_{name}_finished_at", "finished_at"),
-        sa.Index(f"ix_{name}_last_attempt_at", "last_attempt_at"),
+        sa.Index(f"ix_{name}_finished_at", "finished_at", "queue"),
+        sa.Index(f"ix_{name}_last_attempt_at", "last_attempt_at", "queue", "hostname", "pid"),
         # One job per tick of a schedule, enforced by the database (NULLs never collide).
         sa.Index(f"ux_{name}_schedule_tick", "schedule", "tick_at", unique=True),
         # PostgreSQL and SQLite only (see migration 0004): the runnable jobs in claim order.

@@ -83,8 +83,13 @@ def list_command(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     page = _inspector().page(flt, before_id=before, limit=limit)
+    if page.searched:
+        low, high = page.searched
+        click.echo(f"(the text was searched in jobs {low} to {high} only)")
     if not page.jobs:
         click.echo("no job matches")
+        if page.has_older:
+            click.echo(f"(more: --before {page.older_than})")
         return
     click.echo(f"{'id':>8}  {'state':<18} {'callback':<24} {'tries':>5}  {'due (UTC)':<19}  error")
     for job in page.jobs:
@@ -94,7 +99,7 @@ def list_command(
             f"  {_short(job.error_message, 60)}"
         )
     if page.has_older:
-        click.echo(f"(more: --before {page.jobs[-1].id})")
+        click.echo(f"(more: --before {page.older_than})")
 
 
 @click.command("show")
@@ -230,6 +235,8 @@ def stats_command(as_json: bool, prometheus: bool) -> None:
             "callbacks": {
                 k: {s.name: n for s, n in c.items()} for k, c in stats.by_callback.items()
             },
+            # states whose counts (here and above) are estimates, not exact
+            "estimated_states": sorted(s.name for s in stats.estimated),
             "due": stats.due_count,
             "oldest_due_at": None if stats.oldest_due_at is None else str(stats.oldest_due_at),
             "last_hour": {"finished": finished, "failed": failed},
@@ -247,18 +254,24 @@ def stats_command(as_json: bool, prometheus: bool) -> None:
         }
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"{stats.total} job(s)")
+    about = "≈" if stats.estimated else ""
+    click.echo(f"{about}{stats.total} job(s)")
     for state, n in stats.by_state.items():
         if n:
-            click.echo(f"  {state.name:<20} {n:>8}")
+            click.echo(f"  {state.name:<20} {'≈' if state in stats.estimated else '':>1}{n:>8}")
     click.echo("per callback:")
     for name, counts in stats.by_callback.items():
-        parts = ", ".join(f"{n} {s.name.lower()}" for s, n in sorted(counts.items()))
+        parts = ", ".join(
+            f"{'≈' if s in stats.estimated else ''}{n} {s.name.lower()}"
+            for s, n in sorted(counts.items())
+        )
         click.echo(f"  {name}: {parts}")
     age = stats.oldest_due_age
     oldest = "" if age is None else f", the oldest due for {span(age)}"
     click.echo(f"due now: {stats.due_count}{oldest}")
     click.echo(f"last hour: {finished} finished, {failed} failed")
+    if stats.estimated:
+        click.echo("(≈: an estimate from the database's statistics; see --json)")
     click.echo(f"workers seen in the last 15 min: {len(stats.workers)}")
     for w in stats.workers:
         jobs = ", ".join(f"job {i} ({c})" for i, c in w.current_jobs) or "idle"

@@ -71,6 +71,7 @@ def api_overview() -> Response:
             "states": named(stats.by_state),
             "queues": {q: named(c) for q, c in stats.by_queue.items()},
             "callbacks": {k: named(c) for k, c in stats.by_callback.items()},
+            "estimated_states": sorted(s.name for s in stats.estimated),
             "due": stats.due_count,
             "oldest_due_at": _time(stats.oldest_due_at),
             "oldest_due_age_seconds": None if age is None else age.total_seconds(),
@@ -96,6 +97,7 @@ def api_jobs() -> Response:
             "has_newer": page.has_newer,
             "older_than": page.older_than if page.has_older else None,
             "newer_than": page.newer_than if page.has_newer else None,
+            "searched_ids": list(page.searched) if page.searched else None,
         }
     )
 

@@ -159,11 +159,12 @@ def jobs_page(flt: JobFilter, limit: int, newest: bool = True) -> tuple[JobPage,
     page = inspector.page(flt, before_id=before, after_id=after, limit=limit)
     if not newest:
         return page, None
-    top = page.jobs[0].id if page.jobs and not page.has_newer else None
-    if top is None:
-        first = inspector.page(flt, limit=1).jobs
-        top = first[0].id if first else None
-    return page, top
+    if not page.has_newer and (page.jobs or (before is None and after is None)):
+        # the newest page: its first job is the newest match (or none matches, for
+        # the first page; a text search may have more in older windows)
+        return page, page.jobs[0].id if page.jobs else None
+    first = inspector.page(flt, limit=1).jobs
+    return page, first[0].id if first else None
 
 
 @blueprint.get("/jobs")

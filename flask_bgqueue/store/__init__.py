@@ -6,10 +6,10 @@ worker can never overwrite a newer state. Each module has one job: :mod:`.insert
 publishes, :mod:`.claims` claims (:mod:`.plain_claims`: plain jobs in one statement;
 :mod:`.limits`: concurrency and rate limits), :mod:`.outcomes` saves attempts,
 :mod:`.control` cancels and records progress, :mod:`.recovery` takes back what was lost,
-:mod:`.queries` reads for people, :mod:`.activity` for monitoring, :mod:`.schedules` turns
-periodic ticks into jobs. Whatever differs between databases sits in :mod:`.dialects`; the
-raw-DBAPI fast path in :mod:`.driver`; waiting for new jobs, and what a pooler in
-transaction mode changes, in :mod:`.pooling`.
+:mod:`.queries` reads for people (:mod:`.counts`: the overview's counts), :mod:`.activity`
+for monitoring, :mod:`.schedules` turns periodic ticks into jobs. Whatever differs between
+databases sits in :mod:`.dialects`; the raw-DBAPI fast path in :mod:`.driver`; waiting for
+new jobs, and what a pooler in transaction mode changes, in :mod:`.pooling`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .activity import Activity
 from .base import Claim
 from .claims import Claims
 from .control import Control
+from .counts import Counts, StateCounts
 from .dialects import engine_options
 from .inserts import Inserts
 from .outcomes import Outcomes
@@ -32,11 +33,11 @@ from .queries import Queries
 from .recovery import Recovery
 from .schedules import ScheduleRow, Schedules
 
-__all__ = ["Claim", "Listener", "ScheduleRow", "Store", "open_store"]
+__all__ = ["Claim", "Listener", "ScheduleRow", "StateCounts", "Store", "open_store"]
 
 
 class Store(
-    Inserts, Claims, PlainClaims, Outcomes, Control, Recovery, Queries, Activity, Schedules
+    Inserts, Claims, PlainClaims, Outcomes, Control, Recovery, Queries, Counts, Activity, Schedules
 ):
     """SQL for one application's job table, on the queue's own engine."""
 

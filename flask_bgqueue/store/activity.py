@@ -1,10 +1,12 @@
 """Reads for monitoring: due jobs per queue and the workers seen, cheap enough for a
 Prometheus scrape or a dashboard refresh every few seconds (both use indexes: the due
-index, and ``ix_<table>_last_attempt_at``)."""
+index, and ``ix_<table>_last_attempt_at``, which holds every column the workers need but the
+state)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -37,22 +39,36 @@ class Activity(StoreBase):
         (a job tried again elsewhere later counts for the later worker only).
         """
         t = self.table
-        done = sa.func.sum(sa.case((t.c.state == JobState.PROCESSING, 0), else_=1))
-        stmt = (
+        worker = (t.c.hostname, t.c.pid, t.c.queue)
+        # Index-only (migration 0010): the attempts in the window from
+        # ix_<table>_last_attempt_at (last_attempt_at, queue, hostname, pid); the
+        # PROCESSING jobs, few, through ix_<table>_due, add the workers whose job started
+        # earlier, the heartbeats (a job has one only while it runs), and which of the
+        # window's attempts have not ended.
+        recent = (
+            sa.select(*worker, sa.func.max(t.c.last_attempt_at), sa.func.count())
+            .where(self.in_queue, t.c.last_attempt_at >= since)
+            .group_by(*worker)
+        )
+        in_window = sa.case((t.c.last_attempt_at >= since, 1), else_=0)
+        running = (
             sa.select(
-                t.c.hostname,
-                t.c.pid,
-                t.c.queue,
+                *worker,
                 sa.func.max(t.c.last_attempt_at),
                 sa.func.max(t.c.heartbeat_at),
-                done,
+                sa.func.sum(in_window),
             )
             .where(
-                self.in_queue,
-                sa.or_(t.c.state == JobState.PROCESSING, t.c.last_attempt_at >= since),
-                t.c.last_attempt_at.is_not(None),
+                self.in_queue, t.c.state == JobState.PROCESSING, t.c.last_attempt_at.is_not(None)
             )
-            .group_by(t.c.hostname, t.c.pid, t.c.queue)
+            .group_by(*worker)
         )
+        found: dict[tuple[str | None, int | None, str], list[Any]] = {}
         with self.engine.connect() as conn:
-            return [(h, p, q, a, b, int(n or 0)) for h, p, q, a, b, n in conn.execute(stmt)]
+            for h, p, q, attempt, beat, unended in conn.execute(running):
+                found[(h, p, q)] = [attempt, beat, -int(unended or 0)]
+            for h, p, q, attempt, n in conn.execute(recent):
+                seen = found.setdefault((h, p, q), [attempt, None, 0])
+                seen[0] = max(seen[0], attempt)
+                seen[2] += int(n)
+        return [(h, p, q, a, b, max(0, n)) for (h, p, q), (a, b, n) in found.items()]

@@ -7,7 +7,7 @@ arrive as keyword arguments (see :meth:`flask_bgqueue.selection.JobFilter.as_kwa
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -117,14 +117,21 @@ class Queries(StoreBase):
         limit: int,
         before_id: int | None = None,
         after_id: int | None = None,
+        lowest_id: int | None = None,
+        highest_id: int | None = None,
         **where: Any,
     ) -> list[Job]:
         """One page of matching jobs, newest first: keyset paging on the primary key.
 
-        ``before_id`` gives the page of older jobs, ``after_id`` the page of newer ones.
+        ``before_id`` gives the page of older jobs, ``after_id`` the page of newer ones;
+        ``lowest_id`` and ``highest_id`` bound the ids read (a text search's window).
         """
         t = self.table
         stmt = sa.select(t).where(self._inspect_where(**where)).limit(limit)
+        if lowest_id is not None:
+            stmt = stmt.where(t.c.id >= lowest_id)
+        if highest_id is not None:
+            stmt = stmt.where(t.c.id <= highest_id)
         if after_id is not None:
             stmt = stmt.where(t.c.id > after_id).order_by(t.c.id.asc())
         else:
@@ -148,16 +155,11 @@ class Queries(StoreBase):
         with self.engine.connect() as conn:
             return conn.execute(stmt).first() is not None
 
-    def count_by_state_queue_callback(self) -> list[tuple[JobState, str, str, int]]:
-        """How many jobs of this queue are in each (state, queue, callback)."""
+    def newest_id(self) -> int | None:
+        """The highest job id of this queue (a walk down the primary key)."""
         t = self.table
-        stmt = (
-            sa.select(t.c.state, t.c.queue, t.c.callback_name, sa.func.count())
-            .where(self.in_queue)
-            .group_by(t.c.state, t.c.queue, t.c.callback_name)
-        )
         with self.engine.connect() as conn:
-            return [(JobState(s), q, c, int(n)) for s, q, c, n in conn.execute(stmt)]
+            return conn.execute(sa.select(sa.func.max(t.c.id)).where(self.in_queue)).scalar()
 
     def due_summary(self, now: datetime) -> tuple[int, datetime | None]:
         """How many unfinished jobs are due now, and since when the oldest one is."""
@@ -174,42 +176,62 @@ class Queries(StoreBase):
 
         A failure is counted at the start of its attempt (``last_attempt_at``); a job that
         failed and later finished counts as finished only (there is no history table).
+        Every read is index-only (migration 0010): the jobs ended in the window, from
+        ``ix_<table>_finished_at`` (finished_at, queue), less those ended in another state
+        than FINISHED (REDUNDANT, CANCELLED ...), and the failed ones, both from
+        ``ix_<table>_due``, which holds the state with both times.
         """
         t = self.table
-        finished = self.dialect.minute(t.c.finished_at)
+        ended = self.dialect.minute(t.c.finished_at)
         failed = self.dialect.minute(t.c.last_attempt_at)
+        not_finished = [s for s in JobState if s != JobState.FINISHED]
         queries = (
             (
                 "finished",
-                sa.select(finished, sa.func.count())
+                sa.select(ended, sa.func.count())
+                .where(t.c.finished_at >= since, self.in_queue)
+                .group_by(ended),
+            ),
+            (
+                "not finished",
+                sa.select(ended, sa.func.count())
                 .where(
-                    t.c.finished_at >= since,
-                    # state + 0: no index on state for this one, so the planner reads the
-                    # window through ix_<table>_finished_at rather than every FINISHED job
-                    t.c.state + 0 == JobState.FINISHED,
+                    t.c.state.in_(not_finished),
+                    # wrapped, so that no planner reads the window's rows through
+                    # ix_<table>_finished_at, which lacks the state: the jobs not
+                    # FINISHED, few, are read from ix_<table>_due alone
+                    sa.func.coalesce(t.c.finished_at, since - timedelta(days=1)) >= since,
                     self.in_queue,
                 )
-                .group_by(finished),
+                .group_by(ended),
             ),
             (
                 "failed",
                 sa.select(failed, sa.func.count())
                 .where(
-                    t.c.last_attempt_at >= since,
                     t.c.state.in_(FAILED_STATES),
+                    # wrapped, as above: the failed jobs from ix_<table>_due alone, not
+                    # every attempt of the window through ix_<table>_last_attempt_at
+                    sa.func.coalesce(t.c.last_attempt_at, since - timedelta(days=1)) >= since,
                     self.in_queue,
                 )
                 .group_by(failed),
             ),
         )
-        result = []
+        counts: dict[tuple[str, datetime], int] = {}
         with self.engine.connect() as conn:
             for kind, stmt in queries:
                 for minute, n in conn.execute(stmt):
                     if isinstance(minute, str):
                         minute = datetime.fromisoformat(minute)
-                    result.append((kind, minute.replace(tzinfo=None), int(n)))
-        return result
+                    key = (
+                        "finished" if kind == "not finished" else kind,
+                        minute.replace(tzinfo=None),
+                    )
+                    counts[key] = counts.get(key, 0) + (-1 if kind == "not finished" else 1) * int(
+                        n
+                    )
+        return [(kind, minute, n) for (kind, minute), n in counts.items() if n]
 
     def last_worker_activity(self) -> datetime | None:
         """The latest claim or heartbeat of any job of this queue."""
