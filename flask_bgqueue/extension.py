@@ -17,7 +17,7 @@ from flask import Flask, current_app, g
 
 from . import migrate, publishing, serialization
 from .cli import bgq_command
-from .config import CallbackSpec, load_settings
+from .config import load_settings
 from .context import current_job
 from .exceptions import ConfigurationError
 from .limits import Limits, parse_rate
@@ -26,6 +26,7 @@ from .periodic import ScheduleView, overview, set_paused
 from .processor import Processor, SweepResult
 from .runtime import EXTENSION_KEY, Registry, Runtime, current_runtime
 from .schedule import Schedule, ScheduleError
+from .specs import CallbackSpec
 from .store import Claim
 from .worker import ConsumeResult, Worker
 

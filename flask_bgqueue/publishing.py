@@ -28,10 +28,10 @@ from flask import current_app
 from . import instrumentation, serialization, signals, tracing
 from .broker import Broker
 from .clock import to_utc_naive, utcnow
-from .config import CallbackSpec
 from .exceptions import ArgumentsError, ConfigurationError, PublishError, UnknownCallbackError
 from .models import Job, JobState
 from .runtime import Runtime
+from .specs import CallbackSpec
 
 if TYPE_CHECKING:  # sqlalchemy.orm costs ~40 ms to import; only this option needs it
     from sqlalchemy.orm import Session, SessionTransaction

@@ -24,10 +24,11 @@ from flask.logging import default_handler, has_level_handler
 from . import schema
 from .broker import Broker, broker_for_url, custom_broker
 from .clock import utcnow
-from .config import CallbackSpec, Settings
+from .config import Settings
 from .exceptions import ConfigurationError, SchemaError
 from .limits import Limits
 from .schedule import Schedule
+from .specs import CallbackSpec
 from .store import Store
 from .store.dialects import bound_network_waits, enable_wal, engine_options, prepare_engine
 from .store.pooling import prepare_pooling

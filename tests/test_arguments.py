@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flask_bgqueue import ArgumentsError, BackgroundQueue, ConfigurationError, PublishError
-from flask_bgqueue.config import KeywordFit
+from flask_bgqueue.specs import KeywordFit
 from tests.conftest import AppFactory
 from tests.helpers import all_jobs
 
