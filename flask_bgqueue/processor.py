@@ -31,7 +31,7 @@ from .outcome import Outcome, cancelled, classify, kept_result, permanent
 from .pacing import Pacer
 from .periodic import enqueue_due
 from .publishing import send_jobs_to_broker, send_to_broker
-from .resources import memory_usage, reset_peak
+from .resources import memory_usage, reset_peak, resident
 from .runtime import Runtime
 from .store import Claim
 from .timeouts import Deadline, TimeLimits
@@ -425,7 +425,7 @@ class Processor:
         if take_cancel_request(job.id):  # asked to stop before it started
             return cancelled(None), measured
         reset_peak()  # the peak recorded is this job's, not the process's
-        before = memory_usage()
+        before = resident()  # (one small read: the peak is now this)
         error: BaseException | None = None
         deadline: Deadline | None = None
         started = time.perf_counter()
@@ -454,7 +454,8 @@ class Processor:
             error = timed_out
         measured.setdefault("execution_time", round((time.perf_counter() - started) * 1000))
         after = memory_usage()
-        measured["memory"] = {"before": before.rss, "after": after.rss, "peak": after.peak}
+        before = after.rss if before is None else before
+        measured["memory"] = {"before": before, "after": after.rss, "peak": after.peak}
 
         if error is not None:
             try:

@@ -74,27 +74,33 @@ def _rss() -> int | None:
         return None
 
 
-def _high_water_mark() -> int | None:
+def _status_figures() -> tuple[int, int] | None:
+    """``VmHWM`` and ``VmRSS`` in bytes, from one read of ``/proc/self/status``."""
     fd = _status.descriptor()
     if fd is None:
         return None
     try:
         data = os.pread(fd, 4096, 0)
-        start = data.index(b"VmHWM:") + 6
-        return int(data[start : data.index(b"kB", start)]) * 1024
+        return _kib(data, b"VmHWM:"), _kib(data, b"VmRSS:")
     except (OSError, ValueError):
         return None
 
 
+def _kib(data: bytes, field: bytes) -> int:
+    start = data.index(field) + len(field)
+    return int(data[start : data.index(b"kB", start)]) * 1024
+
+
 def memory_usage() -> Memory:
-    peak = _high_water_mark()
-    if peak is None:  # the process's lifetime peak is the best we know
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    rss = _rss()
-    if rss is None:
-        rss = peak
-    return Memory(rss, max(peak, rss))
+    figures = _status_figures()
+    if figures is not None:
+        peak, rss = figures
+        return Memory(rss, max(peak, rss))
+    # the process's lifetime peak is the best we know
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    lifetime *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    now = _rss()
+    return Memory(lifetime if now is None else now, max(lifetime, now or 0))
 
 
 def resident() -> int | None:
