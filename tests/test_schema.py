@@ -166,3 +166,29 @@ print("alembic" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("left", ["schedule", "both"])
+def test_tables_left_without_their_version_table_are_named_and_nothing_is_touched(
+    db_url: str, table_name: str, drop_tables: None, left: str
+) -> None:
+    """A job table dropped by hand (with its version table) while its schedule table
+    stayed, or both left without the version table: the upgrade says which tables are in
+    the way and how to start afresh, instead of failing half-way in a migration."""
+    engine = sa.create_engine(db_url, poolclass=sa.NullPool)
+    try:
+        schema.upgrade(engine, table_name)
+        with engine.begin() as conn:
+            quote = engine.dialect.identifier_preparer.quote
+            conn.execute(sa.text(f"DROP TABLE {quote(table_name + '_alembic_version')}"))
+            if left == "schedule":
+                conn.execute(sa.text(f"DROP TABLE {quote(table_name)}"))
+        before = set(sa.inspect(engine).get_table_names())
+        with pytest.raises(SchemaError) as refused:
+            schema.upgrade(engine, table_name)
+        message = str(refused.value)
+        assert f"'{table_name}_schedule'" in message and "to start afresh" in message
+        assert (f"'{table_name}', " in message) is (left == "both")
+        assert set(sa.inspect(engine).get_table_names()) == before  # nothing created
+    finally:
+        engine.dispose()

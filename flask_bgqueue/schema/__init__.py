@@ -15,7 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..exceptions import SchemaLockTimeout
+from ..exceptions import SchemaError, SchemaLockTimeout
+from ..models import schedule_table_name
 from ..store.dialects import lock_key
 
 #: The newest revision in ``versions/`` (a test checks it against Alembic's view), so that a
@@ -62,6 +63,8 @@ def upgrade(engine: sa.Engine, table_name: str, revision: str = "head") -> bool:
             target = head_revision() if revision == "head" else revision
             if start == target:
                 return False
+            if start is None:
+                _refuse_leftovers(connection, table_name)
 
             from alembic.migration import MigrationContext
             from alembic.operations import Operations
@@ -83,6 +86,23 @@ def upgrade(engine: sa.Engine, table_name: str, revision: str = "head") -> bool:
             with Operations.context(context):
                 context.run_migrations()
         return True
+
+
+def _refuse_leftovers(connection: sa.Connection, table_name: str) -> None:
+    """Without a version table the migrations start from nothing and would fail half-way on
+    a table they create that is already there (left from an earlier install, or one of
+    them dropped by hand): say which, and how to start afresh, before touching anything."""
+    inspector = sa.inspect(connection)
+    found = [t for t in (table_name, schedule_table_name(table_name)) if inspector.has_table(t)]
+    if found:
+        raise SchemaError(
+            f"the job table {table_name!r} has no version table"
+            f" ({version_table(table_name)!r}), yet {', '.join(map(repr, found))} exist"
+            f"{'s' if len(found) == 1 else ''}: left from an earlier install, or part of"
+            " one dropped by hand. The schema cannot be created over it. Drop"
+            f" {' and '.join(found)} to start afresh (their jobs and schedules are lost),"
+            " or restore the version table."
+        )
 
 
 @contextmanager
