@@ -435,7 +435,8 @@ class Processor:
                 if metadata_func is not None:
                     metadata = metadata_func(parameters)
                     self.store.update_claimed(claim, metadata=metadata)
-                signals.before_process.send(self.app, job=job, parameters=parameters)
+                if signals.before_process.receivers:
+                    signals.before_process.send(self.app, job=job, parameters=parameters)
                 started = time.perf_counter()
                 try:
                     assert spec is not None  # claims only pick known callbacks
@@ -444,7 +445,8 @@ class Processor:
                         value = resolve(_call(spec.func, parameters), job.callback_name)
                 finally:
                     measured["execution_time"] = round((time.perf_counter() - started) * 1000)
-                signals.after_process.send(self.app, job=job, parameters=parameters)
+                if signals.after_process.receivers:
+                    signals.after_process.send(self.app, job=job, parameters=parameters)
             measured.update(kept_result(value, job, self.settings.max_result_bytes))
         except Exception as exc:
             error = exc

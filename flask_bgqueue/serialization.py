@@ -30,6 +30,8 @@ from .exceptions import ParametersError, SignatureError
 
 TAG = "__bgq__"
 _MAGIC = b"BGQ1"
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 _SALT = b"flask-bgqueue.parameters"
 
 
@@ -51,9 +53,9 @@ def dump(value: Any, fmt: str, keys: tuple[bytes, ...]) -> Stored:
     """Encode parameters for the table, or raise :class:`ParametersError`."""
     if fmt != "pickle":
         if type(value) is dict and TAG not in value and _flat(value):
-            return Stored(None, json.dumps(value, separators=(",", ":")))
+            return Stored(None, _compact(value))
         try:
-            return Stored(None, json.dumps(_encode(value, "parameters"), separators=(",", ":")))
+            return Stored(None, _compact(_encode(value, "parameters")))
         except _NotJson as exc:
             if fmt == "json":
                 raise ParametersError(
