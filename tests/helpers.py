@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -32,3 +34,33 @@ def all_jobs(bgq: BackgroundQueue) -> list[Any]:
     store = bgq._state().store
     with store.engine.connect() as conn:
         return list(conn.execute(sa.select(store.table).order_by(store.table.c.id)))
+
+
+#: A serial group's steps (name, priority); they run as "abdegcf" (by priority, then order).
+CANONICAL = [("a", 1), ("b", 1), ("c", 2), ("d", 1), ("e", 1), ("f", 2), ("g", 1)]
+
+
+def publish_serial_groups(bgq: BackgroundQueue, groups: Sequence[str], pause: float) -> None:
+    """Every :data:`CANONICAL` step of every group, interleaved, as ``record`` jobs
+    (``tests/procapp.py``: each run writes group, name, start, end and pid)."""
+    for (name, priority), group in itertools.product(CANONICAL, groups):
+        bgq.publish(
+            "record",
+            {"group": group, "name": name, "pause": pause},
+            serial_group=group,
+            priority=priority,
+        )
+
+
+def assert_groups_in_order_without_overlap(
+    records: Sequence[Sequence[str]], groups: Sequence[str]
+) -> None:
+    """Each group ran its steps in canonical order, never two at once."""
+    by_group: dict[str, list[tuple[str, float, float]]] = {}
+    for group, name, start, end, _pid in records:
+        by_group.setdefault(group, []).append((name, float(start), float(end)))
+    for group in groups:
+        runs = sorted(by_group[group], key=lambda r: r[1])
+        assert [r[0] for r in runs] == list("abdegcf"), group
+        for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
+            assert end <= next_start, f"two jobs of {group} overlapped"

@@ -3,7 +3,6 @@ consumers on RabbitMQ."""
 
 from __future__ import annotations
 
-import itertools
 import signal
 import time
 import uuid
@@ -12,8 +11,11 @@ import pytest
 
 from flask_bgqueue import JobState
 from tests.conftest import AMQP_URL, AppFactory, ProcEnv
-from tests.helpers import all_jobs
-from tests.test_serial_unique import CANONICAL
+from tests.helpers import (
+    all_jobs,
+    assert_groups_in_order_without_overlap,
+    publish_serial_groups,
+)
 from tests.test_workers import wait_for
 
 
@@ -130,13 +132,7 @@ def test_four_rabbitmq_consumers_keep_serial_groups_in_order_without_overlap(
     try:
         with app.app_context():
             bgq = app.bgq  # type: ignore[attr-defined]
-            for (name, priority), group in itertools.product(CANONICAL, groups):
-                bgq.publish(
-                    "record",
-                    {"group": group, "name": name, "pause": 0.01},
-                    serial_group=group,
-                    priority=priority,
-                )
+            publish_serial_groups(bgq, groups, pause=0.01)
             wait_for(
                 lambda: all(r.state == JobState.FINISHED for r in all_jobs(bgq)),
                 timeout=120,
@@ -147,15 +143,8 @@ def test_four_rabbitmq_consumers_keep_serial_groups_in_order_without_overlap(
             c.send_signal(signal.SIGTERM)
             c.communicate(timeout=60)
     records = procs.records()
-    by_group: dict[str, list[tuple[str, float, float]]] = {}
-    for group, name, start, end, _pid in records:
-        by_group.setdefault(group, []).append((name, float(start), float(end)))
     assert len({r[4] for r in records}) > 1
-    for group in groups:
-        runs = sorted(by_group[group], key=lambda r: r[1])
-        assert [r[0] for r in runs] == list("abdegcf"), group
-        for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
-            assert end <= next_start, f"two jobs of {group} overlapped"
+    assert_groups_in_order_without_overlap(records, groups)
 
 
 def test_a_batch_of_delivered_ids_is_claimed_with_groups_twins_and_duplicates_checked(

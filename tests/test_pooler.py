@@ -8,7 +8,6 @@ transaction advisory locks, and the schema upgrade racing in several processes.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import signal
@@ -26,9 +25,13 @@ from flask_bgqueue import BackgroundQueue, ConfigurationError, JobState
 from flask_bgqueue.schema import current_revision, head_revision
 from flask_bgqueue.store import Listener, pooling
 from tests.conftest import IN_CI, ProcEnv, StorePath, require_server
-from tests.helpers import all_jobs
+from tests.helpers import (
+    CANONICAL,
+    all_jobs,
+    assert_groups_in_order_without_overlap,
+    publish_serial_groups,
+)
 from tests.test_limits import Sampler, drain
-from tests.test_serial_unique import CANONICAL
 from tests.test_workers import wait_for
 
 PGBOUNCER_URL = os.environ.get(
@@ -299,13 +302,7 @@ def test_serial_groups_stay_exclusive_with_three_consumers_through_the_pooler(
     try:
         with app.app_context():
             bgq = app.bgq  # type: ignore[attr-defined]
-            for (name, priority), group in itertools.product(CANONICAL, groups):
-                bgq.publish(
-                    "record",
-                    {"group": group, "name": name, "pause": 0.02},
-                    serial_group=group,
-                    priority=priority,
-                )
+            publish_serial_groups(bgq, groups, pause=0.02)
             wait_for(
                 lambda: all(j.state == JobState.FINISHED for j in all_jobs(bgq)),
                 timeout=120,
@@ -318,15 +315,8 @@ def test_serial_groups_stay_exclusive_with_three_consumers_through_the_pooler(
             _out, err = c.communicate(timeout=60)
             assert c.returncode == 0, err
     records = pooled.records()
-    by_group: dict[str, list[tuple[str, float, float]]] = {}
-    for group, name, start, end, _pid in records:
-        by_group.setdefault(group, []).append((name, float(start), float(end)))
     assert len(records) == len(CANONICAL) * len(groups)
-    for group in groups:
-        runs = sorted(by_group[group], key=lambda r: r[1])
-        assert [r[0] for r in runs] == list("abdegcf"), group
-        for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
-            assert end <= next_start, f"two jobs of {group} overlapped"
+    assert_groups_in_order_without_overlap(records, groups)
 
 
 def test_a_concurrency_limit_holds_across_four_consumers_through_the_pooler(

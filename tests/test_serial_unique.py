@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any
 
@@ -11,7 +10,13 @@ from flask import Flask
 
 from flask_bgqueue import JobState
 from tests.conftest import AppFactory, ProcEnv
-from tests.helpers import all_jobs, make_due
+from tests.helpers import (
+    CANONICAL,
+    all_jobs,
+    assert_groups_in_order_without_overlap,
+    make_due,
+    publish_serial_groups,
+)
 
 
 @pytest.fixture
@@ -19,9 +24,6 @@ def gapp(make_app: AppFactory) -> Any:
     app = make_app(BGQUEUE_PRIORITIES=[1, 2], BGQUEUE_WAITING_JOB_EXPIRATION_MS=50)
     with app.app_context():
         yield app
-
-
-CANONICAL = [("a", 1), ("b", 1), ("c", 2), ("d", 1), ("e", 1), ("f", 2), ("g", 1)]
 
 
 def test_a_serial_group_runs_by_priority_then_publishing_order(gapp: Flask) -> None:
@@ -132,14 +134,7 @@ def test_four_processes_never_overlap_within_a_group_and_keep_its_order(procs: P
     groups = [f"g{n}" for n in range(12)]
     with app.app_context():
         with bgq.bulk():
-            for name, priority in CANONICAL:  # interleaved: every group gets every step
-                for group in groups:
-                    bgq.publish(
-                        "record",
-                        {"group": group, "name": name, "pause": 0.01},
-                        serial_group=group,
-                        priority=priority,
-                    )
+            publish_serial_groups(bgq, groups, pause=0.01)  # interleaved
             for n in range(40):  # jobs without a group run in between
                 bgq.publish("record", {"group": "free", "name": str(n)})
         for _round in range(20):
@@ -155,12 +150,5 @@ def test_four_processes_never_overlap_within_a_group_and_keep_its_order(procs: P
         assert not left
     records = procs.records()
     assert len(records) == 12 * 7 + 40
-    by_group: dict[str, list[tuple[str, float, float]]] = {}
-    for group, name, start, end, _pid in records:
-        by_group.setdefault(group, []).append((name, float(start), float(end)))
     assert len({pid for *_, pid in records}) > 1  # the work really was shared
-    for group in groups:
-        runs = sorted(by_group[group], key=lambda r: r[1])
-        assert [r[0] for r in runs] == list("abdegcf"), group
-        for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
-            assert end <= next_start, f"two jobs of {group} overlapped"
+    assert_groups_in_order_without_overlap(records, groups)
