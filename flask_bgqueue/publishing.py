@@ -92,9 +92,7 @@ def build_row(
         due = to_utc_naive(available_at, now)
     except TypeError as exc:
         raise PublishError(str(exc)) from None
-    if spec.signature is not None and not (
-        spec.keywords is not None and type(parameters) is dict and spec.keywords.fits(parameters)
-    ):
+    if spec.signature is not None:
         check_arguments(spec, spec.signature, parameters)
     stored = serialization.dump(parameters, s.parameters_format, s.signing_keys)
     if stored.parameters is not None and s.parameters_format == "auto":
@@ -124,6 +122,8 @@ def check_arguments(spec: CallbackSpec, signature: inspect.Signature, parameters
     """Raise :exc:`ArgumentsError` unless the callback can be called with ``parameters``,
     passed as a job passes them: a dict as keyword arguments, a list or tuple as positional
     ones, ``None`` as none, anything else as one (see ``processor._call``)."""
+    if type(parameters) is dict and spec.keywords is not None and spec.keywords.fits(parameters):
+        return  # a sure fit, decided without ``Signature.bind``
     if parameters is None:
         args: tuple[Any, ...] = ()
         kwargs: dict[Any, Any] = {}

@@ -214,14 +214,9 @@ class Driver:
             values = [row[column] for row in rows]
             if process is not None:
                 values = [v if v is None else process(v) for v in values]
-            first = values[0]
-            same = (
-                values.count(first) == len(values)
-                if first is not None
-                else not any(v is not None for v in values)
-            )
+            same = values.count(values[0]) == len(values)
             varying.append(not same)
-            params.append(first if same else values)
+            params.append(values[0] if same else values)
         if not any(varying):  # one array is needed for the number of rows
             varying[0] = True
             params[0] = [params[0]] * len(rows)
