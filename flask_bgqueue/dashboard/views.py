@@ -252,12 +252,18 @@ def discard(job_id: int) -> Response:
     return redirect(url_for(".job", job_id=job_id))
 
 
-@blueprint.post("/jobs/retry")
-def retry_matching() -> Response:
-    flt = _filter(request.form)
+def _matching(action: str) -> tuple[JobFilter, int]:
+    """The filter of a bulk action and the newest id the person saw (``max_id``): jobs
+    published after the page was shown are left alone."""
     max_id = _number(request.form, "max_id", 1, MAX_JOB_ID)
     if max_id is None:
-        abort(400, "max_id is missing: retry from the job list.")
+        abort(400, f"max_id is missing: {action} from the job list.")
+    return _filter(request.form), max_id
+
+
+@blueprint.post("/jobs/retry")
+def retry_matching() -> Response:
+    flt, max_id = _matching("retry")
     done = _inspector().retry_matching(flt, max_id=max_id)
     _notice(f"{len(done)} job(s) are READY and due now.")
     return redirect(url_for(".jobs", **_filter_args(flt)))
@@ -265,10 +271,7 @@ def retry_matching() -> Response:
 
 @blueprint.post("/jobs/cancel")
 def cancel_matching() -> Response:
-    flt = _filter(request.form)
-    max_id = _number(request.form, "max_id", 1, MAX_JOB_ID)
-    if max_id is None:
-        abort(400, "max_id is missing: cancel from the job list.")
+    flt, max_id = _matching("cancel")
     done = _inspector().cancel_matching(flt, max_id=max_id, by=_operator())
     _notice(f"{len(done)} job(s) are cancelled or asked to stop.")
     return redirect(url_for(".jobs", **_filter_args(flt)))
