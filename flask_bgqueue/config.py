@@ -125,11 +125,6 @@ class Settings:
     #: A direct PostgreSQL URL for the consumers' ``LISTEN`` connection only.
     listen_database_uri: str | None = None
 
-    @property
-    def broker_url(self) -> str | None:
-        """The first of :attr:`broker_urls` (``None`` without one)."""
-        return self.broker_urls[0] if self.broker_urls else None
-
 
 def load_settings(app: Flask) -> Settings:
     """Set the defaults on ``app.config`` and return the validated settings."""
