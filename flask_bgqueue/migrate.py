@@ -85,6 +85,13 @@ def register(app: Flask) -> None:
         appcontext_pushed.connect(_when_pushed, app)
 
 
+def settle(app: Flask) -> None:
+    """Stop waiting for Flask-Migrate on ``app`` (a worker runs jobs, not migrations, and
+    pushes an app context per job): hand the hooks over now if it is there."""
+    _hand_over(app)
+    appcontext_pushed.disconnect(_when_pushed, app)
+
+
 def _when_pushed(app: Flask, **kwargs: Any) -> None:
     if _hand_over(app):
         appcontext_pushed.disconnect(_when_pushed, app)

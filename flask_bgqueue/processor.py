@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import instrumentation, serialization, signals
+from . import instrumentation, migrate, serialization, signals
 from .aio import resolve
 from .clock import utcnow
 from .context import running, take_cancel_request
@@ -31,7 +31,7 @@ from .outcome import Outcome, cancelled, classify, kept_result, permanent
 from .pacing import Pacer
 from .periodic import enqueue_due
 from .publishing import send_jobs_to_broker, send_to_broker
-from .resources import memory_usage, reset_peak, resident
+from .resources import job_memory, start_job
 from .runtime import Runtime
 from .store import Claim
 from .timeouts import Deadline, TimeLimits
@@ -104,6 +104,7 @@ class Processor:
         self.current: Claim | None = None
         #: The callbacks' time limits (and the consumer's watchdog process).
         self.limits = TimeLimits(state, self.pid, self.hostname)
+        migrate.settle(app)  # nothing waits for Flask-Migrate at each job's app context
 
     # -- the cron sweep -----------------------------------------------------------------
 
@@ -424,8 +425,7 @@ class Processor:
 
         if take_cancel_request(job.id):  # asked to stop before it started
             return cancelled(None), measured
-        reset_peak()  # the peak recorded is this job's, not the process's
-        before = resident()  # (one small read: the peak is now this)
+        mark = start_job()  # the peak recorded is this job's, not the process's
         error: BaseException | None = None
         deadline: Deadline | None = None
         started = time.perf_counter()
@@ -455,8 +455,8 @@ class Processor:
             timed_out.__context__ = error
             error = timed_out
         measured.setdefault("execution_time", round((time.perf_counter() - started) * 1000))
-        after = memory_usage()
-        before = after.rss if before is None else before
+        after = job_memory(mark)
+        before = after.rss if mark.before is None else mark.before
         measured["memory"] = {"before": before, "after": after.rss, "peak": after.peak}
 
         if error is not None:

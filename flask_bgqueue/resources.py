@@ -1,9 +1,11 @@
 """Resident memory of this process, for each job's ``memory`` column.
 
-``peak`` is the job's own: before each job :func:`reset_peak` lowers the kernel's
+``peak`` is the job's own: before each job :func:`start_job` lowers the kernel's
 high-water mark (Linux, ``/proc/self/clear_refs``) to what is resident then, and
-:func:`memory_usage` reads it back (``VmHWM``). Where that is not possible the peak is the
-process's over its whole life (``getrusage``), which a large earlier job inflates.
+:func:`job_memory` reads it back. The mark comes from ``getrusage`` (one system call) when
+that figure is known to be this job's, else from ``/proc/self/status`` (``VmHWM``, a
+dearer read). Where the mark cannot be reset the peak is the process's over its whole life
+(``getrusage``), which a large earlier job inflates.
 """
 
 from __future__ import annotations
@@ -52,6 +54,47 @@ _status = _Proc("status", os.O_RDONLY)
 _clear_refs = _Proc("clear_refs", os.O_WRONLY)
 
 
+@dataclass(frozen=True)
+class Mark:
+    """Where a job's memory stood when it started (see :func:`start_job`)."""
+
+    reset: bool  #: the kernel's mark was lowered to what was resident
+    lifetime: int  #: ``getrusage``'s peak right after that, in bytes
+    before: int | None  #: bytes resident then (``None`` without ``/proc``)
+
+
+def start_job() -> Mark:
+    """Start measuring a job's memory: lower the peak mark, note what is resident."""
+    reset = reset_peak()
+    lifetime = _lifetime_peak()
+    return Mark(reset, lifetime, _rss())
+
+
+def job_memory(mark: Mark) -> Memory:
+    """What is resident now and the job's peak since :func:`start_job` gave ``mark``.
+
+    ``getrusage``'s peak is the larger of this process's mark and the marks its ended
+    threads left behind (never lowered). So it is this job's own peak when it rose during
+    the job, or when at the start it was no higher than what was resident (the job's peak
+    cannot be lower than that); otherwise ``/proc/self/status`` tells.
+    """
+    lifetime = _lifetime_peak()
+    now = _rss()
+    if (
+        mark.reset
+        and now is not None
+        and mark.before is not None
+        and (lifetime > mark.lifetime or mark.lifetime <= mark.before)
+    ):
+        return Memory(now, max(lifetime, now))
+    return memory_usage()
+
+
+def _lifetime_peak() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+
+
 def reset_peak() -> bool:
     """Start measuring a new peak (before a job); ``False`` where the OS cannot."""
     fd = _clear_refs.descriptor()
@@ -96,9 +139,7 @@ def memory_usage() -> Memory:
     if figures is not None:
         peak, rss = figures
         return Memory(rss, max(peak, rss))
-    # the process's lifetime peak is the best we know
-    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    lifetime *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    lifetime = _lifetime_peak()  # the process's lifetime peak is the best we know
     now = _rss()
     return Memory(lifetime if now is None else now, max(lifetime, now or 0))
 

@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -50,6 +50,8 @@ LAST_RESORT_AFTER_WATCHDOG_SECONDS = 10.0
 #: The exit status of a worker that stopped itself because a callback ran past its
 #: timeout and could not be interrupted (``EX_TEMPFAIL``).
 EXIT_TIMED_OUT = 75
+
+_NO_LIMIT: AbstractContextManager[None] = nullcontext()
 
 
 class Deadline:
@@ -187,13 +189,15 @@ class TimeLimits:
             watchdog, self.watchdog = self.watchdog, None
             watchdog.close()
 
-    @contextmanager
-    def limit(self, claim: Claim, timeout: float | None) -> Iterator[Deadline | None]:
+    def limit(self, claim: Claim, timeout: float | None) -> AbstractContextManager[Deadline | None]:
         """The callback's time limit (see :class:`Deadline`), or none."""
         seconds = timeout if timeout is not None else self.settings.default_timeout_seconds
         if seconds is None:
-            yield None
-            return
+            return _NO_LIMIT
+        return self._limited(claim, seconds)
+
+    @contextmanager
+    def _limited(self, claim: Claim, seconds: float) -> Iterator[Deadline]:
         grace = self.settings.timeout_grace_seconds
         watchdog = self.watchdog
         watched = watchdog is not None and watchdog.watch(

@@ -134,3 +134,30 @@ def test_without_the_hooks_the_same_run_would_drop_the_queue(
     revision = autogenerate(tmp_path, env, multidb=False)
     assert "op.drop_table('background_job')" in revision
     assert "op.drop_table('background_job_alembic_version')" in revision
+
+
+def test_a_worker_stops_waiting_for_flask_migrate_at_each_app_context(tmp_path: Path) -> None:
+    """Flask-Migrate set up after the queue: the hooks wait for the first app context. A
+    worker (one app context per job) hands them over when it starts, then nothing waits."""
+    from flask import Flask, appcontext_pushed
+    from flask_migrate import Migrate
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_bgqueue import BackgroundQueue
+    from flask_bgqueue import migrate as hooks
+    from flask_bgqueue.processor import Processor
+    from flask_bgqueue.runtime import current_runtime
+
+    app = Flask(__name__, instance_path=str(tmp_path))
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.db'}"
+    app.config["SQLALCHEMY_BINDS"] = {"bgqueue": f"sqlite:///{tmp_path / 'jobs.db'}"}
+    db = SQLAlchemy(app)
+    bgq = BackgroundQueue(app)
+    waiting = list(appcontext_pushed.receivers_for(app))
+    with app.app_context():  # pushed before Flask-Migrate is there: nothing handed over
+        Migrate(app, db)
+        Processor(current_runtime(), app)  # as a worker starts, before its first job
+    assert hooks._when_pushed in waiting  # the control: it was waiting
+    assert hooks._when_pushed not in list(appcontext_pushed.receivers_for(app))
+    assert app.extensions["migrate"].configure_args["include_object"] is hooks.include_object
+    assert bgq is not None

@@ -52,6 +52,45 @@ def test_the_peak_after_a_reset_is_this_jobs_not_the_processs() -> None:
     assert small.peak < small.rss + 64 * MIB  # the 256 MiB of before are forgotten
 
 
+def test_a_job_that_grows_gets_its_peak_from_one_system_call(monkeypatch) -> None:
+    from flask_bgqueue import resources
+
+    mark = resources.start_job()
+    block = bytearray(128 * MIB)
+    reads: list[int] = []
+    status = resources._status_figures
+    monkeypatch.setattr(resources, "_status_figures", lambda: reads.append(1) or status())
+    measured = resources.job_memory(mark)
+    monkeypatch.undo()
+    kernel = resources.memory_usage()  # VmHWM, read right after
+    del block
+    assert reads == []  # the peak rose during the job: getrusage's figure is the job's
+    assert mark.before is not None and measured.peak >= mark.before + 120 * MIB
+    assert abs(kernel.peak - measured.peak) < MIB
+
+
+def test_a_big_program_this_process_was_before_exec_does_not_lend_its_mark() -> None:
+    """``getrusage`` keeps the peak of the program a process was before ``exec`` for good;
+    a job measured after that must still get its own."""
+    import subprocess
+    import sys
+
+    measure = (
+        "from flask_bgqueue import resources; mark = resources.start_job(); "
+        "m = resources.job_memory(mark); print(mark.lifetime, m.rss, m.peak)"
+    )
+    grow_then_exec = (
+        "import os, sys; block = bytearray(300 * 1024 * 1024); "
+        f"os.execv(sys.executable, [sys.executable, '-c', {measure!r}])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", grow_then_exec], capture_output=True, text=True, check=True
+    ).stdout
+    lifetime, rss, peak = map(int, out.split())
+    assert lifetime > 290 * MIB  # the kernel's lifetime figure remembers the big program
+    assert peak < rss + 64 * MIB, (lifetime, rss, peak)
+
+
 def test_a_small_job_after_a_big_one_records_its_own_peak(make_app: object) -> None:
     app = make_app()  # type: ignore[operator]
     bgq = app.bgq
