@@ -212,3 +212,46 @@ def test_columns_alike_in_every_row_of_a_bulk_are_sent_once(
         columns = first_sql.count("::")
         assert first_sql.count("[]") < columns - 5  # most columns went as scalars
         assert second_sql.count("[]") == first_sql.count("[]") + 3
+
+
+def test_an_insert_leaves_out_the_columns_no_row_sets(
+    make_app: AppFactory, store_path: StorePath
+) -> None:
+    """Columns whose value is what the database stores anyway (NULL, or ``recurring``'s
+    server default) in every row of an INSERT are not named in it; a row that sets one
+    gets it named, and every job reads back as published."""
+    app = store_path.apply(make_app(BGQUEUE_BULK_SIZE=10))
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda *a, **kw: None)
+    driver = app.extensions["bgqueue"].store.driver
+    optional = ("serial_group", "identifier", "trace_context", "recurring")
+    optional += ("coalesce_threshold", "concurrency_key", "parameters")
+    with app.app_context():
+        bgq.publish("f", {"n": 0})
+        with bgq.bulk():
+            for n in range(1, 10):
+                bgq.publish("f", {"n": n})
+        sql_plain = list(driver._insert_cache.values())
+        driver._insert_cache.clear()
+        with bgq.bulk():
+            for n in range(9):
+                bgq.publish("f", {"n": n})
+            bgq.publish("f", {"n": 9}, recurring=True, concurrency_key="k")
+        sql_mixed = list(driver._insert_cache.values())
+        store = app.extensions["bgqueue"].store
+        with store.engine.connect() as conn:
+            ids = list(conn.execute(sa.select(store.table.c.id).order_by("id")).scalars())
+        jobs = [bgq.get_job(i) for i in ids]
+
+    def columns(sql: str) -> set[str]:
+        named = sql[sql.index("(") + 1 : sql.index(")")]
+        return {c.strip().strip('"`') for c in named.split(",")}
+
+    assert len(sql_plain) == 2  # one row, then ten
+    assert all(columns(sql).isdisjoint(optional) for sql in sql_plain)
+    assert all({"callback_name", "parameters_json", "state"} <= columns(s) for s in sql_plain)
+    [insert] = sql_mixed
+    assert columns(insert) & set(optional) == {"recurring", "concurrency_key"}
+    assert [j.recurring for j in jobs] == [False] * 19 + [True]
+    assert [j.concurrency_key for j in jobs] == [None] * 19 + ["k"]
+    assert all(j.serial_group is None and j.coalesce_threshold is None for j in jobs)

@@ -64,6 +64,32 @@ class _ResultCursor:
         return self.result.lastrowid
 
 
+#: Columns an INSERT leaves out when every row has this value: what the database stores
+#: then anyway (NULL, or the column's server default). Most jobs set none of them.
+LEFT_OUT_WHEN = {
+    "parameters": None,
+    "parameters_json": None,
+    "serial_group": None,
+    "identifier": None,
+    "trace_context": None,
+    "recurring": False,
+    "coalesce_threshold": None,
+    "concurrency_key": None,
+}
+
+
+def _written(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The columns of ``rows`` an INSERT must name (see :data:`LEFT_OUT_WHEN`)."""
+    written = []
+    for column, value in rows[0].items():
+        if column in LEFT_OUT_WHEN and value is LEFT_OUT_WHEN[column]:
+            left_out = LEFT_OUT_WHEN[column]
+            if all(row[column] is left_out for row in rows):
+                continue
+        written.append(column)
+    return tuple(written)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A statement, its SQL in the driver's paramstyle, and its constant parameters."""
@@ -174,7 +200,7 @@ class Driver:
         The SQL is written once per number of rows and columns; each value goes through its
         column type's bind processor, as SQLAlchemy would send it.
         """
-        columns = tuple(rows[0])
+        columns = _written(rows)
         if self._from_arrays and len(rows) > 1:
             return self._insert_from_arrays(rows, columns, returning)
         key = (len(rows), columns, returning)
