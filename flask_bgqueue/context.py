@@ -7,8 +7,6 @@ is right in threads and in ``async def`` callbacks alike) and clears it afterwar
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .models import Job, attempt_was_lost
@@ -43,7 +41,8 @@ class CurrentJob:
         return self.id in _cancel_requested
 
 
-_current: contextvars.ContextVar[CurrentJob | None] = contextvars.ContextVar(
+#: The job (as claimed for this attempt) whose callback runs in this context.
+_current: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
     "bgqueue_current_job", default=None
 )
 
@@ -61,6 +60,8 @@ def note_cancel_requested(job_ids: list[int]) -> None:
 def take_cancel_request(job_id: int) -> bool:
     """Whether ``job_id`` was asked to stop while it ran here; forgets it (its attempt
     is over)."""
+    if not _cancel_requested:  # the usual case: no raise and catch
+        return False
     try:
         _cancel_requested.remove(job_id)
     except KeyError:
@@ -70,21 +71,32 @@ def take_cancel_request(job_id: int) -> bool:
 
 def current_job() -> CurrentJob | None:
     """The job whose callback is running here, or ``None`` outside a callback."""
-    return _current.get()
-
-
-@contextmanager
-def running(job: Job) -> Iterator[CurrentJob]:
-    """Make ``job`` (as claimed for this attempt) the current job while the block runs."""
-    current = CurrentJob(
+    job = _current.get()
+    if job is None:
+        return None
+    return CurrentJob(
         id=job.id,
         callback_name=job.callback_name,
         attempt=job.number_of_attempts,
         previous_attempt_lost=attempt_was_lost(job.error_message),
         job=job,
     )
-    token = _current.set(current)
-    try:
-        yield current
-    finally:
-        _current.reset(token)
+
+
+class running:
+    """Make ``job`` (as claimed for this attempt) the current job while the block runs.
+
+    A class rather than a generator: it wraps every attempt, and :func:`current_job`
+    builds its answer only when a callback asks.
+    """
+
+    __slots__ = ("job", "token")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __enter__(self) -> None:
+        self.token = _current.set(self.job)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self.token)
