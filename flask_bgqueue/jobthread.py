@@ -39,25 +39,40 @@ class JobThread:
             finally:
                 self._done.set()
 
-    def run(self, work: Callable[[], None], pump: Callable[[], None]) -> None:
+    def run(
+        self,
+        work: Callable[[], None],
+        pump: Callable[[], None],
+        first: Callable[[], None] | None = None,
+    ) -> None:
         """Run ``work`` in the job thread, calling ``pump`` every 50 ms until it is done.
 
-        If ``pump`` raises (the connection dropped), the job still runs to its end (its
-        claim is committed and its outcome must be saved) before the error goes up.
+        ``first`` is called once, at the first of those 50 ms or when the work is done if
+        sooner (the consumer acknowledges the batch's messages there: a short job starts
+        and ends without waiting for it). If it or ``pump`` raises (the connection
+        dropped), the job still runs to its end (its claim is committed and its outcome
+        must be saved) before the error goes up.
         """
         self._done.clear()
         self._failure = None
         with self._ready:
             self._work = work
             self._ready.notify()
+        owed = [first] if first is not None else []
         try:
             while not self._done.wait(0.05):  # returns at once when a short job is done
+                while owed:
+                    owed.pop()()
                 pump()
         finally:
             self._done.wait()
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
+        failure, self._failure = self._failure, None
+        try:
+            while owed:
+                owed.pop()()
+        finally:
+            if failure is not None:
+                raise failure
 
     def close(self) -> None:
         with self._ready:

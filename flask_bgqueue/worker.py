@@ -464,10 +464,13 @@ class _TableFeed(_Feed):
 
 
 class _BrokerFeed(_Feed):
-    """Ids from a broker consumer, acknowledged once their jobs' claims are committed."""
+    """Ids from a broker consumer, acknowledged once their jobs' claims are committed:
+    while the batch runs (see :meth:`JobThread.run`), so that the acknowledgement does not
+    delay its first job."""
 
     def __init__(self, worker: Worker, consumer: Consumer, runner: JobThread) -> None:
         self.worker, self.consumer, self.runner = worker, consumer, runner
+        self.claimed: list[Delivery] = []  # taken, their jobs claimed, not acknowledged yet
         self.pacer = Pacer(start=1, cap=MAX_BATCH)  # of the prefetch
         consumer.set_prefetch(self.pacer.size)
 
@@ -491,18 +494,17 @@ class _BrokerFeed(_Feed):
             self._pause(1)
             return None
         self.worker.heartbeat.hold(claims)
-        try:
-            self.consumer.ack(deliveries)
-        except BrokerConnectionLost:
-            if claims:  # the claims are committed: the jobs run all the same
-                self.worker._run(claims)
-            raise
         if not claims:  # stale or sent on: nothing to run
+            self.consumer.ack(deliveries)
             return None
+        self.claimed = deliveries
         return len(deliveries), claims
 
     def run(self, work: Callable[[], None]) -> None:
-        self.runner.run(work, self.consumer.pump)
+        # The claims are committed: the jobs run even if the acknowledgement fails (the
+        # connection dropped); the error goes up once they are done.
+        deliveries, self.claimed = self.claimed, []
+        self.runner.run(work, self.consumer.pump, functools.partial(self.consumer.ack, deliveries))
 
     def paced(self, size: int, seconds: float) -> None:
         before = self.pacer.size

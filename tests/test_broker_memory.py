@@ -241,3 +241,32 @@ def test_an_operator_retry_in_broker_mode_sends_the_id_again(bapp: Flask) -> Non
     assert [sent_id for _, sent_id, _ in broker(bapp).sent] == [job_id]
     assert bgq.consume(max_jobs=1).jobs == 1
     assert bgq.get_job(job_id).state is JobState.FINISHED
+
+
+def test_a_lost_connection_at_the_acknowledgement_still_lets_the_claimed_jobs_run(
+    bapp: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The messages of a batch are acknowledged once its claims are committed, as its first
+    job runs; if the connection drops then, the claimed jobs run to their end and their
+    outcomes are saved before the consumer reconnects."""
+    from flask_bgqueue.broker import BrokerConnectionLost
+    from flask_bgqueue.broker.memory import MemoryConsumer
+
+    bgq = bapp.bgq  # type: ignore[attr-defined]
+    job_id = bgq.publish("work", [1])
+    states_at_ack: list[JobState] = []
+
+    def ack_then_drop(self: MemoryConsumer, deliveries: Any) -> None:
+        states_at_ack.extend(bgq.get_job(d.job_id).state for d in deliveries)
+        monkeypatch.undo()  # the next connection acknowledges as usual
+        raise BrokerConnectionLost("connection reset while acknowledging")
+
+    monkeypatch.setattr(MemoryConsumer, "ack", ack_then_drop)
+    stop = threading.Event()
+    timer = threading.Timer(2.0, stop.set)  # after the reconnection (0.25 s later)
+    timer.start()
+    bgq.consume(stop=stop)
+    assert states_at_ack in ([JobState.PROCESSING], [JobState.FINISHED])  # claim committed
+    assert bapp.ran == [1]  # type: ignore[attr-defined]
+    job = bgq.get_job(job_id)
+    assert job.state is JobState.FINISHED and job.number_of_attempts == 1
