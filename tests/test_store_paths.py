@@ -7,6 +7,7 @@ import importlib
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 
@@ -255,3 +256,40 @@ def test_an_insert_leaves_out_the_columns_no_row_sets(
     assert [j.recurring for j in jobs] == [False] * 19 + [True]
     assert [j.concurrency_key for j in jobs] == [None] * 19 + ["k"]
     assert all(j.serial_group is None and j.coalesce_threshold is None for j in jobs)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_one_statement_claim_learns_its_column_names_once(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's one-statement claims read the driver's ``description`` (36 columns
+    built anew at each read) at their first run only; later claims name the same columns."""
+    import psycopg
+
+    app = make_app()
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda: None)
+    reads = []
+    description = psycopg.Cursor.description
+
+    def counted(cursor: Any) -> Any:
+        reads.append(1)
+        return description.fget(cursor)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(psycopg.Cursor, "description", property(counted))
+    with app.app_context():
+        store: Store = bgq._state().store
+        claimed = []
+        for _ in range(3):
+            job_id = bgq.publish("f")
+            claims = store.claim_delivered(
+                now=utcnow(), job_ids=[job_id], callbacks=["f"], pid=1, hostname="h",
+                states=RUNNABLE_STATES,
+            )  # fmt: skip
+            assert claims is not None
+            claimed += [(c.job.id, c.job.state, c.previous_state) for c in claims]
+            if len(claimed) == 1:
+                first_reads = len(reads)
+    assert [c[0] for c in claimed] == sorted(c[0] for c in claimed) and len(claimed) == 3
+    assert {c[1:] for c in claimed} == {(JobState.PROCESSING, JobState.READY)}
+    assert first_reads >= 1 and len(reads) == first_reads

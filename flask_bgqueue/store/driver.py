@@ -108,6 +108,9 @@ class Driver:
         self._autocommit_single = dialect.autocommit_single_statement
         self._from_arrays = dialect.inserts_from_arrays
         self._insert_cache: dict[tuple[Any, ...], str] = {}
+        #: The column names a prepared statement's rows have, learnt at its first run
+        #: (the driver builds its ``description`` anew at each: dear for 36 columns).
+        self._row_names: dict[str, tuple[str, ...]] = {}
         processors: dict[str, Any] = {
             c.name: c.type._cached_bind_processor(engine.dialect) for c in table.columns
         }
@@ -293,7 +296,10 @@ class Driver:
                 return [r._mapping for r in conn.execute(prepared.statement, params)]
         with self._raw_transaction(single_statement=True) as cursor:
             cursor.execute(prepared.sql, {**prepared.constants, **params})
-            names = [d.name for d in cursor.description]
+            names = self._row_names.get(prepared.sql)
+            if names is None:
+                names = tuple(d.name for d in cursor.description)
+                self._row_names[prepared.sql] = names
             return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
 
 
