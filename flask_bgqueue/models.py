@@ -265,7 +265,9 @@ class Job:
             values["parameters"] = bytes(values["parameters"])
         if values["result"] is not None:
             values["result"] = json.loads(values["result"])
-        return cls(**values)
+        job = object.__new__(cls)  # every field is here: the generated __init__ adds nothing
+        job.__dict__.update(values)
+        return job
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes``: :func:`dataclasses.replace` without its per-call
