@@ -36,6 +36,7 @@ import math
 import multiprocessing
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -288,6 +289,43 @@ def rss_kb(pid: int) -> int:
 # -- 1. publishing ------------------------------------------------------------------------
 
 
+def server_pids() -> dict[str, list[int]]:
+    """The local PostgreSQL and RabbitMQ server processes (by their /proc names)."""
+    found: dict[str, list[int]] = {"postgresql": [], "rabbitmq": []}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                name = f.read().strip()
+        except OSError:  # gone, or not ours to read
+            continue
+        if name == "postgres":
+            found["postgresql"].append(int(entry))
+        elif name == "beam.smp":
+            found["rabbitmq"].append(int(entry))
+    return found
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process (all its threads) and by
+    each group of ``pids``."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    spent = {"this_process": usage.ru_utime + usage.ru_stime}
+    tick = os.sysconf("SC_CLK_TCK")
+    for group, members in pids.items():
+        total = 0
+        for pid in members:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # ended since
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        spent[group] = total / tick
+    return spent
+
+
 def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict[str, Any]:
     """bgq.publish (broker mode, pipelined and waiting for each confirm; broker-less) vs.
     plain pika vs. plain pika + INSERT, one by one; then in bulk; interleaved."""
@@ -380,6 +418,8 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
         "bgq_bulk_brokerless": publisher(plain_app, bulk=True),
     }
     spent = dict.fromkeys([*one_by_one, *bulk], 0.0)
+    servers = server_pids()
+    cpu: dict[str, dict[str, float]] = {name: {} for name in spent}
     try:
         for group, loops, size in (("one by one", one_by_one, n), ("bulk", bulk, n * 5)):
             log(f"[publish] {group}: warm-up: {warmup} of each")
@@ -388,9 +428,12 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
             per_round = [size // rounds + (1 if r < size % rounds else 0) for r in range(rounds)]
             for r, k in enumerate(per_round):
                 for name, loop in loops.items():
+                    c0 = cpu_seconds(servers)
                     t0 = time.perf_counter()
                     loop(k)
                     spent[name] += time.perf_counter() - t0
+                    for who, seconds in cpu_seconds(servers).items():
+                        cpu[name][who] = cpu[name].get(who, 0.0) + seconds - c0[who]
                 log(
                     f"[publish] {group} round {r + 1}/{rounds}: "
                     + ", ".join(
@@ -410,6 +453,9 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
             "jobs_per_s": round(size / s),
             "seconds": round(s, 3),
             "ms_per_job": ms(s / size),
+            # CPU per job of this process (the publishing thread and the library's publisher
+            # thread) and of the local servers, during the timed slices
+            "cpu_ms_per_job": {who: ms(c / size) for who, c in cpu[name].items()},
         }
         for name, s in spent.items()
     }
