@@ -418,7 +418,6 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
         "bgq_bulk_brokerless": publisher(plain_app, bulk=True),
     }
     spent = dict.fromkeys([*one_by_one, *bulk], 0.0)
-    servers = server_pids()
     cpu: dict[str, dict[str, float]] = {name: {} for name in spent}
     try:
         for group, loops, size in (("one by one", one_by_one, n), ("bulk", bulk, n * 5)):
@@ -428,6 +427,7 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
             per_round = [size // rounds + (1 if r < size % rounds else 0) for r in range(rounds)]
             for r, k in enumerate(per_round):
                 for name, loop in loops.items():
+                    servers = server_pids()  # with the backends the warm-up connected
                     c0 = cpu_seconds(servers)
                     t0 = time.perf_counter()
                     loop(k)
