@@ -160,8 +160,9 @@ def run_cli(url: str, table: str, n: int, procs: int, tmp: str) -> dict[str, Any
         m = re.search(r"processed (\d+) job", out)
         if m is None and out.strip():
             raise RuntimeError(f"unexpected output of flask bgq process: {out!r} {err[-2000:]}")
-        # `process` prints nothing when it found nothing due: another worker took every job
-        # before its first claim (the sum below still has to be right)
+        # `process` prints nothing when it found nothing due (e.g. another worker took
+        # every job first); the sum below must still be right, so a lone worker that ran
+        # nothing still fails the run
         processed.append(int(m.group(1)) if m else 0)
     if sum(processed) != n:
         raise AssertionError(f"workers report {processed} processed jobs, expected {n} in all")
