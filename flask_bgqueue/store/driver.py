@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql.elements import False_
 
 from ..models import JobState
 from .dialects import Dialect
@@ -64,32 +65,6 @@ class _ResultCursor:
         return self.result.lastrowid
 
 
-#: Columns an INSERT leaves out when every row has this value: what the database stores
-#: then anyway (NULL, or the column's server default). Most jobs set none of them.
-LEFT_OUT_WHEN = {
-    "parameters": None,
-    "parameters_json": None,
-    "serial_group": None,
-    "identifier": None,
-    "trace_context": None,
-    "recurring": False,
-    "coalesce_threshold": None,
-    "concurrency_key": None,
-}
-
-
-def _written(rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
-    """The columns of ``rows`` an INSERT must name (see :data:`LEFT_OUT_WHEN`)."""
-    written = []
-    for column, value in rows[0].items():
-        if column in LEFT_OUT_WHEN and value is LEFT_OUT_WHEN[column]:
-            left_out = LEFT_OUT_WHEN[column]
-            if all(row[column] is left_out for row in rows):
-                continue
-        written.append(column)
-    return tuple(written)
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A statement, its SQL in the driver's paramstyle, and its constant parameters."""
@@ -108,6 +83,15 @@ class Driver:
         self._autocommit_single = dialect.autocommit_single_statement
         self._from_arrays = dialect.inserts_from_arrays
         self._insert_cache: dict[tuple[Any, ...], str] = {}
+        #: Columns an INSERT leaves out when every row has this value, what the database
+        #: stores then anyway: NULL in a nullable column without a server default, false
+        #: in a boolean whose server default is false. Most jobs set none of them.
+        self._left_out: dict[str, Any] = {}
+        for c in table.columns:
+            if c.nullable and c.server_default is None:
+                self._left_out[c.name] = None
+            elif isinstance(getattr(c.server_default, "arg", None), False_):
+                self._left_out[c.name] = False
         #: The column names a prepared statement's rows have, learnt at its first run
         #: (the driver builds its ``description`` anew at each: dear for 36 columns).
         self._row_names: dict[str, tuple[str, ...]] = {}
@@ -203,7 +187,7 @@ class Driver:
         The SQL is written once per number of rows and columns; each value goes through its
         column type's bind processor, as SQLAlchemy would send it.
         """
-        columns = _written(rows)
+        columns = self._written(rows)
         if self._from_arrays and len(rows) > 1:
             return self._insert_from_arrays(rows, columns, returning)
         key = (len(rows), columns, returning)
@@ -224,6 +208,18 @@ class Driver:
                 value = row[column]
                 params.append(value if process is None or value is None else process(value))
         return sql, tuple(params)
+
+    def _written(self, rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+        """The columns of ``rows`` an INSERT must name: all but those every row leaves at
+        what the database stores anyway."""
+        left_out = self._left_out
+        return tuple(
+            column
+            for column, value in rows[0].items()
+            if column not in left_out
+            or value is not left_out[column]
+            or any(row[column] is not value for row in rows)
+        )
 
     def _insert_from_arrays(
         self, rows: Sequence[dict[str, Any]], columns: tuple[str, ...], returning: bool
