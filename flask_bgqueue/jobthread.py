@@ -48,8 +48,8 @@ class JobThread:
         """Run ``work`` in the job thread, calling ``pump`` every 50 ms until it is done.
 
         ``first`` is called once, at the first of those 50 ms or when the work is done if
-        sooner (the consumer acknowledges the batch's messages there: a short job starts
-        and ends without waiting for it). If it or ``pump`` raises (the connection
+        sooner (the consumer acknowledges the batch's messages there: a short batch runs
+        to its end without waiting for it). If it or ``pump`` raises (the connection
         dropped), the job still runs to its end (its claim is committed and its outcome
         must be saved) before the error goes up.
         """
@@ -58,18 +58,19 @@ class JobThread:
         with self._ready:
             self._work = work
             self._ready.notify()
-        owed = [first] if first is not None else []
         try:
             while not self._done.wait(0.05):  # returns at once when a short job is done
-                while owed:
-                    owed.pop()()
+                if first is not None:
+                    call: Callable[[], None] = first
+                    first = None
+                    call()
                 pump()
         finally:
             self._done.wait()
         failure, self._failure = self._failure, None
         try:
-            while owed:
-                owed.pop()()
+            if first is not None:  # the work was done within 50 ms
+                first()
         finally:
             if failure is not None:
                 raise failure
