@@ -246,8 +246,8 @@ def test_an_operator_retry_in_broker_mode_sends_the_id_again(bapp: Flask) -> Non
 def test_a_lost_connection_at_the_acknowledgement_still_lets_the_claimed_jobs_run(
     bapp: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The messages of a batch are acknowledged once its claims are committed, as its first
-    job runs; if the connection drops then, the claimed jobs run to their end and their
+    """The messages of a batch are acknowledged once its claims are committed, while the batch
+    runs; if the connection drops then, the claimed jobs run to their end and their
     outcomes are saved before the consumer reconnects."""
     from flask_bgqueue.broker import BrokerConnectionLost
     from flask_bgqueue.broker.memory import MemoryConsumer

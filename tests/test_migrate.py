@@ -152,7 +152,7 @@ def test_a_worker_stops_waiting_for_flask_migrate_at_each_app_context(tmp_path: 
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.db'}"
     app.config["SQLALCHEMY_BINDS"] = {"bgqueue": f"sqlite:///{tmp_path / 'jobs.db'}"}
     db = SQLAlchemy(app)
-    bgq = BackgroundQueue(app)
+    BackgroundQueue(app)
     waiting = list(appcontext_pushed.receivers_for(app))
     with app.app_context():  # pushed before Flask-Migrate is there: nothing handed over
         Migrate(app, db)
@@ -160,4 +160,3 @@ def test_a_worker_stops_waiting_for_flask_migrate_at_each_app_context(tmp_path: 
     assert hooks._when_pushed in waiting  # the control: it was waiting
     assert hooks._when_pushed not in list(appcontext_pushed.receivers_for(app))
     assert app.extensions["migrate"].configure_args["include_object"] is hooks.include_object
-    assert bgq is not None
