@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Any
 
 import pika
 import pytest
+from pika.adapters.utils import io_services_utils
 
 from flask_bgqueue import JobState
+from flask_bgqueue.broker import pipeline
 from flask_bgqueue.broker.amqp import work_queue
 from tests.conftest import AMQP_URL, ProcEnv
 from tests.helpers import all_jobs
@@ -143,3 +146,65 @@ def test_a_process_forked_after_publishing_publishes_through_its_own_thread(
         rows = all_jobs(bgq)
     assert [r.state for r in rows] == [JobState.READY, JobState.READY]
     assert sorted(queued_ids(amqp_queue, 10)) == sorted([parent_id, rows[1].id])
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, static: bool) -> list[int]:
+    """Wrap ``owner.name`` so that each call appends to the list returned."""
+    calls: list[int] = []
+    original = getattr(owner, name)
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(owner, name, staticmethod(counted) if static else counted)
+    return calls
+
+
+def test_ids_published_while_confirms_are_outstanding_go_out_together(
+    rabbit: ProcEnv, amqp_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One by one as fast as rows commit: the publisher thread sends the ids in batches
+    (one wake-up each), each batch in one socket write, not three writes per id."""
+    batches = count_calls(monkeypatch, pipeline._Session, "_send_pending", static=False)
+    writes = count_calls(
+        monkeypatch, io_services_utils._AsyncTransportBase, "_sigint_safe_send", static=True
+    )
+    app = rabbit.app()
+    count = 300
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        bgq.publish("record", {"group": "batch", "name": "warm-up"})  # opens the connection
+        assert app.extensions["bgqueue"].broker.flush(30)
+        batches.clear()
+        writes.clear()
+        ids = [bgq.publish("record", {"group": "batch", "name": str(n)}) for n in range(count)]
+        assert app.extensions["bgqueue"].broker.flush(30)
+        sends, written = len(batches), len(writes)  # before queued_ids' own connection
+        rows = all_jobs(bgq)
+    assert all(r.state == JobState.READY for r in rows)
+    assert set(ids) <= set(queued_ids(amqp_queue, 10))  # every id is in RabbitMQ
+    assert sends < count / 2, f"{sends} sends for {count} ids"
+    assert written < count, f"{written} socket writes for {count} ids"
+
+
+def test_an_id_waits_for_the_window_only_while_a_message_is_unconfirmed(
+    rabbit: ProcEnv, amqp_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "COALESCE_SECONDS", 3.0)
+    app = rabbit.app()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        broker = app.extensions["bgqueue"].broker
+        first = bgq.publish("record", {"group": "window", "name": "0"})
+        assert broker.flush(10)
+        # every message confirmed: the next id goes out at once, not after the window
+        second = bgq.publish("record", {"group": "window", "name": "1"})
+        assert broker.flush(1.5)
+        # ids handed over while one is unconfirmed wait for the window, then all go out
+        more = [bgq.publish("record", {"group": "window", "name": str(n)}) for n in range(2, 40)]
+        started = time.monotonic()
+        assert not broker.flush(1.0)
+        assert broker.flush(10)
+        assert time.monotonic() - started > 1.0
+    assert sorted(queued_ids(amqp_queue, 10)) == sorted([first, second, *more])

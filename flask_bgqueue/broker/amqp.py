@@ -60,6 +60,8 @@ def control_queue(queue: str) -> str:
 
 def tier_for(delay_ms: int) -> int | None:
     """The longest delay tier not longer than ``delay_ms``; ``None`` below the shortest."""
+    if delay_ms < TIERS_MS[0]:
+        return None
     fitting = [t for t in TIERS_MS if t <= delay_ms]
     return fitting[-1] if fitting else None
 
@@ -143,6 +145,8 @@ class AmqpBroker(Broker):
         self._local = threading.local()
         self._publisher: PipelinedPublisher | None = None
         self._publisher_lock = threading.Lock()
+        # (queue, priority, delay tier) -> what an announced id of it needs (see _route)
+        self._routes: dict[tuple[str, int, int | None], tuple[Any, str]] = {}
 
     @property
     def url(self) -> str:
@@ -195,29 +199,42 @@ class AmqpBroker(Broker):
         on_failed: Callable[[list[int], str], None],
     ) -> None:
         """Hand the ids to the publisher thread (one per broker) and return at once."""
-        items: list[Item] = []
-        for queue, priority, job_id, delay_ms in jobs:
+        route = self._route
+        items: list[Item] = [
+            (*route(queue, priority, tier_for(delay_ms)), job_id)
+            for queue, priority, job_id, delay_ms in jobs
+        ]
+        publisher = self._publisher
+        if publisher is None or publisher.pid != os.getpid():
+            with self._publisher_lock:
+                publisher = self._publisher
+                if publisher is None or publisher.pid != os.getpid():
+                    # none yet, or inherited through fork() (a pre-forking server): its
+                    # thread is not in this process, so this process gets one of its own
+                    publisher = self._publisher = PipelinedPublisher(self.urls, on_failed)
+                    atexit.register(publisher.close)  # confirms in flight at exit
+        publisher.submit(items)
+
+    def _route(self, queue: str, priority: int, tier: int | None) -> tuple[Any, str]:
+        """The queues to declare first and the routing key of an id of ``queue`` and
+        ``priority`` delayed by ``tier`` ms (``None``: not delayed); built once for each."""
+        key = (queue, priority, tier)
+        route = self._routes.get(key)
+        if route is None:
             target = work_queue(queue, priority)
             arguments = tuple(self.arguments_for(queue).items())
-            tier = tier_for(delay_ms)
             if tier is None:
-                items.append((((target, arguments),), target, job_id))
-                continue
-            name = delay_queue(queue, priority, tier)
-            extra = (
-                ("x-message-ttl", tier),
-                ("x-dead-letter-exchange", ""),
-                ("x-dead-letter-routing-key", target),
-            )
-            items.append((((target, arguments), (name, arguments + extra)), name, job_id))
-        with self._publisher_lock:
-            publisher = self._publisher
-            if publisher is None or publisher.pid != os.getpid():
-                # none yet, or inherited through fork() (a pre-forking server): its thread
-                # is not in this process, so this process gets a publisher of its own
-                publisher = self._publisher = PipelinedPublisher(self.urls, on_failed)
-                atexit.register(publisher.close)  # confirms in flight at exit
-        publisher.submit(items)
+                route = (((target, arguments),), target)
+            else:
+                name = delay_queue(queue, priority, tier)
+                extra = (
+                    ("x-message-ttl", tier),
+                    ("x-dead-letter-exchange", ""),
+                    ("x-dead-letter-routing-key", target),
+                )
+                route = (((target, arguments), (name, arguments + extra)), name)
+            self._routes[key] = route
+        return route
 
     def flush(self, timeout: float) -> bool:
         publisher = self._publisher

@@ -49,6 +49,12 @@ log = logging.getLogger("flask_bgqueue.broker")
 
 _PROPERTIES = pika.BasicProperties(delivery_mode=2)  # persistent
 
+#: While a sent message is not confirmed yet, ids handed over within this long of the last
+#: send wait for the rest of it and go out together: one wake-up, one socket write and one
+#: or two confirms for all of them instead of for each. With every message confirmed (a
+#: quiet queue, or jobs published a few milliseconds apart) an id goes out at once.
+COALESCE_SECONDS = 0.01
+
 #: (queues to declare first: [(name, arguments)], routing key, job id)
 Item = tuple[tuple[tuple[str, tuple[tuple[str, Any], ...]], ...], str, int]
 OnFailed = Callable[[list[int], str], None]
@@ -130,6 +136,7 @@ class _Session:
         self.ended = False
         self.renewing = False  # refused once: send no more here, then hand over
         self.wake_scheduled = False
+        self.last_sent = 0.0  # time.monotonic() of the last send
         self.unconfirmed: dict[int, int] = {}  # delivery tag -> job id
         self.next_tag = 1
         self.declared: set[str] = set()
@@ -146,7 +153,7 @@ class _Session:
                 return
             self.wake_scheduled = True
         try:
-            self.connection.ioloop.add_callback_threadsafe(self._send_pending)
+            self.connection.ioloop.add_callback_threadsafe(self._on_wake)
         except Exception:  # the loop just stopped: _end fails what is pending
             pass
 
@@ -232,13 +239,23 @@ class _Session:
         if self.connection.is_open:  # else it is closing: _on_closed stops the loop
             self.connection.close()
 
+    def _on_wake(self) -> None:
+        """Send what is pending now, or with what follows it (see ``COALESCE_SECONDS``)."""
+        wait = self.last_sent + COALESCE_SECONDS - time.monotonic() if self.unconfirmed else 0
+        if wait > 0 and not self.ended:
+            self.connection.ioloop.call_later(wait, self._send_pending)
+        else:
+            self._send_pending()
+
     def _send_pending(self) -> None:
         with self.publisher.lock:
             self.wake_scheduled = False
         if self.ended or self.renewing:
             return
+        self.last_sent = time.monotonic()
         for item in self.publisher.take_pending():
             self._send(item)
+        _join_output(self.connection)
 
     def _send(self, item: Item) -> None:
         declarations, routing_key, job_id = item
@@ -327,3 +344,18 @@ class _Session:
         self.waiting.clear()
         publisher.fail(left, message)
         publisher.done(len(left))
+
+
+def _join_output(connection: Any) -> None:
+    """One buffer of what pika holds to send.
+
+    pika writes each frame with a ``send()`` of its own: a message is three (method,
+    header, body), so a batch of ids would go out as three small TCP segments per id.
+    Joined, the batch takes one system call here and arrives in one read at RabbitMQ. The
+    buffer is pika's (the same in 1.3 and 1.4); where it is not found, nothing changes.
+    """
+    buffers = getattr(getattr(connection, "_transport", None), "_tx_buffers", None)
+    if buffers is not None and len(buffers) > 1:
+        joined = b"".join(buffers)
+        buffers.clear()
+        buffers.append(joined)
