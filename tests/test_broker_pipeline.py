@@ -161,11 +161,44 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, static: 
     return calls
 
 
-def test_ids_published_while_confirms_are_outstanding_go_out_together(
+class HeldConfirms:
+    """Confirms RabbitMQ sends, kept from the publisher thread while ``holding``, so that a
+    message stays unconfirmed as long as a test needs (set up before the first publish:
+    the channel binds its confirm callback when it opens)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.holding = False
+        self.held: list[tuple[Any, Any]] = []
+        self.original = pipeline._Session._on_confirm
+
+        def on_confirm(session: Any, frame: Any) -> None:
+            if self.holding:
+                self.held.append((session, frame))
+            else:
+                self.original(session, frame)
+
+        monkeypatch.setattr(pipeline._Session, "_on_confirm", on_confirm)
+
+    def release(self, broker: Any) -> None:
+        """Hand the kept confirms to the publisher thread, in the order they came."""
+        self.holding = False
+
+        def replay() -> None:
+            for session, frame in self.held:
+                self.original(session, frame)
+            self.held.clear()
+
+        broker._publisher.session.connection.ioloop.add_callback_threadsafe(replay)
+
+
+def test_ids_published_while_a_message_is_unconfirmed_go_out_together(
     rabbit: ProcEnv, amqp_queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One by one as fast as rows commit: the publisher thread sends the ids in batches
-    (one wake-up each), each batch in one socket write, not three writes per id."""
+    """One by one: while the first message is unconfirmed, the publisher thread sends the
+    ids that follow in batches (one per window), each batch in one socket write, not three
+    writes per id."""
+    monkeypatch.setattr(pipeline, "COALESCE_SECONDS", 0.5)
+    confirms = HeldConfirms(monkeypatch)
     batches = count_calls(monkeypatch, pipeline._Session, "_send_pending", static=False)
     writes = count_calls(
         monkeypatch, io_services_utils._AsyncTransportBase, "_sigint_safe_send", static=True
@@ -174,24 +207,31 @@ def test_ids_published_while_confirms_are_outstanding_go_out_together(
     count = 300
     with app.app_context():
         bgq = app.bgq  # type: ignore[attr-defined]
+        broker = app.extensions["bgqueue"].broker
         bgq.publish("record", {"group": "batch", "name": "warm-up"})  # opens the connection
-        assert app.extensions["bgqueue"].broker.flush(30)
+        assert broker.flush(30)
+        confirms.holding = True
         batches.clear()
         writes.clear()
+        started = time.monotonic()
         ids = [bgq.publish("record", {"group": "batch", "name": str(n)}) for n in range(count)]
-        assert app.extensions["bgqueue"].broker.flush(30)
+        windows = (time.monotonic() - started) / pipeline.COALESCE_SECONDS
+        time.sleep(pipeline.COALESCE_SECONDS * 2)  # the last window's batch is sent
         sends, written = len(batches), len(writes)  # before queued_ids' own connection
+        confirms.release(broker)
+        assert broker.flush(30)
         rows = all_jobs(bgq)
     assert all(r.state == JobState.READY for r in rows)
     assert set(ids) <= set(queued_ids(amqp_queue, 10))  # every id is in RabbitMQ
-    assert sends < count / 2, f"{sends} sends for {count} ids"
-    assert written < count, f"{written} socket writes for {count} ids"
+    assert sends <= windows + 3, f"{sends} sends for {count} ids in {windows:.1f} windows"
+    assert written <= sends + 3, f"{written} socket writes for {sends} sends of {count} ids"
 
 
 def test_an_id_waits_for_the_window_only_while_a_message_is_unconfirmed(
     rabbit: ProcEnv, amqp_queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline, "COALESCE_SECONDS", 3.0)
+    confirms = HeldConfirms(monkeypatch)
     app = rabbit.app()
     with app.app_context():
         bgq = app.bgq  # type: ignore[attr-defined]
@@ -201,8 +241,10 @@ def test_an_id_waits_for_the_window_only_while_a_message_is_unconfirmed(
         # every message confirmed: the next id goes out at once, not after the window
         second = bgq.publish("record", {"group": "window", "name": "1"})
         assert broker.flush(1.5)
-        # ids handed over while one is unconfirmed wait for the window, then all go out
+        # the next goes at once too, and stays unconfirmed: those after it wait
+        confirms.holding = True
         more = [bgq.publish("record", {"group": "window", "name": str(n)}) for n in range(2, 40)]
+        confirms.release(broker)
         started = time.monotonic()
         assert not broker.flush(1.0)
         assert broker.flush(10)
