@@ -250,3 +250,41 @@ def test_an_id_waits_for_the_window_only_while_a_message_is_unconfirmed(
         assert broker.flush(10)
         assert time.monotonic() - started > 1.0
     assert sorted(queued_ids(amqp_queue, 10)) == sorted([first, second, *more])
+
+
+def test_a_caller_that_computes_after_publish_does_not_hold_the_send_back(
+    rabbit: ProcEnv, amqp_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publisher thread needs the interpreter lock to send; a caller busy computing
+    right after ``publish()`` would keep it until Python switches threads (5 ms). With
+    nothing unconfirmed the id goes out at once, so ``publish()`` waits for the thread to
+    take it: it is taken before ``publish()`` returns."""
+    taken: list[float] = []
+    original = pipeline.PipelinedPublisher.take_pending
+
+    def take_pending(publisher: Any) -> Any:
+        items = original(publisher)
+        if items:
+            taken.append(time.monotonic())
+        return items
+
+    monkeypatch.setattr(pipeline.PipelinedPublisher, "take_pending", take_pending)
+    app = rabbit.app()
+    before_return = 0
+    ids = []
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        broker = app.extensions["bgqueue"].broker
+        ids.append(bgq.publish("record", {"group": "busy", "name": "warm-up"}))
+        assert broker.flush(30)
+        for n in range(10):
+            taken.clear()
+            ids.append(bgq.publish("record", {"group": "busy", "name": str(n)}))
+            returned = time.monotonic()
+            busy_until = returned + 0.03
+            while time.monotonic() < busy_until:  # computing, holding the interpreter lock
+                pass
+            assert broker.flush(30)
+            before_return += len(taken) == 1 and taken[0] <= returned
+    assert before_return >= 8, f"taken before publish() returned {before_return} times of 10"
+    assert sorted(queued_ids(amqp_queue, 10)) == sorted(ids)
