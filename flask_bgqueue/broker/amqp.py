@@ -461,4 +461,9 @@ class AmqpConsumer(Consumer):
                 if declared.method.message_count > 0:
                     self.ch.connection.process_data_events(time_limit=0.01)
                     return True
+                # A message RabbitMQ delivered to us before answering is not counted, and
+                # pika holds it until events are processed: take it in before deciding.
+                self.ch.connection.process_data_events(time_limit=0)
+                if self.buffered[p]:
+                    return True
         return False
