@@ -233,10 +233,13 @@ def create_app() -> Flask:
 
     @app.cli.command("publish-counted")
     @click.argument("count", type=int)
-    def publish_counted(count: int) -> None:
+    @click.option("--pause", type=float, default=0.0, help="seconds between publishes")
+    def publish_counted(count: int, pause: float) -> None:
         """Publish ``count`` counted jobs one by one, as a web app would."""
         for _ in range(count):
             bgq.publish("counted")
+            if pause:
+                time.sleep(pause)
 
     @app.cli.command("sweep")
     def sweep() -> None:

@@ -200,7 +200,8 @@ def test_a_publisher_moves_to_another_node_and_no_job_is_lost(
     table = cluster.env["PROCAPP_TABLE"]
 
     consumer = start_consumer(cluster, 2, 3, 1)  # on bgq2 throughout
-    publisher = cluster.start("publish-counted", str(JOBS))  # on bgq1 first
+    # on bgq1 first; paced so that stopping a node (a second or two) lands mid-stream
+    publisher = cluster.start("publish-counted", str(JOBS), "--pause", "0.0005")
     try:
         wait_for(lambda: sum(states(engine, table).values()) >= JOBS // 10, 120, "publishes")
         node("stop-node", 1)
