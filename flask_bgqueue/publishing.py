@@ -229,22 +229,22 @@ def send_to_broker(
     """
     broker = runtime.broker
     assert broker is not None
+    now = utcnow()
     store, logger = runtime.store, runtime.logger
 
     def failed(job_ids: list[int], error: str) -> None:
         logger.error("bgqueue: %d job(s) saved as BROKER_FAILED: %s", len(job_ids), error)
         store.mark_broker_failed(job_ids, utcnow(), error)
 
-    now = None
-    announced = []
-    for job_id, row in jobs:
-        due = row["available_at"]
-        if due == row.get("created_at"):  # due as it was written: no delay, no clock read
-            delay_ms = 0
-        else:
-            now = now or utcnow()
-            delay_ms = max(0, int((due - now).total_seconds() * 1000))
-        announced.append((row["queue"], row["priority"], job_id, delay_ms))
+    announced = [
+        (
+            row["queue"],
+            row["priority"],
+            job_id,
+            max(0, int((row["available_at"] - now).total_seconds() * 1000)),
+        )
+        for job_id, row in jobs
+    ]
     if wait if wait is not None else runtime.settings.broker_wait_for_confirm:
         Broker.announce(broker, announced, failed)  # one by one, each confirmed
     else:

@@ -24,6 +24,7 @@ Every connection goes to the first node of ``BGQUEUE_BROKER_URL`` that answers
 from __future__ import annotations
 
 import atexit
+import bisect
 import contextlib
 import logging
 import os
@@ -60,10 +61,17 @@ def control_queue(queue: str) -> str:
 
 def tier_for(delay_ms: int) -> int | None:
     """The longest delay tier not longer than ``delay_ms``; ``None`` below the shortest."""
-    if delay_ms < TIERS_MS[0]:
-        return None
-    fitting = [t for t in TIERS_MS if t <= delay_ms]
-    return fitting[-1] if fitting else None
+    fitting = bisect.bisect_right(TIERS_MS, delay_ms)
+    return TIERS_MS[fitting - 1] if fitting else None
+
+
+def delay_arguments(tier_ms: int, target: str) -> dict[str, Any]:
+    """The arguments of a delay queue: its messages go on to ``target`` after ``tier_ms``."""
+    return {
+        "x-message-ttl": tier_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": target,
+    }
 
 
 class _Channel:
@@ -106,15 +114,7 @@ class _Channel:
             self.send(target, str(job_id).encode())
             return
         name = delay_queue(queue, priority, tier)
-        self.declare(
-            name,
-            queue,
-            {
-                "x-message-ttl": tier,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": target,
-            },
-        )
+        self.declare(name, queue, delay_arguments(tier, target))
         self.send(name, str(job_id).encode())
 
     def close(self) -> None:
@@ -227,11 +227,7 @@ class AmqpBroker(Broker):
                 route = (((target, arguments),), target)
             else:
                 name = delay_queue(queue, priority, tier)
-                extra = (
-                    ("x-message-ttl", tier),
-                    ("x-dead-letter-exchange", ""),
-                    ("x-dead-letter-routing-key", target),
-                )
+                extra = tuple(delay_arguments(tier, target).items())
                 route = (((target, arguments), (name, arguments + extra)), name)
             self._routes[key] = route
         return route
@@ -458,12 +454,10 @@ class AmqpConsumer(Consumer):
                 declared = self.ch.channel.queue_declare(
                     work_queue(self.queue, p), durable=True, passive=True
                 )
-                if declared.method.message_count > 0:
-                    self.ch.connection.process_data_events(time_limit=0.01)
-                    return True
-                # A message RabbitMQ delivered to us before answering is not counted, and
-                # pika holds it until events are processed: take it in before deciding.
-                self.ch.connection.process_data_events(time_limit=0)
-                if self.buffered[p]:
+                ready = declared.method.message_count > 0
+                # Let the ready ones come (briefly); and a message RabbitMQ delivered to us
+                # before answering is not counted, held by pika until events are processed.
+                self.ch.connection.process_data_events(time_limit=0.01 if ready else 0)
+                if ready or self.buffered[p]:
                     return True
         return False

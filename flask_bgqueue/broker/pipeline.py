@@ -86,33 +86,16 @@ class PipelinedPublisher:
                 self.session = _Session(self)
                 return
         if session.wake() and session.sends_at_once():
-            self._handed_over(HANDOVER_SECONDS)
-
-    def _handed_over(self, timeout: float) -> None:
-        """Wait (up to ``timeout``) until the publisher thread has taken what is pending.
-
-        The thread needs the interpreter lock to send; a caller that computes after
-        ``publish()`` returns would keep it until Python switches threads (5 ms by
-        default). Waiting here leaves the lock to the thread while it sends.
-        """
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while self.pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self.lock.wait(left)
+            # The thread needs the interpreter lock to send; a caller that computes after
+            # ``publish()`` returns would keep it until Python switches threads (5 ms by
+            # default). Waiting until the thread has taken the ids leaves it the lock.
+            with self.lock:
+                self.lock.wait_for(lambda: not self.pending, HANDOVER_SECONDS)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every id handed over is confirmed or failed; ``False`` on timeout."""
-        deadline = time.monotonic() + timeout
         with self.lock:
-            while self.outstanding:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.lock.wait(left)
-        return True
+            return self.lock.wait_for(lambda: not self.outstanding, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         if self.pid != os.getpid():
@@ -127,7 +110,7 @@ class PipelinedPublisher:
         with self.lock:
             items = list(self.pending)
             self.pending.clear()
-            self.lock.notify_all()  # a caller in _handed_over
+            self.lock.notify_all()  # a caller waiting for the hand-over (submit)
         return items
 
     def fail(self, job_ids: list[int], message: str) -> None:
@@ -193,10 +176,10 @@ class _Session:
             self.thread.join(timeout)
 
     def sends_at_once(self) -> bool:
-        """Whether the wake-up just asked for sends at once: no message is unconfirmed
-        (else what is handed over waits for ``COALESCE_SECONDS``), none is waiting for
-        its queue to be declared, and the session is not ending."""
-        return not (self.unconfirmed or self.waiting or self.ended or self.renewing)
+        """Whether the wake-up just asked for takes what is pending at once: no message is
+        unconfirmed (else it waits for ``COALESCE_SECONDS``) and the session is not
+        ending (else it takes nothing)."""
+        return not (self.unconfirmed or self.ended or self.renewing)
 
     # -- the session's thread ---------------------------------------------------------
 
