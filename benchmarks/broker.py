@@ -18,7 +18,9 @@ Sections (see BROKER.md for what each figure means):
              recording ``time.time()`` when its callback starts; latency = start - publish.
              With RabbitMQ, also ``plain_floor``: the same sequence with no library (row
              committed, id published with a confirm, claimed by a committed UPDATE in a
-             plain pika consumer, acknowledged, start), the least such a design pays.
+             plain pika consumer, acknowledged, start), the least such a design pays; its
+             jobs alternate with the library's, and ``library_minus_floor_p50_ms`` is the
+             median of each library job's latency minus the next floor job's.
 ``memory``   one consumer runs ``--memory-jobs`` no-op jobs (published in bulk, broker mode);
              its VmRSS is sampled every 10 % of them.
 
@@ -31,6 +33,7 @@ stdout; progress on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -44,6 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -642,12 +646,18 @@ def plain_latency_consumer(queue: str, table: str, stamp: tuple[str, int], ready
     engine.dispose()
 
 
-def bench_latency_floor(run: Run, n: int, gap: float, warmup: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def latency_floor(run: Run) -> Iterator[Callable[[int], float]]:
     """The least a job queue that keeps jobs in PostgreSQL and wakes consumers through
     RabbitMQ must do between publish and start, with no library: the job row committed
     (``INSERT ... RETURNING id`` in autocommit, one round trip), its id published
     (persistent, confirmed, durable queue), received by a consumer in another process,
-    claimed by a committed ``UPDATE`` (autocommit), acknowledged; then the start time."""
+    claimed by a committed ``UPDATE`` (autocommit), acknowledged; then the start time.
+
+    Yields ``one(seq)``: one such job, its publish -> start in seconds. ``bench_latency``
+    runs it between the library's jobs, so that both see the machine in the same state (an
+    idle virtual machine wakes its processes slowly, and how slowly changes within
+    minutes)."""
     table, queue = run.table(), run.amqp_queue("latfloor")
     engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
     schema.upgrade(engine, table)  # the library's own table: same columns and indexes
@@ -672,25 +682,23 @@ def bench_latency_floor(run: Run, n: int, gap: float, warmup: int) -> dict[str, 
         f" created_at, updated_at, available_at, number_of_attempts, is_unique)"
         f" VALUES (%s, %s, %s, %s, 1, %s, %s, %s, 0, false) RETURNING id"
     )
-    latencies: list[float] = []
+
+    def one(seq: int) -> float:
+        t_call = time.time()
+        now = utcnow()
+        cur.execute(insert, ("floor", PRIORITY, "stamp", json.dumps({"seq": seq}), now, now, now))
+        job_id = cur.fetchone()[0]
+        channel.basic_publish("", queue, str(job_id).encode(), props)
+        sock.settimeout(10)
+        while True:
+            got, started = sock.recv(100).decode().split()
+            if int(got) == job_id:
+                return float(started) - t_call
+
     try:
         if not ready.wait(60):
             raise RuntimeError("[latency floor] the plain consumer did not start")
-        log(f"[latency] floor (no library): {warmup} warm-up + {n} sequential jobs")
-        for i in range(warmup + n):
-            t_call = time.time()
-            now = utcnow()
-            cur.execute(insert, ("floor", PRIORITY, "stamp", json.dumps({"seq": i}), now, now, now))
-            job_id = cur.fetchone()[0]
-            channel.basic_publish("", queue, str(job_id).encode(), props)
-            sock.settimeout(10)
-            while True:
-                got, started = sock.recv(100).decode().split()
-                if int(got) == job_id:
-                    break
-            if i >= warmup:
-                latencies.append(float(started) - t_call)
-            time.sleep(gap)
+        yield one
         channel.basic_publish("", queue, b"stop", props)
         consumer.join(30)
     finally:
@@ -701,9 +709,6 @@ def bench_latency_floor(run: Run, n: int, gap: float, warmup: int) -> dict[str, 
         raw.close()
         connection.close()
         engine.dispose()
-    figures = {"p50_ms": ms(percentile(latencies, 50)), "p99_ms": ms(percentile(latencies, 99))}
-    log(f"[latency]     floor p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
-    return figures
 
 
 def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int = 10) -> dict:
@@ -739,13 +744,22 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
             if int(got) == seq:
                 return t_call, t_return, float(started)
 
+    floor: list[float] = []
     try:
-        with app.app_context():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(app.app_context())
+            plain = stack.enter_context(latency_floor(run)) if broker else None
             log(f"[latency] {kind}: waiting for the consumer, {warmup} warm-up jobs")
             for i in range(warmup):
                 one(-1 - i, 120 if i == 0 else 10)
                 time.sleep(gap)
-            log(f"[latency] {kind}: {n} sequential jobs, {int(gap * 1000)} ms apart")
+                if plain is not None:
+                    plain(-1 - i)
+                    time.sleep(gap)
+            log(
+                f"[latency] {kind}: {n} sequential jobs, {int(gap * 1000)} ms apart"
+                + (", each followed by one of the plain floor" if plain else "")
+            )
             for i in range(n):
                 t_call, t_return, started = one(i, 10)
                 starts.append(started)
@@ -753,6 +767,9 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
                 from_return.append(started - t_return)
                 publish_call.append(t_return - t_call)
                 time.sleep(gap)  # let the consumer save the outcome and go idle again
+                if plain is not None:
+                    floor.append(plain(i))
+                    time.sleep(gap)
         stop_consumer(consumer)
     finally:
         sock.close()
@@ -779,8 +796,18 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
         "target_met": percentile(from_call, 50) * 1000 <= target,
     }
     log(f"[latency]     p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
-    if broker:
-        figures["plain_floor"] = bench_latency_floor(run, n, gap, warmup)
+    if floor:
+        above = [lib - plain for lib, plain in zip(from_call, floor, strict=True)]
+        figures["plain_floor"] = {
+            "p50_ms": ms(percentile(floor, 50)),
+            "p99_ms": ms(percentile(floor, 99)),
+            # each library job next to the floor's job that followed it
+            "library_minus_floor_p50_ms": ms(percentile(above, 50)),
+        }
+        log(
+            f"[latency]     floor p50 {figures['plain_floor']['p50_ms']} ms; library - floor,"
+            f" job by job: p50 {figures['plain_floor']['library_minus_floor_p50_ms']} ms"
+        )
     return figures
 
 

@@ -293,3 +293,61 @@ def test_a_one_statement_claim_learns_its_column_names_once(
     assert [c[0] for c in claimed] == sorted(c[0] for c in claimed) and len(claimed) == 3
     assert {c[1:] for c in claimed} == {(JobState.PROCESSING, JobState.READY)}
     assert first_reads >= 1 and len(reads) == first_reads
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_delivered_claim_compares_one_id_as_a_scalar_and_keeps_its_checks(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One delivered id is claimed by a statement with no array parameter (an ``= ANY``
+    array costs PostgreSQL a fresh plan at each run) and literal states; one id or several,
+    the claim takes only due, plain jobs in the states asked, and says each one's previous
+    state."""
+    import psycopg
+
+    app = make_app()
+    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq.callback("f")(lambda: None)
+    sent: list[tuple[str, dict[str, Any]]] = []
+    execute = psycopg.Cursor.execute
+
+    def recorded(cursor: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+        if isinstance(params, dict) and "cd_ids" in params:
+            sent.append((str(query), params))
+        return execute(cursor, query, params, **kw)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recorded)
+    with app.app_context():
+        store: Store = bgq._state().store
+        ready, failed, unique, other_state, later = (
+            bgq.publish("f"),
+            bgq.publish("f"),
+            bgq.publish("f", identifier="u", is_unique=True),
+            bgq.publish("f"),
+            bgq.publish("f", available_at=timedelta(hours=1)),
+        )
+        t = store.table
+        with store.engine.begin() as conn:
+            conn.execute(
+                t.update().where(t.c.id == failed).values(state=JobState.TEMPORARILY_FAILED)
+            )
+            conn.execute(t.update().where(t.c.id == other_state).values(state=JobState.FINISHED))
+        claim = {"callbacks": ["f"], "pid": 1, "hostname": "h", "states": RUNNABLE_STATES}
+        one = store.claim_delivered(now=utcnow(), job_ids=[ready], **claim)
+        several = store.claim_delivered(
+            now=utcnow(), job_ids=[failed, unique, other_state, later], **claim
+        )
+    assert one is not None and several is not None
+    assert [(c.job.id, c.job.state, c.previous_state) for c in one] == [
+        (ready, JobState.PROCESSING, JobState.READY)
+    ]
+    assert [(c.job.id, c.job.state, c.previous_state) for c in several] == [
+        (failed, JobState.PROCESSING, JobState.TEMPORARILY_FAILED)
+    ]
+    (one_sql, one_params), (several_sql, several_params) = sent
+    assert one_params["cd_ids"] == ready and not any(
+        isinstance(v, list) for k, v in one_params.items() if k != "cd_callbacks"
+    )
+    assert several_params["cd_ids"] == [failed, unique, other_state, later]
+    states = ", ".join(str(int(s)) for s in RUNNABLE_STATES)
+    assert f"IN ({states})" in one_sql and f"IN ({states})" in several_sql

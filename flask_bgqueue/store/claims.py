@@ -26,8 +26,8 @@ class Claims(Limiting):
     def __init__(self, engine: sa.Engine, table_name: str, queue: str) -> None:
         super().__init__(engine, table_name, queue)
         self._claim_cache: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-        # built by claim_delivered() on first use
-        self._claim_delivered: Prepared | None = None
+        # built by claim_delivered() on first use: (one id?, states) -> statement
+        self._claim_delivered: dict[tuple[bool, tuple[int, ...]], Prepared] = {}
         self._group_lock_prefix = f"bgq:{table_name}:"
 
     def ensure_statistics(self) -> bool:
@@ -201,35 +201,41 @@ class Claims(Limiting):
         """
         if not self.dialect.claims_delivered_in_one_statement:
             return None
-        if self._claim_delivered is None:
-            self._claim_delivered = self.driver.prepare(
-                self._claim_delivered_statement(),
-                ("cd_ids", "cd_states", "cd_callbacks", "cd_now", "cd_pid", "cd_hostname"),
+        one = len(job_ids) == 1
+        key = (one, tuple(int(s) for s in states))
+        prepared = self._claim_delivered.get(key)
+        if prepared is None:
+            prepared = self._claim_delivered[key] = self.driver.prepare(
+                self._claim_delivered_statement(one, states),
+                ("cd_ids", "cd_callbacks", "cd_now", "cd_pid", "cd_hostname"),
             )
         params = {
-            "cd_ids": list(job_ids),
-            "cd_states": [int(s) for s in states],
+            "cd_ids": job_ids[0] if one else list(job_ids),
             "cd_callbacks": list(callbacks),
             "cd_now": now,
             "cd_pid": pid,
             "cd_hostname": hostname,
         }
         # One statement: it commits by itself (autocommit), without a COMMIT round trip.
-        rows = self.driver.execute_one(self._claim_delivered, params)
+        rows = self.driver.execute_one(prepared, params)
         return [Claim(Job.from_mapping(m), JobState(m["bgq_previous_state"])) for m in rows]
 
-    def _claim_delivered_statement(self) -> Any:
+    def _claim_delivered_statement(self, one: bool, states: Sequence[JobState]) -> Any:
+        """The delivered-job claim; one id is compared as a scalar and the states are
+        literals: ``= ANY(array)`` parameters cost the server a fresh plan at each run
+        (about 0.05 ms of a one-job claim here, paired runs)."""
         from sqlalchemy.dialects import postgresql
 
         t = self.table
         now = sa.bindparam("cd_now", type_=t.c.available_at.type)
+        ids = sa.bindparam("cd_ids", type_=postgresql.ARRAY(sa.BigInteger))
         old = (
             sa.select(t.c.id, t.c.state.label("bgq_previous_state"))
             .where(
-                t.c.id
-                == sa.func.any(sa.bindparam("cd_ids", type_=postgresql.ARRAY(sa.BigInteger))),
-                t.c.state
-                == sa.func.any(sa.bindparam("cd_states", type_=postgresql.ARRAY(sa.SmallInteger))),
+                t.c.id == sa.bindparam("cd_ids", type_=sa.BigInteger)
+                if one
+                else t.c.id == sa.func.any(ids),
+                t.c.state.in_([sa.literal_column(str(int(s))) for s in states]),
                 t.c.callback_name
                 == sa.func.any(sa.bindparam("cd_callbacks", type_=postgresql.ARRAY(sa.String))),
                 self.in_queue,
