@@ -195,9 +195,9 @@ class Claims(Limiting):
         The broker's hot path: the jobs of ``job_ids`` that are due, in ``states``, of a
         known callback, without a serial group and not unique, move to ``PROCESSING`` in
         one ``UPDATE ... RETURNING`` (its ``SELECT ... FOR UPDATE SKIP LOCKED`` in a CTE,
-        so the previous state comes back too), a statement built once. The others are
-        left as they are for :meth:`claim`, which checks groups and twins. ``None`` on the
-        other databases: use :meth:`claim`.
+        so the previous state comes back too), built once for one id and once for several.
+        The others are left as they are for :meth:`claim`, which checks groups and twins.
+        ``None`` on the other databases: use :meth:`claim`.
         """
         if not self.dialect.claims_delivered_in_one_statement:
             return None
