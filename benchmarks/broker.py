@@ -797,7 +797,7 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
     }
     log(f"[latency]     p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
     if floor:
-        above = [lib - plain for lib, plain in zip(from_call, floor, strict=True)]
+        above = [lib - bare for lib, bare in zip(from_call, floor, strict=True)]
         figures["plain_floor"] = {
             "p50_ms": ms(percentile(floor, 50)),
             "p99_ms": ms(percentile(floor, 99)),

@@ -299,15 +299,15 @@ def test_a_one_statement_claim_learns_its_column_names_once(
 def test_the_delivered_claim_compares_one_id_as_a_scalar_and_keeps_its_checks(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One delivered id is claimed by a statement with no array parameter (an ``= ANY``
-    array costs PostgreSQL a fresh plan at each run) and literal states; one id or several,
-    the claim takes only due, plain jobs in the states asked, and says each one's previous
-    state."""
+    """One delivered id is claimed by a statement with no array parameter and literal
+    states; one id or several, the claim takes only due, plain jobs of the callbacks and in
+    the states asked, and says each one's previous state."""
     import psycopg
 
     app = make_app()
     bgq = app.bgq  # type: ignore[attr-defined]
     bgq.callback("f")(lambda: None)
+    bgq.callback("g")(lambda: None)
     sent: list[tuple[str, dict[str, Any]]] = []
     execute = psycopg.Cursor.execute
 
@@ -319,12 +319,13 @@ def test_the_delivered_claim_compares_one_id_as_a_scalar_and_keeps_its_checks(
     monkeypatch.setattr(psycopg.Cursor, "execute", recorded)
     with app.app_context():
         store: Store = bgq._state().store
-        ready, failed, unique, other_state, later = (
+        ready, failed, unique, other_state, later, other_callback = (
             bgq.publish("f"),
             bgq.publish("f"),
             bgq.publish("f", identifier="u", is_unique=True),
             bgq.publish("f"),
             bgq.publish("f", available_at=timedelta(hours=1)),
+            bgq.publish("g"),
         )
         t = store.table
         with store.engine.begin() as conn:
@@ -333,10 +334,11 @@ def test_the_delivered_claim_compares_one_id_as_a_scalar_and_keeps_its_checks(
             )
             conn.execute(t.update().where(t.c.id == other_state).values(state=JobState.FINISHED))
         claim = {"callbacks": ["f"], "pid": 1, "hostname": "h", "states": RUNNABLE_STATES}
+        passed_over = [unique, other_state, later, other_callback]
+        alone = {i: store.claim_delivered(now=utcnow(), job_ids=[i], **claim) for i in passed_over}
         one = store.claim_delivered(now=utcnow(), job_ids=[ready], **claim)
-        several = store.claim_delivered(
-            now=utcnow(), job_ids=[failed, unique, other_state, later], **claim
-        )
+        several = store.claim_delivered(now=utcnow(), job_ids=[failed, *passed_over], **claim)
+    assert alone == {i: [] for i in passed_over}
     assert one is not None and several is not None
     assert [(c.job.id, c.job.state, c.previous_state) for c in one] == [
         (ready, JobState.PROCESSING, JobState.READY)
@@ -344,10 +346,11 @@ def test_the_delivered_claim_compares_one_id_as_a_scalar_and_keeps_its_checks(
     assert [(c.job.id, c.job.state, c.previous_state) for c in several] == [
         (failed, JobState.PROCESSING, JobState.TEMPORARILY_FAILED)
     ]
-    (one_sql, one_params), (several_sql, several_params) = sent
-    assert one_params["cd_ids"] == ready and not any(
-        isinstance(v, list) for k, v in one_params.items() if k != "cd_callbacks"
-    )
-    assert several_params["cd_ids"] == [failed, unique, other_state, later]
     states = ", ".join(str(int(s)) for s in RUNNABLE_STATES)
-    assert f"IN ({states})" in one_sql and f"IN ({states})" in several_sql
+    assert len(sent) == len(passed_over) + 2
+    for (sql, params), job_id in zip(sent, [*passed_over, ready], strict=False):
+        assert params["cd_ids"] == job_id and f"IN ({states})" in sql
+        assert not any(isinstance(v, list) for k, v in params.items() if k != "cd_callbacks")
+    several_sql, several_params = sent[-1]
+    assert several_params["cd_ids"] == [failed, *passed_over]
+    assert f"IN ({states})" in several_sql

@@ -38,7 +38,7 @@ import pika.exceptions
 
 from .base import Broker, BrokerConnectionLost, BrokerError, Consumer, Delivery
 from .nodes import connect, describe, explain
-from .pipeline import Item, PipelinedPublisher
+from .pipeline import Declarations, Item, PipelinedPublisher
 from .settings import mask
 
 log = logging.getLogger("flask_bgqueue.broker")
@@ -83,20 +83,17 @@ class _Channel:
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
         self.arguments_for = broker.arguments_for
+        self.route = broker._route
         self.declared: set[str] = set()
 
-    def declare(self, name: str, queue: str, extra: dict[str, Any] | None = None) -> None:
+    def declare(self, name: str, queue: str) -> None:
         """Declare ``name``, one of job queue ``queue``'s RabbitMQ queues."""
-        if name not in self.declared:
-            self.channel.queue_declare(
-                name, durable=True, arguments={**self.arguments_for(queue), **(extra or {})}
-            )
-            self.declared.add(name)
+        self._declare(name, self.arguments_for(queue))
 
-    def declare_work(self, queue: str, priority: int) -> str:
-        name = work_queue(queue, priority)
-        self.declare(name, queue)
-        return name
+    def _declare(self, name: str, arguments: dict[str, Any]) -> None:
+        if name not in self.declared:
+            self.channel.queue_declare(name, durable=True, arguments=arguments)
+            self.declared.add(name)
 
     def send(self, routing_key: str, body: bytes, headers: dict[str, Any] | None = None) -> None:
         self.channel.basic_publish(
@@ -108,14 +105,11 @@ class _Channel:
         )
 
     def publish_job(self, queue: str, priority: int, job_id: int, delay_ms: int) -> None:
-        target = self.declare_work(queue, priority)
-        tier = tier_for(delay_ms)
-        if tier is None:
-            self.send(target, str(job_id).encode())
-            return
-        name = delay_queue(queue, priority, tier)
-        self.declare(name, queue, delay_arguments(tier, target))
-        self.send(name, str(job_id).encode())
+        """Send a job's id as the publisher thread would (see :meth:`AmqpBroker._route`)."""
+        declarations, routing_key = self.route(queue, priority, tier_for(delay_ms))
+        for name, arguments in declarations:
+            self._declare(name, dict(arguments))
+        self.send(routing_key, str(job_id).encode())
 
     def close(self) -> None:
         try:
@@ -146,7 +140,7 @@ class AmqpBroker(Broker):
         self._publisher: PipelinedPublisher | None = None
         self._publisher_lock = threading.Lock()
         # (queue, priority, delay tier) -> what an announced id of it needs (see _route)
-        self._routes: dict[tuple[str, int, int | None], tuple[Any, str]] = {}
+        self._routes: dict[tuple[str, int, int | None], tuple[Declarations, str]] = {}
 
     @property
     def url(self) -> str:
@@ -215,7 +209,7 @@ class AmqpBroker(Broker):
                     atexit.register(publisher.close)  # confirms in flight at exit
         publisher.submit(items)
 
-    def _route(self, queue: str, priority: int, tier: int | None) -> tuple[Any, str]:
+    def _route(self, queue: str, priority: int, tier: int | None) -> tuple[Declarations, str]:
         """The queues to declare first and the routing key of an id of ``queue`` and
         ``priority`` delayed by ``tier`` ms (``None``: not delayed); built once for each."""
         key = (queue, priority, tier)
@@ -311,7 +305,7 @@ class AmqpConsumer(Consumer):
         try:
             with _connection_lost():
                 for p in priorities:
-                    self.ch.declare_work(queue, p)
+                    self.ch.declare(work_queue(queue, p), queue)
                 self._subscribe(1)
                 self.ch.declare(control_queue(queue), queue)
                 self.ch.channel.basic_consume(control_queue(queue), self._on_control)

@@ -60,8 +60,10 @@ COALESCE_SECONDS = 0.01
 #: thread's wake-up, which takes about 0.1 ms on an idle machine.
 HANDOVER_SECONDS = 0.005
 
-#: (queues to declare first: [(name, arguments)], routing key, job id)
-Item = tuple[tuple[tuple[str, tuple[tuple[str, Any], ...]], ...], str, int]
+#: Queues to declare before sending: ((name, arguments as (key, value) pairs), ...)
+Declarations = tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+#: (queues to declare first, routing key, job id)
+Item = tuple[Declarations, str, int]
 OnFailed = Callable[[list[int], str], None]
 
 

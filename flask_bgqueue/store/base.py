@@ -23,6 +23,13 @@ class Claim:
     previous_state: JobState
 
 
+def state_in(column: Any, states: Sequence[JobState]) -> Any:
+    """``column IN (...)`` with the states written into the SQL as literals: PostgreSQL uses
+    the partial index ix_<table>_claim only when it can see that the query's states fall
+    inside the index's. Statements compiled once to text keep them too."""
+    return column.in_([sa.literal_column(str(int(s))) for s in states])
+
+
 #: Jobs an operator's action (retry, cancel) changes per transaction.
 ACTION_BATCH = 500
 

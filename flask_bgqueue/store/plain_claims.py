@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..models import RUNNABLE_STATES, Job, JobState
-from .base import Claim, StoreBase
+from .base import Claim, StoreBase, state_in
 from .driver import Prepared
 
 
@@ -85,8 +85,7 @@ class PlainClaims(StoreBase):
         t = self.table
         now = sa.bindparam("cp_now", type_=t.c.available_at.type)
         where = [
-            # literal states: the partial claim index applies only when the planner sees them
-            t.c.state.in_([sa.literal_column(str(int(s))) for s in states]),
+            state_in(t.c.state, states),
             self.in_queue,
             t.c.callback_name
             == sa.func.any(sa.bindparam("cp_callbacks", type_=postgresql.ARRAY(sa.String))),
