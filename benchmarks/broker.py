@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -503,7 +503,7 @@ def drain_bgq(run: Run, n: int, procs: int, broker: bool) -> dict[str, Any]:
     first, last = check_finished(table, n)
     to_finished = (last - started_wall).total_seconds()
     after_claim = (last - first).total_seconds()
-    figures = {
+    figures: dict[str, Any] = {
         "jobs_per_s": round(n / to_finished),
         "seconds": round(to_finished, 3),
         "jobs_per_s_after_first_claim": round(n / after_claim),
@@ -571,7 +571,7 @@ def drain_plain(run: Run, n: int, procs: int) -> dict[str, Any]:
     if sum(counts) != n:
         raise AssertionError(f"plain consumers report {counts}, expected {n} in all")
     to_last = max(t for _, t in reports) - started
-    figures = {
+    figures: dict[str, Any] = {
         "jobs_per_s": round(n / to_last),
         "seconds": round(to_last, 3),
         "jobs_per_s_until_exit": round(n / until_exit),
@@ -606,7 +606,8 @@ def bench_drain(run: Run, n: int, procs_list: list[int]) -> dict[str, Any]:
 
 def plain_latency_consumer(queue: str, table: str, stamp: tuple[str, int], ready: Any) -> None:
     """The floor's consumer: per message, claim the row (one autocommit ``UPDATE``), ack,
-    take ``time.time()`` and send it by UDP, then mark the row finished."""
+    take ``time.time()`` and send it by UDP (with when the message came and how long the
+    claim took), then mark the row finished."""
     engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
     raw: Any = engine.raw_connection()
     raw.driver_connection.autocommit = True
@@ -624,18 +625,21 @@ def plain_latency_consumer(queue: str, table: str, stamp: tuple[str, int], ready
     channel.basic_qos(prefetch_count=1)
 
     def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        received = time.time()
         if body == b"stop":
             ch.basic_ack(method.delivery_tag)
             ch.stop_consuming()
             return
         job_id = int(body)
         now = utcnow()
+        before_claim = time.perf_counter()
         cur.execute(claim, (now, now, now, pid, host, job_id))
         claimed = cur.fetchone() is not None
+        claim_seconds = time.perf_counter() - before_claim
         ch.basic_ack(method.delivery_tag)
         if claimed:
             started = time.time()
-            sock.sendto(f"{job_id} {started!r}".encode(), stamp)
+            sock.sendto(f"{job_id} {started!r} {received!r} {claim_seconds!r}".encode(), stamp)
             cur.execute(finish, (utcnow(), job_id))
 
     channel.basic_consume(queue, on_message)
@@ -646,18 +650,27 @@ def plain_latency_consumer(queue: str, table: str, stamp: tuple[str, int], ready
     engine.dispose()
 
 
+class FloorJob(NamedTuple):
+    """One job of the latency floor, in seconds: publish -> start, and three of its steps."""
+
+    total: float
+    insert: float  #: the autocommit INSERT (the row's commit)
+    hop: float  #: from the INSERT's return to the consumer's receipt: RabbitMQ's trip
+    claim: float  #: the consumer's autocommit UPDATE (the claim's commit)
+
+
 @contextlib.contextmanager
-def latency_floor(run: Run) -> Iterator[Callable[[int], float]]:
+def latency_floor(run: Run) -> Iterator[Callable[[int], FloorJob]]:
     """The least a job queue that keeps jobs in PostgreSQL and wakes consumers through
     RabbitMQ must do between publish and start, with no library: the job row committed
     (``INSERT ... RETURNING id`` in autocommit, one round trip), its id published
     (persistent, confirmed, durable queue), received by a consumer in another process,
     claimed by a committed ``UPDATE`` (autocommit), acknowledged; then the start time.
 
-    Yields ``one(seq)``: one such job, its publish -> start in seconds. ``bench_latency``
-    runs it between the library's jobs, so that both see the machine in the same state (an
-    idle virtual machine wakes its processes slowly, and how slowly changes within
-    minutes)."""
+    Yields ``one(seq)``: one such job, as :class:`FloorJob` (publish -> start and its
+    steps, in seconds). ``bench_latency`` runs it between the library's jobs, so that both
+    see the machine in the same state (an idle virtual machine wakes its processes slowly,
+    and how slowly changes within minutes)."""
     table, queue = run.table(), run.amqp_queue("latfloor")
     engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
     schema.upgrade(engine, table)  # the library's own table: same columns and indexes
@@ -683,17 +696,23 @@ def latency_floor(run: Run) -> Iterator[Callable[[int], float]]:
         f" VALUES (%s, %s, %s, %s, 1, %s, %s, %s, 0, false) RETURNING id"
     )
 
-    def one(seq: int) -> float:
+    def one(seq: int) -> FloorJob:
         t_call = time.time()
         now = utcnow()
         cur.execute(insert, ("floor", PRIORITY, "stamp", json.dumps({"seq": seq}), now, now, now))
         job_id = cur.fetchone()[0]
+        inserted = time.time()
         channel.basic_publish("", queue, str(job_id).encode(), props)
         sock.settimeout(10)
         while True:
-            got, started = sock.recv(100).decode().split()
+            got, started, received, claim = sock.recv(200).decode().split()
             if int(got) == job_id:
-                return float(started) - t_call
+                return FloorJob(
+                    total=float(started) - t_call,
+                    insert=inserted - t_call,
+                    hop=float(received) - inserted,
+                    claim=float(claim),
+                )
 
     try:
         if not ready.wait(60):
@@ -744,7 +763,7 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
             if int(got) == seq:
                 return t_call, t_return, float(started)
 
-    floor: list[float] = []
+    floor: list[FloorJob] = []
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(app.app_context())
@@ -781,7 +800,7 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
     to_claim = [claimed_at[j] - (s - d) for j, s, d in zip(job_ids, starts, from_call, strict=True)]
     claim_to_start = [s - claimed_at[j] for j, s in zip(job_ids, starts, strict=True)]
     target = TARGETS[f"latency_p50_ms_{kind}_max"]
-    figures = {
+    figures: dict[str, Any] = {
         "p50_ms": ms(percentile(from_call, 50)),
         "p99_ms": ms(percentile(from_call, 99)),
         "mean_ms": ms(sum(from_call) / n),
@@ -797,16 +816,23 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
     }
     log(f"[latency]     p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
     if floor:
-        above = [lib - bare for lib, bare in zip(from_call, floor, strict=True)]
+        totals = [job.total for job in floor]
+        above = [lib - bare for lib, bare in zip(from_call, totals, strict=True)]
         figures["plain_floor"] = {
-            "p50_ms": ms(percentile(floor, 50)),
-            "p99_ms": ms(percentile(floor, 99)),
+            "p50_ms": ms(percentile(totals, 50)),
+            "p99_ms": ms(percentile(totals, 99)),
             # each library job next to the floor's job that followed it
             "library_minus_floor_p50_ms": ms(percentile(above, 50)),
+            # where the floor's own time goes: two commits and RabbitMQ's trip
+            "insert_commit_p50_ms": ms(percentile([job.insert for job in floor], 50)),
+            "rabbitmq_hop_p50_ms": ms(percentile([job.hop for job in floor], 50)),
+            "claim_commit_p50_ms": ms(percentile([job.claim for job in floor], 50)),
         }
+        f = figures["plain_floor"]
         log(
-            f"[latency]     floor p50 {figures['plain_floor']['p50_ms']} ms; library - floor,"
-            f" job by job: p50 {figures['plain_floor']['library_minus_floor_p50_ms']} ms"
+            f"[latency]     floor p50 {f['p50_ms']} ms (INSERT {f['insert_commit_p50_ms']},"
+            f" RabbitMQ {f['rabbitmq_hop_p50_ms']}, claim {f['claim_commit_p50_ms']});"
+            f" library - floor, job by job: p50 {f['library_minus_floor_p50_ms']} ms"
         )
     return figures
 
