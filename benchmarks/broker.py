@@ -818,7 +818,7 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
     if floor:
         totals = [job.total for job in floor]
         above = [lib - bare for lib, bare in zip(from_call, totals, strict=True)]
-        figures["plain_floor"] = {
+        f = figures["plain_floor"] = {
             "p50_ms": ms(percentile(totals, 50)),
             "p99_ms": ms(percentile(totals, 99)),
             # each library job next to the floor's job that followed it
@@ -828,7 +828,6 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
             "rabbitmq_hop_p50_ms": ms(percentile([job.hop for job in floor], 50)),
             "claim_commit_p50_ms": ms(percentile([job.claim for job in floor], 50)),
         }
-        f = figures["plain_floor"]
         log(
             f"[latency]     floor p50 {f['p50_ms']} ms (INSERT {f['insert_commit_p50_ms']},"
             f" RabbitMQ {f['rabbitmq_hop_p50_ms']}, claim {f['claim_commit_p50_ms']});"
