@@ -30,9 +30,21 @@ def _record(line: str, file: str = "record.txt") -> None:
 
 
 @bgq.callback("record")
-def record(group: str, name: str, pause: float = 0.0) -> None:
-    """Write "group name start end pid" so tests can check order and overlap."""
+def record(group: str, name: str, pause: float = 0.0, meet: int = 0) -> None:
+    """Write "group name start end pid" so tests can check order and overlap.
+
+    Every run first writes its pid to ``starts.txt``; with ``meet`` set, the run then waits
+    (30 s at most) until that many processes have started a ``record`` job, so a test of
+    several workers shares its work however late the others start.
+    """
     start = time.time()
+    _record(str(os.getpid()), "starts.txt")
+    starts = os.path.join(os.environ["PROCAPP_DIR"], "starts.txt")
+    while meet and time.time() < start + 30:
+        with open(starts) as f:
+            if len(set(f.read().split())) >= meet:
+                break
+        time.sleep(0.02)
     time.sleep(pause)
     _record(f"{group} {name} {start:.6f} {time.time():.6f} {os.getpid()}")
 

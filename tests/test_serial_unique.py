@@ -136,7 +136,9 @@ def test_four_processes_never_overlap_within_a_group_and_keep_its_order(procs: P
         with bgq.bulk():
             publish_serial_groups(bgq, groups, pause=0.01)  # interleaved
             for n in range(40):  # jobs without a group run in between
-                bgq.publish("record", {"group": "free", "name": str(n)})
+                # each waits until two workers have started a job: however late the
+                # others start, the first cannot take every job alone
+                bgq.publish("record", {"group": "free", "name": str(n), "meet": 2})
         for _round in range(20):
             workers = [procs.start("sweep") for _ in range(4)]
             for w in workers:
