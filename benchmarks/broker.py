@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -330,9 +330,35 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     return spent
 
 
-def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict[str, Any]:
+#: The publish section's loops: one by one, then in bulk (``--publish-loops``).
+ONE_BY_ONE_LOOPS = (
+    "bgq_publish",
+    "bgq_publish_wait_for_confirm",
+    "bgq_publish_brokerless",
+    "plain_pika",
+    "plain_pika_plus_insert",
+)
+BULK_LOOPS = ("bgq_bulk", "bgq_bulk_brokerless")
+#: ratio key -> (numerator loop, denominator loop): the second's time over the first's
+RATIOS = {
+    "ratio_bgq_to_plain_pika": ("plain_pika", "bgq_publish"),
+    "ratio_bgq_to_plain_pika_plus_insert": ("plain_pika_plus_insert", "bgq_publish"),
+    "ratio_bgq_to_brokerless": ("bgq_publish_brokerless", "bgq_publish"),
+    "ratio_bulk_to_brokerless_bulk": ("bgq_bulk_brokerless", "bgq_bulk"),
+}
+
+
+def bench_publish(
+    run: Run,
+    n: int,
+    rounds: int = 10,
+    warmup: int = 200,
+    only: Sequence[str] = ONE_BY_ONE_LOOPS + BULK_LOOPS,
+) -> dict[str, Any]:
     """bgq.publish (broker mode, pipelined and waiting for each confirm; broker-less) vs.
-    plain pika vs. plain pika + INSERT, one by one; then in bulk; interleaved."""
+    plain pika vs. plain pika + INSERT, one by one; then in bulk; interleaved. ``only``:
+    the loops to run (the others leave the server load they would add out of the run);
+    a ratio is given when both its loops ran."""
     queue = run.queue("pub")
     app = open_app(run.env(run.table(), queue, broker=True))
     wait_config = json.dumps(
@@ -421,10 +447,14 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
         "bgq_bulk": publisher(app, bulk=True),
         "bgq_bulk_brokerless": publisher(plain_app, bulk=True),
     }
+    one_by_one = {name: loop for name, loop in one_by_one.items() if name in only}
+    bulk = {name: loop for name, loop in bulk.items() if name in only}
     spent = dict.fromkeys([*one_by_one, *bulk], 0.0)
     cpu: dict[str, dict[str, float]] = {name: {} for name in spent}
     try:
         for group, loops, size in (("one by one", one_by_one, n), ("bulk", bulk, n * 5)):
+            if not loops:
+                continue
             log(f"[publish] {group}: warm-up: {warmup} of each")
             for loop in loops.values():
                 loop(warmup)
@@ -463,16 +493,9 @@ def bench_publish(run: Run, n: int, rounds: int = 10, warmup: int = 200) -> dict
         }
         for name, s in spent.items()
     }
-    result["ratio_bgq_to_plain_pika"] = round(spent["plain_pika"] / spent["bgq_publish"], 3)
-    result["ratio_bgq_to_plain_pika_plus_insert"] = round(
-        spent["plain_pika_plus_insert"] / spent["bgq_publish"], 3
-    )
-    result["ratio_bgq_to_brokerless"] = round(
-        spent["bgq_publish_brokerless"] / spent["bgq_publish"], 3
-    )
-    result["ratio_bulk_to_brokerless_bulk"] = round(
-        spent["bgq_bulk_brokerless"] / spent["bgq_bulk"], 3
-    )
+    for key, (numerator, denominator) in RATIOS.items():
+        if numerator in spent and denominator in spent:
+            result[key] = round(spent[numerator] / spent[denominator], 3)
     return result
 
 
@@ -918,7 +941,19 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=200, help="latency jobs (200)")
     parser.add_argument("--memory-jobs", type=int, default=100000, help="memory jobs (100000)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=",".join(SECTIONS))
+    loops = ONE_BY_ONE_LOOPS + BULK_LOOPS
+    parser.add_argument(
+        "--publish-loops",
+        default=",".join(loops),
+        help=f"the publish section's loops (all): {','.join(loops)}",
+    )
     args = parser.parse_args()
+    only = [s.strip() for s in args.publish_loops.split(",") if s.strip()]
+    if not only or set(only) - set(loops):
+        parser.error(
+            f"unknown or no --publish-loops {sorted(set(only) - set(loops))}; choose from"
+            f" {', '.join(loops)}"
+        )
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -940,7 +975,7 @@ def main() -> None:
         log(f"run {run.id}: queues bb{run.id}_*, temp folder {tmp}")
         try:
             if "publish" in sections:
-                out["publish"] = bench_publish(run, args.jobs)
+                out["publish"] = bench_publish(run, args.jobs, only=only)
             if "drain" in sections:
                 out["drain"] = bench_drain(run, args.jobs, procs_list)
             if "latency" in sections:

@@ -54,3 +54,25 @@ def test_the_readme_says_how_to_get_the_venv_without_running_the_tests() -> None
     for script in ("publish.py", "drain.py", "broker.py", "dashboard.py"):
         assert f"benchmarks/{script}" in readme, script
     assert "bgqueue_test" not in (BENCH / "common.py").read_text().split("TEST_DATABASES")[0]
+
+
+def test_broker_py_refuses_an_unknown_publish_loop_and_names_the_known_ones() -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BGQUEUE_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "broker.py",
+            "--sections",
+            "publish",
+            "--publish-loops",
+            "bgq_publish,nope",
+        ],
+        cwd=BENCH,
+        env={**clean, "PYTHONPATH": f"{BENCH}{os.pathsep}{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert "unknown or no --publish-loops ['nope']" in result.stderr
+    assert "bgq_publish_brokerless" in result.stderr  # what to choose from
