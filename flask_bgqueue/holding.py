@@ -44,6 +44,7 @@ class Heartbeat(threading.Thread):
             return list(self.held.values())
 
     def run(self) -> None:
+        failing = False  # the database's error is said once, not at every beat
         while not self._stop_event.wait(self.interval):
             with self._lock:
                 claims = list(self.held.values())
@@ -51,8 +52,16 @@ class Heartbeat(threading.Thread):
                 self.store.heartbeat(claims, utcnow())
                 if claims:
                     note_cancel_requested(self.store.cancel_requested([c.job.id for c in claims]))
-            except Exception:  # a database hiccup: the next beat tries again
-                self.logger.exception("bgqueue heartbeat failed")
+            except Exception as exc:  # the next beat tries again
+                if not self.store.is_database_error(exc):
+                    self.logger.exception("bgqueue heartbeat failed")
+                elif not failing:  # a lost database: one line (the worker says more)
+                    failing = True
+                    self.logger.warning(
+                        "bgqueue heartbeat failed: %s; trying again at each beat", one_line(exc)
+                    )
+            else:
+                failing = False
 
     def stop(self) -> None:
         self._stop_event.set()

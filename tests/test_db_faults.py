@@ -9,8 +9,10 @@ fault with a one-line error and exit status 1.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -231,3 +233,49 @@ def test_process_without_its_database_says_so_in_one_line(tmp_path: Path) -> Non
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     shown = env.run("bgq", "--traceback", "process")
     assert "Traceback" in shown.stderr
+
+
+class _BeatStore:
+    """A stand-in store whose heartbeats follow a script: ``None`` succeeds, an exception
+    is raised (the real restart is ``test_a_polling_consumer_rides_out_a_database_restart``)."""
+
+    def __init__(self, script: list[BaseException | None]) -> None:
+        self.script = script
+        self.done = threading.Event()
+
+    def heartbeat(self, claims: Any, now: Any) -> None:
+        if not self.script:
+            self.done.set()
+            return
+        step = self.script.pop(0)
+        if step is not None:
+            raise step
+
+    def is_database_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, sa.exc.DBAPIError)
+
+
+def test_the_heartbeat_says_a_lost_database_once_per_outage_and_a_bug_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flask_bgqueue.holding import Heartbeat
+
+    def lost() -> BaseException:
+        return sa.exc.OperationalError("UPDATE ...", {}, ConnectionError("server closed it"))
+
+    store = _BeatStore([lost(), lost(), lost(), None, lost(), RuntimeError("a bug")])
+    logger = logging.getLogger("tests.heartbeat")
+    heartbeat = Heartbeat(store, 0.005, logger)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="tests.heartbeat"):
+        heartbeat.start()
+        assert store.done.wait(10)
+        heartbeat.stop()
+        heartbeat.join(10)
+    said = [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    once = (
+        logging.WARNING,
+        "bgqueue heartbeat failed: ConnectionError: server closed it; trying again at each beat",
+        False,
+    )
+    assert said[:2] == [once, once]  # one line per outage, without a traceback
+    assert said[2:] == [(logging.ERROR, "bgqueue heartbeat failed", True)]  # a bug: traced
