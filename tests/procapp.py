@@ -246,9 +246,17 @@ def create_app() -> Flask:
     @app.cli.command("publish-counted")
     @click.argument("count", type=int)
     @click.option("--pause", type=float, default=0.0, help="seconds between publishes")
-    def publish_counted(count: int, pause: float) -> None:
-        """Publish ``count`` counted jobs one by one, as a web app would."""
-        for _ in range(count):
+    @click.option("--wait-for", default="", help="a file of PROCAPP_DIR to wait for ...")
+    @click.option("--at", type=int, default=0, help="... before the job of this number")
+    def publish_counted(count: int, pause: float, wait_for: str, at: int) -> None:
+        """Publish ``count`` counted jobs one by one, as a web app would; with
+        ``--wait-for``, wait (120 s at most) before job ``--at`` until that file exists."""
+        gate = os.path.join(os.environ["PROCAPP_DIR"], wait_for)
+        for n in range(count):
+            if wait_for and n == at:
+                deadline = time.time() + 120
+                while not os.path.exists(gate) and time.time() < deadline:
+                    time.sleep(0.01)
             bgq.publish("counted")
             if pause:
                 time.sleep(pause)

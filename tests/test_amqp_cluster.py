@@ -200,8 +200,18 @@ def test_a_publisher_moves_to_another_node_and_no_job_is_lost(
     table = cluster.env["PROCAPP_TABLE"]
 
     consumer = start_consumer(cluster, 2, 3, 1)  # on bgq2 throughout
-    # on bgq1 first; paced so that stopping a node (a second or two) lands mid-stream
-    publisher = cluster.start("publish-counted", str(JOBS), "--pause", "0.0005")
+    # on bgq1 first; paced so that stopping a node (a second or two) lands mid-stream, and
+    # its last tenth waits until the node has stopped (however slow the stop)
+    publisher = cluster.start(
+        "publish-counted",
+        str(JOBS),
+        "--pause",
+        "0.0005",
+        "--wait-for",
+        "node-stopped",
+        "--at",
+        str(JOBS - JOBS // 10),
+    )
     try:
         wait_for(lambda: sum(states(engine, table).values()) >= JOBS // 10, 120, "publishes")
         node("stop-node", 1)
@@ -209,6 +219,7 @@ def test_a_publisher_moves_to_another_node_and_no_job_is_lost(
             published_at_stop = sum(states(engine, table).values())
             last_id_at_stop = max(attempts(engine, table))
             publishing = publisher.poll() is None
+            (cluster.dir / "node-stopped").touch()
             _out, err = publisher.communicate(timeout=300)
         finally:
             node("start-node", 1)
