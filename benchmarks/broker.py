@@ -339,7 +339,7 @@ ONE_BY_ONE_LOOPS = (
     "plain_pika_plus_insert",
 )
 BULK_LOOPS = ("bgq_bulk", "bgq_bulk_brokerless")
-#: ratio key -> (numerator loop, denominator loop): the second's time over the first's
+#: ratio key -> (loop a, loop b): a's time over b's, i.e. b's throughput as a share of a's
 RATIOS = {
     "ratio_bgq_to_plain_pika": ("plain_pika", "bgq_publish"),
     "ratio_bgq_to_plain_pika_plus_insert": ("plain_pika_plus_insert", "bgq_publish"),
@@ -447,6 +447,7 @@ def bench_publish(
         "bgq_bulk": publisher(app, bulk=True),
         "bgq_bulk_brokerless": publisher(plain_app, bulk=True),
     }
+    assert (tuple(one_by_one), tuple(bulk)) == (ONE_BY_ONE_LOOPS, BULK_LOOPS)  # the names
     one_by_one = {name: loop for name, loop in one_by_one.items() if name in only}
     bulk = {name: loop for name, loop in bulk.items() if name in only}
     spent = dict.fromkeys([*one_by_one, *bulk], 0.0)
@@ -493,9 +494,9 @@ def bench_publish(
         }
         for name, s in spent.items()
     }
-    for key, (numerator, denominator) in RATIOS.items():
-        if numerator in spent and denominator in spent:
-            result[key] = round(spent[numerator] / spent[denominator], 3)
+    for key, (a, b) in RATIOS.items():
+        if a in spent and b in spent:
+            result[key] = round(spent[a] / spent[b], 3)
     return result
 
 
@@ -949,10 +950,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     only = [s.strip() for s in args.publish_loops.split(",") if s.strip()]
-    if not only or set(only) - set(loops):
+    unknown_loops = sorted(set(only) - set(loops))
+    if unknown_loops or not only:
         parser.error(
-            f"unknown or no --publish-loops {sorted(set(only) - set(loops))}; choose from"
-            f" {', '.join(loops)}"
+            f"unknown or no --publish-loops {unknown_loops}; choose from {', '.join(loops)}"
         )
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
