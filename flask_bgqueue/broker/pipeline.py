@@ -41,6 +41,8 @@ from typing import Any
 
 import pika
 import pika.exceptions
+import pika.frame
+import pika.spec
 
 from .nodes import describe
 from .settings import mask
@@ -147,6 +149,7 @@ class _Session:
         self.unconfirmed: dict[int, int] = {}  # delivery tag -> job id
         self.next_tag = 1
         self.declared: set[str] = set()
+        self.heads: dict[tuple[str, int], bytes] = {}  # (routing key, body length) -> frames
         self.waiting: dict[str, list[Item]] = {}  # queue being declared -> items after it
         self.thread = threading.Thread(target=self._run, name="bgqueue-amqp-publisher", daemon=True)
         self.thread.start()
@@ -291,13 +294,41 @@ class _Session:
         tag = self.next_tag
         self.next_tag += 1
         self.unconfirmed[tag] = job_id
-        self.channel.basic_publish(
-            exchange="",
-            routing_key=routing_key,
-            body=str(job_id).encode(),
-            properties=_PROPERTIES,
-            mandatory=True,
-        )
+        body = str(job_id).encode()
+        emit = getattr(self.connection, "_output_marshaled_frames", None)
+        if emit is None or not self.channel.is_open:  # pika's own way (it raises if closed)
+            self.channel.basic_publish(
+                exchange="",
+                routing_key=routing_key,
+                body=body,
+                properties=_PROPERTIES,
+                mandatory=True,
+            )
+        else:
+            emit([self._message(routing_key, body)])
+
+    def _message(self, routing_key: str, body: bytes) -> bytes:
+        """The three frames of one message (method, header, body), as ``basic_publish``
+        marshals them.
+
+        pika builds and marshals the method and the header anew for every message, most of
+        the publisher thread's time per job, and it holds the interpreter lock meanwhile:
+        a batch of ids kept the publishing thread waiting. They differ between this
+        session's messages only by the routing key and the body's length, so each pair is
+        marshaled once (pika's own frame classes); the body frame is made per message.
+        """
+        number = self.channel.channel_number
+        key = (routing_key, len(body))
+        head = self.heads.get(key)
+        if head is None:
+            publish = pika.spec.Basic.Publish(exchange="", routing_key=routing_key, mandatory=True)
+            head = (
+                pika.frame.Method(number, publish).marshal()
+                + pika.frame.Header(number, len(body), _PROPERTIES).marshal()
+            )
+            self.heads[key] = head
+        frame: bytes = pika.frame.Body(number, body).marshal()
+        return head + frame
 
     def _on_declared(self, name: str) -> None:
         self.declared.add(name)
