@@ -1,7 +1,8 @@
 """Broker mode (PostgreSQL + RabbitMQ) next to the broker-less consumer and plain pika loops.
 
     .venv/bin/python benchmarks/broker.py [--jobs 10000] [--procs 1,2] [--latency-jobs 200]
-        [--memory-jobs 100000] [--sections publish,drain,latency,memory] > broker.json
+        [--memory-jobs 100000] [--sections publish,drain,latency,memory]
+        [--publish-loops a,b] [--traffic-rate N] > broker.json
 
 Sections (see BROKER.md for what each figure means):
 
@@ -9,7 +10,10 @@ Sections (see BROKER.md for what each figure means):
              then a confirmed persistent AMQP publish of the id), next to a plain pika loop
              (BlockingConnection, ``confirm_delivery``, one persistent publish per message to
              a durable queue) and the same loop plus a plain ``INSERT ... RETURNING id`` +
-             ``COMMIT`` per message on a raw DBAPI connection (the floor).
+             ``COMMIT`` per message on a raw DBAPI connection (the floor); and broker-less
+             publishing while another process sends persistent messages to RabbitMQ at
+             broker mode's rate of the same round (or ``--traffic-rate`` a second): what
+             RabbitMQ's work alone, outside the publishing process, costs the publisher.
 ``drain``    ``--jobs`` due no-op jobs drained by 1 and 2 ``flask bgq consume -j N``
              subprocesses (the N add up to ``--jobs``): with RabbitMQ, and without a broker
              (table polling + LISTEN/NOTIFY); next to a plain pika consumer (``basic_consume``,
@@ -337,6 +341,7 @@ ONE_BY_ONE_LOOPS = (
     "bgq_publish_brokerless",
     "plain_pika",
     "plain_pika_plus_insert",
+    "bgq_publish_brokerless_beside_traffic",
 )
 BULK_LOOPS = ("bgq_bulk", "bgq_bulk_brokerless")
 #: ratio key -> (loop a, loop b): a's time over b's, i.e. b's throughput as a share of a's
@@ -345,7 +350,78 @@ RATIOS = {
     "ratio_bgq_to_plain_pika_plus_insert": ("plain_pika_plus_insert", "bgq_publish"),
     "ratio_bgq_to_brokerless": ("bgq_publish_brokerless", "bgq_publish"),
     "ratio_bulk_to_brokerless_bulk": ("bgq_bulk_brokerless", "bgq_bulk"),
+    "ratio_brokerless_beside_traffic_to_brokerless": (
+        "bgq_publish_brokerless",
+        "bgq_publish_brokerless_beside_traffic",
+    ),
 }
+
+
+def pika_traffic(queue: str, rate: Any, go: Any, stop: Any, sent: Any) -> None:
+    """Another process's RabbitMQ traffic: persistent messages to a durable queue,
+    ``rate.value`` a second in batches every 10 ms (as the publisher thread sends them),
+    while ``go`` is set; ``sent`` counts them."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True)
+    props = pika.BasicProperties(delivery_mode=2)
+    i = 0
+    while not stop.is_set():
+        if not go.wait(0.1):
+            connection.process_data_events(0)
+            continue
+        t0 = time.monotonic()
+        batch = max(1, round(rate.value / 100))
+        for _ in range(batch):
+            i += 1
+            channel.basic_publish("", queue, str(i).encode(), props, mandatory=True)
+        with sent.get_lock():
+            sent.value += batch
+        time.sleep(max(0.0, 0.01 - (time.monotonic() - t0)))
+    connection.close()
+
+
+class Traffic:
+    """``pika_traffic`` in a process of its own, sending only around the timed slices of
+    the loop it goes with (not during the others' or the warm-up)."""
+
+    def __init__(self, queue: str) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.go, self.stop, self.sent = ctx.Event(), ctx.Event(), ctx.Value("q", 0)
+        self.rate = ctx.Value("q", 0)
+        self.proc = ctx.Process(
+            target=pika_traffic,
+            args=(queue, self.rate, self.go, self.stop, self.sent),
+            daemon=True,
+        )
+        self.proc.start()
+        self.messages = 0
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def sending(self, rate: int) -> Iterator[None]:
+        self.rate.value = rate
+        before = self.sent.value
+        self.go.set()
+        deadline = time.monotonic() + 10
+        while self.sent.value == before:  # its first batch is out: it is sending
+            if time.monotonic() > deadline or not self.proc.is_alive():
+                raise RuntimeError("[publish] the RabbitMQ traffic process does not send")
+            time.sleep(0.001)
+        before = self.sent.value
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.messages += self.sent.value - before
+            self.go.clear()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
 
 
 def bench_publish(
@@ -354,11 +430,14 @@ def bench_publish(
     rounds: int = 10,
     warmup: int = 200,
     only: Sequence[str] = ONE_BY_ONE_LOOPS + BULK_LOOPS,
+    traffic_rate: int | None = None,
 ) -> dict[str, Any]:
     """bgq.publish (broker mode, pipelined and waiting for each confirm; broker-less) vs.
     plain pika vs. plain pika + INSERT, one by one; then in bulk; interleaved. ``only``:
     the loops to run (the others leave the server load they would add out of the run);
-    a ratio is given when both its loops ran."""
+    a ratio is given when both its loops ran. ``traffic_rate``: messages a second that
+    another process sends to RabbitMQ during ``bgq_publish_brokerless_beside_traffic``;
+    ``None``: the rate ``bgq_publish`` reached in the same round (2,500 without it)."""
     queue = run.queue("pub")
     app = open_app(run.env(run.table(), queue, broker=True))
     wait_config = json.dumps(
@@ -442,6 +521,7 @@ def bench_publish(
         "bgq_publish_brokerless": publisher(plain_app),
         "plain_pika": pika_loop,
         "plain_pika_plus_insert": pika_sql_loop,
+        "bgq_publish_brokerless_beside_traffic": publisher(plain_app),
     }
     bulk = {
         "bgq_bulk": publisher(app, bulk=True),
@@ -450,7 +530,12 @@ def bench_publish(
     assert (tuple(one_by_one), tuple(bulk)) == (ONE_BY_ONE_LOOPS, BULK_LOOPS)  # the names
     one_by_one = {name: loop for name, loop in one_by_one.items() if name in only}
     bulk = {name: loop for name, loop in bulk.items() if name in only}
+    traffic = None
+    if "bgq_publish_brokerless_beside_traffic" in one_by_one:
+        traffic = Traffic(run.amqp_queue("traffic"))
+    rates: list[int] = []  # the traffic's rate of each round
     spent = dict.fromkeys([*one_by_one, *bulk], 0.0)
+    this_round: dict[str, float] = {}  # loop -> seconds of its slice in the current round
     cpu: dict[str, dict[str, float]] = {name: {} for name in spent}
     try:
         for group, loops, size in (("one by one", one_by_one, n), ("bulk", bulk, n * 5)):
@@ -463,11 +548,25 @@ def bench_publish(
             for r, k in enumerate(per_round):
                 for name, loop in loops.items():
                     servers = server_pids()  # with the backends the warm-up connected
-                    c0 = cpu_seconds(servers)
-                    t0 = time.perf_counter()
-                    loop(k)
-                    spent[name] += time.perf_counter() - t0
-                    for who, seconds in cpu_seconds(servers).items():
+                    around: Any = contextlib.nullcontext()
+                    if traffic is not None and name == "bgq_publish_brokerless_beside_traffic":
+                        rate = traffic_rate
+                        if rate is None:
+                            rate = (
+                                round(k / this_round["bgq_publish"])
+                                if "bgq_publish" in this_round
+                                else 2500
+                            )
+                        rates.append(rate)
+                        around = traffic.sending(rate)
+                    with around:
+                        c0 = cpu_seconds(servers)
+                        t0 = time.perf_counter()
+                        loop(k)
+                        this_round[name] = time.perf_counter() - t0
+                        spent[name] += this_round[name]
+                        c1 = cpu_seconds(servers)
+                    for who, seconds in c1.items():
                         cpu[name][who] = cpu[name].get(who, 0.0) + seconds - c0[who]
                 log(
                     f"[publish] {group} round {r + 1}/{rounds}: "
@@ -476,6 +575,8 @@ def bench_publish(
                     )
                 )
     finally:
+        if traffic is not None:
+            traffic.close()
         cur.close()
         raw.close()
         connection.close()
@@ -497,6 +598,12 @@ def bench_publish(
     for key, (a, b) in RATIOS.items():
         if a in spent and b in spent:
             result[key] = round(spent[a] / spent[b], 3)
+    if traffic is not None:  # what the other process really sent while the loop ran
+        result["traffic"] = {
+            "rates_asked": rates,
+            "messages": traffic.messages,
+            "messages_per_s": round(traffic.messages / traffic.seconds),
+        }
     return result
 
 
@@ -948,6 +1055,14 @@ def main() -> None:
         default=",".join(loops),
         help=f"the publish section's loops (all): {','.join(loops)}",
     )
+    parser.add_argument(
+        "--traffic-rate",
+        type=int,
+        default=None,
+        help="messages/s another process sends to RabbitMQ during"
+        " bgq_publish_brokerless_beside_traffic (default: bgq_publish's rate of the same"
+        " round, or 2500 when it does not run)",
+    )
     args = parser.parse_args()
     only = [s.strip() for s in args.publish_loops.split(",") if s.strip()]
     unknown_loops = sorted(set(only) - set(loops))
@@ -960,6 +1075,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     procs_list = [int(p) for p in args.procs.split(",") if p.strip()]
+    if args.traffic_rate is not None and args.traffic_rate < 1:
+        parser.error("--traffic-rate must be at least 1 (messages a second)")
     if args.memory_jobs < 10 * 5 and "memory" in sections:
         parser.error("--memory-jobs must be at least 50")
 
@@ -976,7 +1093,9 @@ def main() -> None:
         log(f"run {run.id}: queues bb{run.id}_*, temp folder {tmp}")
         try:
             if "publish" in sections:
-                out["publish"] = bench_publish(run, args.jobs, only=only)
+                out["publish"] = bench_publish(
+                    run, args.jobs, only=only, traffic_rate=args.traffic_rate
+                )
             if "drain" in sections:
                 out["drain"] = bench_drain(run, args.jobs, procs_list)
             if "latency" in sections:

@@ -3,10 +3,18 @@ README a newcomer can follow without running the tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import require_rabbitmq, require_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -76,3 +84,39 @@ def test_broker_py_refuses_an_unknown_publish_loop_and_names_the_known_ones() ->
     assert result.returncode == 2 and result.stdout == ""
     assert "unknown or no --publish-loops ['nope']" in result.stderr
     assert "bgq_publish_brokerless" in result.stderr  # what to choose from
+
+
+def test_broker_py_publishes_beside_another_process_s_rabbitmq_traffic() -> None:
+    pg = sa.engine.make_url(require_server("postgresql")).set(database="bgqueue_bench")
+    amqp = require_rabbitmq()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BGQUEUE_")}
+    loops = "bgq_publish_brokerless,bgq_publish_brokerless_beside_traffic"
+    args = ["--sections", "publish", "--jobs", "1000", "--publish-loops", loops]
+    result = subprocess.run(
+        [sys.executable, "broker.py", *args, "--traffic-rate", "500"],
+        cwd=BENCH,
+        env={
+            **clean,
+            "PYTHONPATH": f"{BENCH}{os.pathsep}{ROOT}",
+            "BGQUEUE_BENCH_POSTGRES_URL": pg.render_as_string(hide_password=False),
+            "BGQUEUE_BENCH_AMQP_URL": amqp,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    publish = json.loads(result.stdout)["publish"]
+    for loop in loops.split(","):
+        assert publish[loop]["jobs"] == 1000 and publish[loop]["jobs_per_s"] > 0, loop
+    assert publish["ratio_brokerless_beside_traffic_to_brokerless"] > 0
+    traffic = publish["traffic"]
+    assert traffic["rates_asked"] == [500] * 10  # one per round, as asked
+    assert traffic["messages"] > 0  # the other process sent while the loop ran
+    run_id = json.loads(result.stdout)["run_id"]
+    connection = pika.BlockingConnection(pika.URLParameters(amqp))
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):  # 404: deleted at the end
+            connection.channel().queue_declare(f"bbplain.{run_id}.traffic", passive=True)
+    finally:
+        connection.close()
