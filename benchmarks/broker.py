@@ -81,7 +81,7 @@ SECTIONS = ("publish", "drain", "latency", "memory")
 
 TARGETS = {
     "drain_2_consumers_jobs_per_s_min": 3000,
-    "latency_p50_ms_rabbitmq_max": 1.0,
+    "latency_p50_ms_rabbitmq_max": 2.5,  # 1.0 until the figures of BROKER.md's table
     "latency_p50_ms_listen_notify_max": 5.0,
     "memory_last_5_samples_spread_max": 0.05,
 }
