@@ -81,7 +81,7 @@ SECTIONS = ("publish", "drain", "latency", "memory")
 
 TARGETS = {
     "drain_2_consumers_jobs_per_s_min": 3000,
-    "latency_p50_ms_rabbitmq_max": 2.5,  # 1.0 until the figures of BROKER.md's table
+    "latency_p50_ms_rabbitmq_max": 2.5,  # 1.0 when BROKER.md's table of figures was measured
     "latency_p50_ms_listen_notify_max": 5.0,
     "memory_last_5_samples_spread_max": 0.05,
 }
@@ -395,11 +395,13 @@ class Traffic:
             daemon=True,
         )
         self.proc.start()
+        self.rates: list[int] = []  # asked, one per timed slice
         self.messages = 0
         self.seconds = 0.0
 
     @contextlib.contextmanager
     def sending(self, rate: int) -> Iterator[None]:
+        self.rates.append(rate)
         self.rate.value = rate
         before = self.sent.value
         self.go.set()
@@ -533,7 +535,6 @@ def bench_publish(
     traffic = None
     if "bgq_publish_brokerless_beside_traffic" in one_by_one:
         traffic = Traffic(run.amqp_queue("traffic"))
-    rates: list[int] = []  # the traffic's rate of each round
     spent = dict.fromkeys([*one_by_one, *bulk], 0.0)
     this_round: dict[str, float] = {}  # loop -> seconds of its slice in the current round
     cpu: dict[str, dict[str, float]] = {name: {} for name in spent}
@@ -550,14 +551,8 @@ def bench_publish(
                     servers = server_pids()  # with the backends the warm-up connected
                     around: Any = contextlib.nullcontext()
                     if traffic is not None and name == "bgq_publish_brokerless_beside_traffic":
-                        rate = traffic_rate
-                        if rate is None:
-                            rate = (
-                                round(k / this_round["bgq_publish"])
-                                if "bgq_publish" in this_round
-                                else 2500
-                            )
-                        rates.append(rate)
+                        broker_mode = this_round.get("bgq_publish")  # its slice this round
+                        rate = traffic_rate or (round(k / broker_mode) if broker_mode else 2500)
                         around = traffic.sending(rate)
                     with around:
                         c0 = cpu_seconds(servers)
@@ -600,7 +595,7 @@ def bench_publish(
             result[key] = round(spent[a] / spent[b], 3)
     if traffic is not None:  # what the other process really sent while the loop ran
         result["traffic"] = {
-            "rates_asked": rates,
+            "rates_asked": traffic.rates,
             "messages": traffic.messages,
             "messages_per_s": round(traffic.messages / traffic.seconds),
         }
