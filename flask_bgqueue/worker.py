@@ -149,8 +149,7 @@ class Worker:
         self.store.ensure_statistics()
         self.heartbeat.start()
         try:
-            # a watchdog process, if needed; one connection kept for the claims
-            with self.processor.limits.watching(), self.store.holding_connection():
+            with self.processor.limits.watching():  # a watchdog process, if needed
                 broker = self.state.broker
                 if broker is None:
                     with _Wakeup(self.store, self.settings.poll_interval_ms / 1000) as wakeup:

@@ -1,13 +1,10 @@
-"""What the publisher thread has pika send: the bytes of each message, in one buffer, at
-once (no RabbitMQ needed)."""
+"""What the publisher thread leaves pika to send: the bytes of each message, in one buffer
+(no RabbitMQ needed)."""
 
 from __future__ import annotations
 
-import socket
 from collections import deque
-from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
 
 import pika
 import pika.callback
@@ -15,72 +12,23 @@ import pika.channel
 import pika.connection
 import pika.exceptions
 import pytest
-from pika.adapters.select_connection import IOLoop
-from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
-from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
 from flask_bgqueue.broker import pipeline
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, Any]]:
-    """pika's own transport on one end of a socket pair, and the other end; its loop never
-    runs, so what arrives there is what ``_send_now`` sent."""
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    theirs.setblocking(False)
-    loop = IOLoop()
-    protocol = SimpleNamespace(
-        data_received=lambda data: None, eof_received=lambda: None, connection_lost=lambda e: None
-    )
-    try:
-        yield theirs, _AsyncPlaintextTransport(ours, protocol, SelectorIOServicesAdapter(loop))
-    finally:
-        loop.close()
-        ours.close()
-        theirs.close()
-
-
-def test_send_now_sends_the_frames_in_one_buffer_without_a_turn_of_pikas_loop(
-    pair: tuple[socket.socket, Any],
-) -> None:
-    theirs, transport = pair
-    for frame in (b"method", b"header", b"body", b"method2"):
-        transport.write(frame)  # what pika's connection does with each frame
-    pipeline._send_now(SimpleNamespace(_transport=transport))
-    assert not transport._tx_buffers
-    assert theirs.recv(100) == b"methodheaderbodymethod2"
-    assert transport._state == transport._STATE_ACTIVE
-
-
-def test_send_now_leaves_what_the_socket_cannot_take_to_pikas_loop(
-    pair: tuple[socket.socket, Any],
-) -> None:
-    theirs, transport = pair
-    big = b"x" * (32 * 1024 * 1024)  # more than a socket pair's buffers hold
-    transport.write(big)
-    pipeline._send_now(SimpleNamespace(_transport=transport))
-    assert transport._state == transport._STATE_ACTIVE  # "would block" is no error
-    left = sum(len(b) for b in transport._tx_buffers)
-    assert 0 < left < len(big)
-    received = 0
-    while True:
-        try:
-            received += len(theirs.recv(1 << 20))
-        except BlockingIOError:
-            break
-    assert received + left == len(big)
-
-
-def test_send_now_joins_only_where_pika_has_no_send_handler() -> None:
+def test_join_output_leaves_one_buffer_in_the_same_order() -> None:
     buffers = deque([b"method", b"header", b"body"])
-    pipeline._send_now(SimpleNamespace(_transport=SimpleNamespace(_tx_buffers=buffers)))
+    connection = SimpleNamespace(_transport=SimpleNamespace(_tx_buffers=buffers))
+    pipeline._join_output(connection)
     assert list(buffers) == [b"methodheaderbody"]
-    pipeline._send_now(SimpleNamespace(_transport=None))
-    pipeline._send_now(SimpleNamespace())
-    nothing = deque[bytes]()
-    pipeline._send_now(SimpleNamespace(_transport=SimpleNamespace(_tx_buffers=nothing)))
-    assert not nothing
+
+
+def test_join_output_does_nothing_where_pika_has_no_such_buffer() -> None:
+    pipeline._join_output(SimpleNamespace(_transport=None))
+    pipeline._join_output(SimpleNamespace())
+    one = deque([b"only"])
+    pipeline._join_output(SimpleNamespace(_transport=SimpleNamespace(_tx_buffers=one)))
+    assert list(one) == [b"only"]
 
 
 class _Capture:

@@ -110,7 +110,6 @@ def test_every_sqlalchemy_attribute_the_fast_path_uses_exists() -> None:
         "sqlalchemy.engine.default.DefaultDialect": engine.dialect,
         "sqlalchemy.pool.base._ConnectionFairy": raw,
         "sqlalchemy.engine.events.ConnectionEvents": engine.dispatch,
-        "sqlalchemy.pool.impl.QueuePool": sa.pool.QueuePool(lambda: None),
     }
     missing = []
     try:

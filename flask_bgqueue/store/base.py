@@ -4,7 +4,6 @@ the one guarded state transition."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,13 +81,7 @@ class StoreBase:
 
     def forget_connections(self) -> None:
         """Drop the pooled connections: after a server restart they are all dead."""
-        self.driver.forget_held()
         self.engine.dispose()
-
-    def holding_connection(self) -> AbstractContextManager[None]:
-        """Keep a connection for this thread's claims until the block ends (a consumer's
-        loop); see :meth:`.driver.Driver.holding`."""
-        return self.driver.holding()
 
     @property
     def channel(self) -> str:

@@ -9,7 +9,6 @@ them. :class:`Driver` is the only part of the store that touches DBAPI connectio
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -39,13 +38,7 @@ SQLALCHEMY_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "sqlalchemy.engine.events.ConnectionEvents": ("before_cursor_execute", "after_cursor_execute"),
     "sqlalchemy.exc.DBAPIError": ("instance",),
     "sqlalchemy.sql.compiler.SQLCompiler": ("construct_params",),
-    "sqlalchemy.pool.impl.QueuePool": ("_max_overflow",),
 }
-
-#: A thread holds a connection (:meth:`Driver.holding`) only where the pool has room for at
-#: least this many at once: the held one, and one each for what a consumer uses beside it
-#: (its LISTEN connection without a broker, outcome saves, the heartbeat thread).
-HOLD_MIN_POOL = 4
 
 
 class _ResultCursor:
@@ -110,7 +103,6 @@ class Driver:
                 if isinstance(c.type, sa.DateTime):
                     processors[c.name] = _fast_text_datetime(processors[c.name])
         self._bind_processors = processors
-        self._held: _Held | None = None  # see holding()
 
     def instrumented(self) -> bool:
         """Whether the engine has cursor listeners (query recording, tracing)."""
@@ -165,7 +157,18 @@ class Driver:
                 close(transaction_reset=True)
                 raw = None
         except dialect.loaded_dbapi.Error as exc:
-            raise self._failed(exc, raw, cursor) from exc
+            note_pooler_error(exc)
+            invalidated = dialect.is_disconnect(exc, raw, cursor)
+            if invalidated:
+                raw.invalidate(exc)
+            raise sa.exc.DBAPIError.instance(
+                None,
+                None,
+                exc,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=invalidated,
+                dialect=dialect,
+            ) from exc
         finally:
             if raw is not None:
                 driver = raw.driver_connection
@@ -287,127 +290,13 @@ class Driver:
             with self.engine.connect() as conn:
                 conn.execution_options(isolation_level="AUTOCOMMIT")
                 return [r._mapping for r in conn.execute(prepared.statement, params)]
-        held = self._held
-        if held is not None and held.thread == threading.get_ident():
-            return self._execute_held(held, prepared, params)
         with self._raw_transaction(single_statement=True) as cursor:
-            return self._rows(cursor, prepared, params)
-
-    def _rows(
-        self, cursor: Any, prepared: Prepared, params: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        cursor.execute(prepared.sql, {**prepared.constants, **params})
-        names = self._row_names.get(prepared.sql)
-        if names is None:
-            names = tuple(d.name for d in cursor.description)
-            self._row_names[prepared.sql] = names
-        return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
-
-    @contextmanager
-    def holding(self) -> Iterator[None]:
-        """Keep one pooled connection for this thread's :meth:`execute_one` until the block
-        ends: a consumer's claims, one after another.
-
-        Taking a connection from the pool, switching it to autocommit, making a cursor and
-        handing it back cost about as much as the claim's own round trip on an idle
-        machine (0.3 ms of a 1.2 ms claim, measured); the held connection stays in
-        autocommit mode with its cursor. Held only where one statement runs in autocommit
-        mode (PostgreSQL) and the pool has room for :data:`HOLD_MIN_POOL` connections or
-        opens one per use (``NullPool``); elsewhere, and in other threads, nothing changes.
-        A statement that fails hands the connection back (thrown away if the server
-        dropped it) and the next one takes another; so does :meth:`forget_held`.
-        """
-        if self._held is not None or not (self._autocommit_single and _can_hold(self.engine)):
-            yield
-            return
-        held = self._held = _Held()
-        try:
-            yield
-        finally:
-            self._held = None
-            held.release()
-
-    def forget_held(self) -> None:
-        """Throw the held connection away (the server restarted); the next claim takes
-        another from the pool."""
-        held = self._held
-        if held is not None:
-            held.release(invalidate=True)
-
-    def _execute_held(
-        self, held: _Held, prepared: Prepared, params: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        dialect = self.engine.dialect
-        if held.cursor is None:
-            held.take(self.engine)
-        try:
-            return self._rows(held.cursor, prepared, params)
-        except dialect.loaded_dbapi.Error as exc:
-            error = self._failed(exc, held.raw, held.cursor)
-            held.release(invalidate=bool(getattr(error, "connection_invalidated", False)))
-            raise error from exc
-
-    def _failed(self, exc: Any, raw: Any, cursor: Any) -> sa.exc.StatementError:
-        """The driver's error as SQLAlchemy's (``sa.exc.OperationalError`` ...); a
-        connection the server dropped is invalidated, never put back in the pool."""
-        dialect = self.engine.dialect
-        note_pooler_error(exc)
-        invalidated = dialect.is_disconnect(exc, raw, cursor)
-        if invalidated:
-            raw.invalidate(exc)
-        error: sa.exc.StatementError = sa.exc.DBAPIError.instance(
-            None,
-            None,
-            exc,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=invalidated,
-            dialect=dialect,
-        )
-        return error
-
-
-class _Held:
-    """The connection and cursor a thread keeps for its single statements."""
-
-    def __init__(self) -> None:
-        self.thread = threading.get_ident()
-        self.raw: Any = None
-        self.cursor: Any = None
-
-    def take(self, engine: sa.Engine) -> None:
-        raw: Any = engine.raw_connection()
-        try:
-            raw.driver_connection.autocommit = True
-            self.cursor = raw.cursor()
-        except BaseException:
-            raw.invalidate()
-            raise
-        self.raw = raw
-
-    def release(self, invalidate: bool = False) -> None:
-        raw, self.raw, self.cursor = self.raw, None, None
-        if raw is None or raw.driver_connection is None:  # none, or invalidated already
-            return
-        if invalidate:
-            raw.invalidate()
-            return
-        try:
-            raw.driver_connection.autocommit = False  # as the pool hands it out
-        except Exception:  # a connection the server dropped meanwhile
-            raw.invalidate()
-            return
-        raw.close()
-
-
-def _can_hold(engine: sa.Engine) -> bool:
-    """Whether the pool can spare a connection held for good (see :data:`HOLD_MIN_POOL`)."""
-    pool = engine.pool
-    if isinstance(pool, sa.pool.NullPool):
-        return True
-    if not isinstance(pool, sa.pool.QueuePool):
-        return False
-    overflow = pool._max_overflow
-    return overflow < 0 or pool.size() + overflow >= HOLD_MIN_POOL
+            cursor.execute(prepared.sql, {**prepared.constants, **params})
+            names = self._row_names.get(prepared.sql)
+            if names is None:
+                names = tuple(d.name for d in cursor.description)
+                self._row_names[prepared.sql] = names
+            return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
 
 
 def _fast_text_datetime(process: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
