@@ -1,8 +1,9 @@
 """Broker mode (PostgreSQL + RabbitMQ) next to the broker-less consumer and plain pika loops.
 
     .venv/bin/python benchmarks/broker.py [--jobs 10000] [--procs 1,2] [--latency-jobs 200]
-        [--memory-jobs 100000] [--sections publish,drain,latency,memory]
-        [--publish-loops a,b] [--traffic-rate N] > broker.json
+        [--memory-jobs 100000] [--sections publish,drain,latency,memory,steady]
+        [--publish-loops a,b] [--traffic-rate N] [--steady-gaps-ms 20,5,2]
+        [--steady-jobs 1000] > broker.json
 
 Sections (see BROKER.md for what each figure means):
 
@@ -27,6 +28,10 @@ Sections (see BROKER.md for what each figure means):
              median of each library job's latency minus the next floor job's.
 ``memory``   one consumer runs ``--memory-jobs`` no-op jobs (published in bulk, broker mode);
              its VmRSS is sampled every 10 % of them.
+``steady``   broker mode, one consumer; for each of ``--steady-gaps-ms``, ``--steady-jobs``
+             jobs published at a steady rate (one every gap, on a fixed schedule, without
+             waiting for any to start), each recording when its callback starts; latency =
+             start - publish call, p50/p90/p99. Not in the default sections.
 
 Every run uses fresh tables (``bench_<random>``) and fresh ``BGQUEUE_QUEUE`` names
 (``bb<run>_<trial>``); the tables, their NOTIFY trigger functions and every RabbitMQ queue of
@@ -49,6 +54,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -77,7 +83,8 @@ PG_URL = check_not_test_database(SERVER_URLS["postgresql"])
 FLASK = os.path.join(os.path.dirname(sys.executable), "flask")
 PRIORITY = 1  # BGQUEUE_PRIORITIES is left at its default, [1]
 FINISHED = 3
-SECTIONS = ("publish", "drain", "latency", "memory")
+SECTIONS = ("publish", "drain", "latency", "memory", "steady")
+DEFAULT_SECTIONS = ("publish", "drain", "latency", "memory")
 
 TARGETS = {
     "drain_2_consumers_jobs_per_s_min": 3000,
@@ -856,6 +863,71 @@ def latency_floor(run: Run) -> Iterator[Callable[[int], FloorJob]]:
         engine.dispose()
 
 
+def bench_steady(run: Run, n: int, gaps_ms: list[float]) -> dict[str, Any]:
+    """Broker mode, one consumer: ``n`` jobs published one every ``gap`` ms on a fixed
+    schedule (a steady stream, not waiting for any job to start); publish -> start."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    host, port = sock.getsockname()
+    starts: dict[int, float] = {}
+
+    def receive() -> None:
+        while True:
+            try:
+                got, started = sock.recv(100).decode().split()
+            except OSError:  # closed at the end
+                return
+            starts[int(got)] = float(started)
+
+    threading.Thread(target=receive, name="steady-stamps", daemon=True).start()
+    result: dict[str, Any] = {"jobs": n}
+    try:
+        for gap_ms in gaps_ms:
+            table, queue = run.table(), run.queue(f"st{len(result)}")
+            env = run.env(table, queue, True, BROKERBENCH_STAMP_ADDR=f"{host}:{port}")
+            app = open_app(env)
+            consumer = run.consumer(env, None, f"steady_{len(result)}")
+            starts.clear()
+            calls: dict[int, float] = {}
+            try:
+                with app.app_context():
+                    brokerapp.bgq.publish("stamp", {"seq": -1})
+                    deadline = time.monotonic() + 120
+                    while -1 not in starts:  # the consumer is up
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("[steady] the consumer did not start")
+                        time.sleep(0.01)
+                    log(f"[steady] {n} jobs, one every {gap_ms:g} ms")
+                    due = time.perf_counter()
+                    for seq in range(n):
+                        calls[seq] = time.time()
+                        brokerapp.bgq.publish("stamp", {"seq": seq})
+                        due += gap_ms / 1000
+                        while time.perf_counter() < due:  # a sleep overshoots by 0.1 ms+
+                            pass
+                    deadline = time.monotonic() + 60
+                    while any(seq not in starts for seq in calls):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("[steady] not every job started in 60 s")
+                        time.sleep(0.05)
+                stop_consumer(consumer)
+            finally:
+                close_app(app)
+            check_finished(table, n + 1)
+            waits = [starts[seq] - t for seq, t in calls.items()]
+            figures = {
+                "jobs_per_s": round(1000 / gap_ms),
+                "p50_ms": ms(percentile(waits, 50)),
+                "p90_ms": ms(percentile(waits, 90)),
+                "p99_ms": ms(percentile(waits, 99)),
+            }
+            result[f"gap_{gap_ms:g}_ms"] = figures
+            log(f"[steady]     p50 {figures['p50_ms']} ms, p90 {figures['p90_ms']} ms")
+    finally:
+        sock.close()
+    return result
+
+
 def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int = 10) -> dict:
     kind = "rabbitmq" if broker else "listen_notify"
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -1043,7 +1115,11 @@ def main() -> None:
     parser.add_argument("--procs", default="1,2", help="consumer counts for drain (1,2)")
     parser.add_argument("--latency-jobs", type=int, default=200, help="latency jobs (200)")
     parser.add_argument("--memory-jobs", type=int, default=100000, help="memory jobs (100000)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=",".join(SECTIONS))
+    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS), help=",".join(SECTIONS))
+    parser.add_argument(
+        "--steady-gaps-ms", default="20,5,2", help="steady: ms between publishes (20,5,2)"
+    )
+    parser.add_argument("--steady-jobs", type=int, default=1000, help="steady: jobs per gap")
     loops = ONE_BY_ONE_LOOPS + BULK_LOOPS
     parser.add_argument(
         "--publish-loops",
@@ -1101,6 +1177,9 @@ def main() -> None:
                 }
             if "memory" in sections:
                 out["memory"] = bench_memory(run, args.memory_jobs)
+            if "steady" in sections:
+                gaps = [float(g) for g in args.steady_gaps_ms.split(",") if g.strip()]
+                out["steady"] = bench_steady(run, args.steady_jobs, gaps)
         finally:
             log(
                 f"cleaning up run {run.id}: {len(run.tables)} table(s),"

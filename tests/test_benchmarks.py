@@ -120,3 +120,30 @@ def test_broker_py_publishes_beside_another_process_s_rabbitmq_traffic() -> None
             connection.channel().queue_declare(f"bbplain.{run_id}.traffic", passive=True)
     finally:
         connection.close()
+
+
+def test_broker_py_steady_measures_publish_to_start_at_a_steady_rate() -> None:
+    pg = sa.engine.make_url(require_server("postgresql")).set(database="bgqueue_bench")
+    amqp = require_rabbitmq()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BGQUEUE_")}
+    args = ["--sections", "steady", "--steady-jobs", "60", "--steady-gaps-ms", "10,4"]
+    result = subprocess.run(
+        [sys.executable, "broker.py", *args],
+        cwd=BENCH,
+        env={
+            **clean,
+            "PYTHONPATH": f"{BENCH}{os.pathsep}{ROOT}",
+            "BGQUEUE_BENCH_POSTGRES_URL": pg.render_as_string(hide_password=False),
+            "BGQUEUE_BENCH_AMQP_URL": amqp,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steady = json.loads(result.stdout)["steady"]
+    assert steady["jobs"] == 60
+    assert [steady[k]["jobs_per_s"] for k in ("gap_10_ms", "gap_4_ms")] == [100, 250]
+    for key in ("gap_10_ms", "gap_4_ms"):
+        figures = steady[key]
+        assert 0 < figures["p50_ms"] <= figures["p90_ms"] <= figures["p99_ms"], figures
