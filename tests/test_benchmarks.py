@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -86,47 +87,12 @@ def test_broker_py_refuses_an_unknown_publish_loop_and_names_the_known_ones() ->
     assert "bgq_publish_brokerless" in result.stderr  # what to choose from
 
 
-def test_broker_py_publishes_beside_another_process_s_rabbitmq_traffic() -> None:
+def run_broker_py(*args: str) -> tuple[dict[str, Any], str]:
+    """Run ``benchmarks/broker.py`` for real on the bench database and RabbitMQ; its JSON
+    and the AMQP URL it used."""
     pg = sa.engine.make_url(require_server("postgresql")).set(database="bgqueue_bench")
     amqp = require_rabbitmq()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BGQUEUE_")}
-    loops = "bgq_publish_brokerless,bgq_publish_brokerless_beside_traffic"
-    args = ["--sections", "publish", "--jobs", "1000", "--publish-loops", loops]
-    result = subprocess.run(
-        [sys.executable, "broker.py", *args, "--traffic-rate", "500"],
-        cwd=BENCH,
-        env={
-            **clean,
-            "PYTHONPATH": f"{BENCH}{os.pathsep}{ROOT}",
-            "BGQUEUE_BENCH_POSTGRES_URL": pg.render_as_string(hide_password=False),
-            "BGQUEUE_BENCH_AMQP_URL": amqp,
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    publish = json.loads(result.stdout)["publish"]
-    for loop in loops.split(","):
-        assert publish[loop]["jobs"] == 1000 and publish[loop]["jobs_per_s"] > 0, loop
-    assert publish["ratio_brokerless_beside_traffic_to_brokerless"] > 0
-    traffic = publish["traffic"]
-    assert traffic["rates_asked"] == [500] * 10  # one per round, as asked
-    assert traffic["messages"] > 0  # the other process sent while the loop ran
-    run_id = json.loads(result.stdout)["run_id"]
-    connection = pika.BlockingConnection(pika.URLParameters(amqp))
-    try:
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker):  # 404: deleted at the end
-            connection.channel().queue_declare(f"bbplain.{run_id}.traffic", passive=True)
-    finally:
-        connection.close()
-
-
-def test_broker_py_steady_measures_publish_to_start_at_a_steady_rate() -> None:
-    pg = sa.engine.make_url(require_server("postgresql")).set(database="bgqueue_bench")
-    amqp = require_rabbitmq()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BGQUEUE_")}
-    args = ["--sections", "steady", "--steady-jobs", "60", "--steady-gaps-ms", "10,4"]
     result = subprocess.run(
         [sys.executable, "broker.py", *args],
         cwd=BENCH,
@@ -141,7 +107,36 @@ def test_broker_py_steady_measures_publish_to_start_at_a_steady_rate() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    steady = json.loads(result.stdout)["steady"]
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out, amqp
+
+
+def test_broker_py_publishes_beside_another_process_s_rabbitmq_traffic() -> None:
+    loops = "bgq_publish_brokerless,bgq_publish_brokerless_beside_traffic"
+    out, amqp = run_broker_py(
+        "--sections", "publish", "--jobs", "1000", "--publish-loops", loops,
+        "--traffic-rate", "500",
+    )  # fmt: skip
+    publish = out["publish"]
+    for loop in loops.split(","):
+        assert publish[loop]["jobs"] == 1000 and publish[loop]["jobs_per_s"] > 0, loop
+    assert publish["ratio_brokerless_beside_traffic_to_brokerless"] > 0
+    traffic = publish["traffic"]
+    assert traffic["rates_asked"] == [500] * 10  # one per round, as asked
+    assert traffic["messages"] > 0  # the other process sent while the loop ran
+    connection = pika.BlockingConnection(pika.URLParameters(amqp))
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):  # 404: deleted at the end
+            connection.channel().queue_declare(f"bbplain.{out['run_id']}.traffic", passive=True)
+    finally:
+        connection.close()
+
+
+def test_broker_py_steady_measures_publish_to_start_at_a_steady_rate() -> None:
+    out, _amqp = run_broker_py(
+        "--sections", "steady", "--steady-jobs", "60", "--steady-gaps-ms", "10,4"
+    )
+    steady = out["steady"]
     assert steady["jobs"] == 60
     assert [steady[k]["jobs_per_s"] for k in ("gap_10_ms", "gap_4_ms")] == [100, 250]
     for key in ("gap_10_ms", "gap_4_ms"):
