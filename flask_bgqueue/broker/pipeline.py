@@ -61,8 +61,9 @@ COALESCE_SECONDS = 0.01
 #: above. RabbitMQ confirms a persistent message only once it is written (10-30 ms here
 #: with no consumer waiting for it), so under any steady stream a message is unconfirmed:
 #: ids a few milliseconds apart, each worth a send of its own, would each wait up to
-#: ``COALESCE_SECONDS`` (publish -> start about 12 ms at 200 jobs a second against 4-5 ms
-#: at 50 before this rule, 3-6 ms after: ``benchmarks/README.md`` §15).
+#: ``COALESCE_SECONDS``, and ``publish()`` would not wait for the hand-over, so a caller
+#: busy after it kept the send back (publish -> start about 12 ms at 200 jobs a second
+#: from such a caller before this rule, 3-6 ms after: ``benchmarks/README.md`` §15).
 BURST_SECONDS = 0.001
 
 #: How long ``publish()`` waits, when its id goes out at once, for the publisher thread
