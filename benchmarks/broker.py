@@ -72,6 +72,7 @@ from common import (
     HERE,
     SERVER_URLS,
     check_not_test_database,
+    drop_tables,
     environment,
     log,
     new_table_name,
@@ -194,15 +195,7 @@ class Run:
             connection.close()
         except Exception as exc:  # report, and still drop the tables
             log(f"could not delete the RabbitMQ queues of run {self.id}: {exc!r}")
-        engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
-        try:
-            with engine.begin() as conn:
-                for t in self.tables:
-                    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{t}"')
-                    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{t}_alembic_version"')
-                    conn.exec_driver_sql(f'DROP FUNCTION IF EXISTS "{t}_notify"()')
-        finally:
-            engine.dispose()
+        drop_tables(PG_URL, self.tables)
 
 
 def wait_consumers(procs: list[Any], timeout: float) -> list[int]:

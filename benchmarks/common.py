@@ -93,13 +93,20 @@ def database(name: str) -> Iterator[str]:
 
 
 def drop_tables(url: str, tables: list[str]) -> None:
-    """Drop the job tables and their ``<table>_alembic_version`` tables."""
+    """Drop the job tables and what the library made with each: its version table, its
+    schedule table and, on PostgreSQL, its trigger's function."""
+    from flask_bgqueue import schema
+    from flask_bgqueue.models import schedule_table_name
+
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         with engine.begin() as conn:
+            quote = conn.dialect.identifier_preparer.quote
             for t in tables:
-                for name in (t, f"{t}_alembic_version"):
-                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+                for name in (t, schema.version_table(t), schedule_table_name(t)):
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(name)}")
+                if conn.dialect.name == "postgresql":  # made by migration 0005
+                    conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {quote(f'{t}_notify')}()")
     finally:
         engine.dispose()
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,40 @@ def test_the_readme_says_how_to_get_the_venv_without_running_the_tests() -> None
     for script in ("publish.py", "drain.py", "broker.py", "dashboard.py"):
         assert f"benchmarks/{script}" in readme, script
     assert "bgqueue_test" not in (BENCH / "common.py").read_text().split("TEST_DATABASES")[0]
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mysql", "sqlite"])
+def test_a_benchmark_s_tables_are_dropped_with_all_the_library_made_for_them(
+    database: str, tmp_path: Path
+) -> None:
+    from flask_bgqueue import schema
+    from flask_bgqueue.models import schedule_table_name
+
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path / 'bench.db'}"
+    else:
+        url = require_server(database)
+    table = f"bench_{uuid.uuid4().hex[:10]}"
+    made = [table, schema.version_table(table), schedule_table_name(table)]
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    functions = sa.text("SELECT count(*) FROM pg_proc WHERE proname = :name")
+    try:
+        schema.upgrade(engine, table)  # the job table as the library makes it
+        with engine.connect() as conn:
+            assert all(sa.inspect(conn).has_table(t) for t in made)
+            if database == "postgresql":
+                assert conn.execute(functions, {"name": f"{table}_notify"}).scalar() == 1
+        result = _common(
+            {"BENCH_DROP_URL": url},
+            f"common.drop_tables(__import__('os').environ['BENCH_DROP_URL'], [{table!r}])",
+        )
+        assert result.returncode == 0, result.stderr
+        with engine.connect() as conn:
+            assert [t for t in made if sa.inspect(conn).has_table(t)] == []
+            if database == "postgresql":
+                assert conn.execute(functions, {"name": f"{table}_notify"}).scalar() == 0
+    finally:
+        engine.dispose()
 
 
 def test_broker_py_refuses_an_unknown_publish_loop_and_names_the_known_ones() -> None:
