@@ -75,3 +75,49 @@ def test_the_throughput_chart_reads_its_window_from_indexes_alone(
             if r["state"] == JobState.FINISHED and r["finished_at"] and r["finished_at"] >= since
         ]
     )
+
+
+def test_the_chart_puts_each_outcome_in_its_minute_on_every_database(
+    make_app: AppFactory,
+) -> None:
+    """Each database truncates to the minute its own way (MySQL/MariaDB as a number): a
+    job ended a microsecond before an hour begins is in the minute before it, and the
+    minutes come back as naive datetimes."""
+    app = make_app()
+    app.bgq.callback("f")(lambda **kw: None)  # type: ignore[attr-defined]
+    hour = (utcnow() - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    jobs = [  # (state, finished_at, last_attempt_at)
+        (JobState.FINISHED, hour - timedelta(microseconds=1), None),
+        (JobState.FINISHED, hour, None),
+        (JobState.FINISHED, hour + timedelta(seconds=59, microseconds=999_999), None),
+        (JobState.REDUNDANT, hour + timedelta(seconds=30), None),  # ended, not finished
+        (JobState.PERMANENTLY_FAILED, None, hour + timedelta(minutes=2, seconds=5)),
+        (JobState.FINISHED, hour - timedelta(hours=2), None),  # before the window
+    ]
+    with app.app_context():
+        store = app.extensions["bgqueue"].store
+        rows = [
+            {
+                "queue": "default",
+                "priority": 1,
+                "callback_name": "f",
+                "state": state,
+                "created_at": hour - timedelta(hours=3),
+                "updated_at": hour,
+                "available_at": hour - timedelta(hours=3),
+                "finished_at": finished,
+                "last_attempt_at": attempt or finished,
+                "number_of_attempts": 1,
+                "is_unique": False,
+            }
+            for state, finished, attempt in jobs
+        ]
+        with store.engine.begin() as conn:
+            conn.execute(store.table.insert(), rows)
+        counts = store.outcomes_per_minute(hour - timedelta(minutes=30))
+    assert sorted(counts) == [
+        ("failed", hour + timedelta(minutes=2), 1),
+        ("finished", hour - timedelta(minutes=1), 1),
+        ("finished", hour, 2),
+    ]
+    assert all(minute.tzinfo is None for _, minute, _ in counts)

@@ -16,6 +16,7 @@ import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -98,8 +99,13 @@ class Dialect:
         return False
 
     def minute(self, column: Any) -> Any:
-        """The column truncated to its minute."""
+        """The column truncated to its minute, as :meth:`minute_of` reads it back."""
         return sa.func.strftime("%Y-%m-%d %H:%M:00", column)
+
+    def minute_of(self, value: Any) -> datetime:
+        """The naive datetime of a value :meth:`minute` gave."""
+        minute = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return minute.replace(tzinfo=None)
 
     def estimate_rows(self, conn: sa.Connection, select: sa.Select[Any]) -> int | None:
         """How many rows ``select`` would return, from the database's statistics (never
@@ -268,7 +274,14 @@ class MySQL(Dialect):
         return [claim_priority.is_not(None)], [claim_priority, table.c.id]
 
     def minute(self, column: Any) -> Any:
-        return sa.func.date_format(column, "%Y-%m-%d %H:%i:00")
+        """``YYYYMMDDhhmm`` as a number: a DATETIME in a numeric context is
+        ``YYYYMMDDhhmmss[.ffffff]``. Grouping the chart's 50,000 finished jobs of a 100,000-job
+        table by it took half the time of a ``date_format`` text (20 against 40 ms here)."""
+        return column.op("DIV", return_type=sa.BigInteger)(100)
+
+    def minute_of(self, value: Any) -> datetime:
+        n = int(value)
+        return datetime(n // 10**8, n // 10**6 % 100, n // 10**4 % 100, n // 100 % 100, n % 100)
 
     def estimate_rows(self, conn: sa.Connection, select: sa.Select[Any]) -> int | None:
         """InnoDB's estimate of the rows the chosen index range holds (a few index dives),

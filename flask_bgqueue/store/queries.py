@@ -219,15 +219,11 @@ class Queries(StoreBase):
             ),
         )
         counts: dict[tuple[str, datetime], int] = {}
+        minute_of = self.dialect.minute_of
         with self.engine.connect() as conn:
             for kind, stmt in queries:
                 for minute, n in conn.execute(stmt):
-                    if isinstance(minute, str):
-                        minute = datetime.fromisoformat(minute)
-                    key = (
-                        "finished" if kind == "not finished" else kind,
-                        minute.replace(tzinfo=None),
-                    )
+                    key = ("finished" if kind == "not finished" else kind, minute_of(minute))
                     counts[key] = counts.get(key, 0) + (-1 if kind == "not finished" else 1) * int(
                         n
                     )
