@@ -23,6 +23,7 @@ from ..priorities import parse_priority_spec
 from ..processor import Processor
 from ..runtime import current_runtime
 from ..worker import Worker
+from .stopping import StopOnSignals
 
 
 def host_locked(
@@ -160,16 +161,13 @@ def consume_command(
     max_memory = None if max_memory_mb is None else max_memory_mb * 1024 * 1024
     worker = Worker(current_runtime(), app, queue, spec, max_jobs, stop, max_memory)
 
-    def request_stop(signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and stop.is_set():
-            click.echo("second SIGINT: stopping now, the running job is due again", err=True)
-            where = f"pid {os.getpid()} on {worker.processor.hostname}"
-            worker.force_stop(f"{where} was stopped by a second SIGINT while the job ran")
-            os._exit(128 + signal.SIGINT)
-        stop.set()
+    def stop_now() -> None:
+        click.echo("second SIGINT: stopping now, the running job is due again", err=True)
+        where = f"pid {os.getpid()} on {worker.processor.hostname}"
+        worker.force_stop(f"{where} was stopped by a second SIGINT while the job ran")
+        os._exit(128 + signal.SIGINT)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, request_stop)
+    StopOnSignals(stop, stop_now)
     click.echo(worker.describe(), err=True)
     result = worker.run()
     why = (

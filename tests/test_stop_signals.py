@@ -1,0 +1,40 @@
+"""A stop asked for by signal never waits for a lock the interrupted main thread holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The main thread holds the stop event's lock, as it does for a few bytecodes each time it
+# enters or leaves ``stop.wait()``, when SIGTERM arrives: the handler runs right there.
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    from flask_bgqueue.cli.stopping import StopOnSignals
+
+    stop = threading.Event()
+    StopOnSignals(stop, lambda: os._exit(3))
+    with stop._cond:  # the lock Event.wait and Event.set take
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs at one of these bytecodes
+            time.sleep(0.001)
+        print("handler returned", flush=True)
+    print("stopped" if stop.wait(5) else "not stopped", flush=True)
+    """
+)
+
+
+def test_sigterm_while_the_main_thread_holds_the_stop_event_s_lock_still_stops() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["handler", "returned", "stopped"]
