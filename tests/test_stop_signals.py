@@ -17,13 +17,15 @@ SCRIPT = textwrap.dedent(
     from flask_bgqueue.cli.stopping import StopOnSignals
 
     stop = threading.Event()
-    StopOnSignals(stop, lambda: os._exit(3))
-    with stop._cond:  # the lock Event.wait and Event.set take
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(100):  # the handler runs at one of these bytecodes
-            time.sleep(0.001)
-        print("handler returned", flush=True)
-    print("stopped" if stop.wait(5) else "not stopped", flush=True)
+    with StopOnSignals(stop, lambda: os._exit(3)):
+        with stop._cond:  # the lock Event.wait and Event.set take
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler runs at one of these bytecodes
+                time.sleep(0.001)
+            print("handler returned", flush=True)
+        print("stopped" if stop.wait(5) else "not stopped", flush=True)
+    print("restored" if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else "kept")
+    print(len([t for t in threading.enumerate() if t.name == "bgqueue-stop"]), "relay")
     """
 )
 
@@ -37,4 +39,4 @@ def test_sigterm_while_the_main_thread_holds_the_stop_event_s_lock_still_stops()
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["handler", "returned", "stopped"]
+    assert result.stdout.split() == ["handler", "returned", "stopped", "restored", "0", "relay"]

@@ -167,9 +167,9 @@ def consume_command(
         worker.force_stop(f"{where} was stopped by a second SIGINT while the job ran")
         os._exit(128 + signal.SIGINT)
 
-    StopOnSignals(stop, stop_now)
-    click.echo(worker.describe(), err=True)
-    result = worker.run()
+    with StopOnSignals(stop, stop_now):
+        click.echo(worker.describe(), err=True)
+        result = worker.run()
     why = (
         "died"
         if result.died

@@ -30,8 +30,18 @@ class StopOnSignals:
         os.set_blocking(self._write, False)
         self._relay = threading.Thread(target=self._set_stop, name="bgqueue-stop", daemon=True)
         self._relay.start()
-        for signum in self.SIGNALS:
-            signal.signal(signum, self._handle)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+
+    def __enter__(self) -> StopOnSignals:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Put the previous handlers back and end the relay thread (the pipe closes)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        os.close(self._write)
+        self._relay.join(timeout=5)
+        os.close(self._read)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and (self.requested or self.stop.is_set()):
