@@ -119,16 +119,23 @@ class Deadline:
         timer.start()
         self._timers.append(timer)
 
-    def _expire(self) -> bool:
-        with self._lock:
+    def _expire(self, wait: bool = True) -> bool:
+        if not self._lock.acquire(blocking=wait):
+            return False  # held by the main thread's __exit__: the block has ended
+        try:
             if self._done or self.expired:
                 return False
             self.expired = True
+        finally:
+            self._lock.release()
         self._on_expired()
         return True
 
     def _raise_in_main(self, signum: int, frame: FrameType | None) -> None:
-        if self._expire():
+        # A signal handler runs in the main thread between two bytecodes: waiting for
+        # the lock there would wait forever if __exit__, in the same thread, holds it
+        # (the alarm fired as the block ended).
+        if self._expire(wait=False):
             raise JobTimeout(f"timed out after {self.seconds:g} s")
 
     def _raise_in_thread(self) -> None:

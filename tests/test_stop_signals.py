@@ -1,4 +1,5 @@
-"""A stop asked for by signal never waits for a lock the interrupted main thread holds."""
+"""A signal handler never waits for a lock the interrupted main thread holds: a stop
+asked for by signal, and a time limit's alarm."""
 
 from __future__ import annotations
 
@@ -40,3 +41,33 @@ def test_sigterm_while_the_main_thread_holds_the_stop_event_s_lock_still_stops()
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["handler", "returned", "stopped", "restored", "0", "relay"]
+
+
+# The alarm of a callback's time limit fires as the callback returns, while Deadline's
+# __exit__ (the main thread) holds the lock that the alarm's handler takes.
+ALARM_SCRIPT = textwrap.dedent(
+    """
+    import time
+    from flask_bgqueue.timeouts import Deadline
+
+    deadline = Deadline(0.05, 30, expired=lambda: None, stuck=lambda: None)
+    deadline.__enter__()
+    with deadline._lock:  # as __exit__ holds it
+        time.sleep(0.3)  # SIGALRM arrives here; its handler runs in this thread
+    print("handler returned", flush=True)
+    deadline.__exit__(None, None, None)
+    print("expired" if deadline.expired else "ended in time", flush=True)
+    """
+)
+
+
+def test_a_time_limit_s_alarm_as_the_block_ends_does_not_hang_the_worker() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", ALARM_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["handler", "returned", "ended", "in", "time"]
