@@ -31,16 +31,17 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_sigterm_while_the_main_thread_holds_the_stop_event_s_lock_still_stops() -> None:
+def run_script(script: str) -> list[str]:
+    """Run ``script`` in a fresh interpreter (a hang fails on the timeout); its words."""
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["handler", "returned", "stopped", "restored", "0", "relay"]
+    return result.stdout.split()
+
+
+def test_sigterm_while_the_main_thread_holds_the_stop_event_s_lock_still_stops() -> None:
+    assert run_script(SCRIPT) == ["handler", "returned", "stopped", "restored", "0", "relay"]
 
 
 # The alarm of a callback's time limit fires as the callback returns, while Deadline's
@@ -62,12 +63,4 @@ ALARM_SCRIPT = textwrap.dedent(
 
 
 def test_a_time_limit_s_alarm_as_the_block_ends_does_not_hang_the_worker() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", ALARM_SCRIPT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["handler", "returned", "ended", "in", "time"]
+    assert run_script(ALARM_SCRIPT) == ["handler", "returned", "ended", "in", "time"]
