@@ -94,16 +94,16 @@ def database(name: str) -> Iterator[str]:
 
 def drop_tables(url: str, tables: list[str]) -> None:
     """Drop the job tables and what the library made with each: its version table, its
-    schedule table and, on PostgreSQL, its trigger's function."""
+    schedule and throughput tables and, on PostgreSQL, its trigger's function."""
     from flask_bgqueue import schema
-    from flask_bgqueue.models import schedule_table_name
+    from flask_bgqueue.models import owned_table_names
 
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         with engine.begin() as conn:
             quote = conn.dialect.identifier_preparer.quote
             for t in tables:
-                for name in (t, schema.version_table(t), schedule_table_name(t)):
+                for name in (*owned_table_names(t), schema.version_table(t)):
                     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(name)}")
                 if conn.dialect.name == "postgresql":  # made by migration 0005
                     conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {quote(f'{t}_notify')}()")

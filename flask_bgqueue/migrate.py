@@ -27,7 +27,7 @@ from typing import Any
 
 from flask import Flask, appcontext_pushed, current_app
 
-from .models import schedule_table_name
+from .models import owned_table_names
 from .runtime import EXTENSION_KEY
 from .schema import version_table
 
@@ -35,13 +35,13 @@ Hook = Callable[..., bool]
 
 
 def queue_tables() -> frozenset[str]:
-    """The tables Flask-BgQueue owns in the current app: the job table, its schedule table
-    and its version table."""
+    """The tables Flask-BgQueue owns in the current app: the job table, its schedule and
+    throughput tables and its version table."""
     runtime = current_app.extensions.get(EXTENSION_KEY)
     if runtime is None:
         return frozenset()
     table: str = runtime.settings.table_name
-    return frozenset({table, schedule_table_name(table), version_table(table)})
+    return frozenset({*owned_table_names(table), version_table(table)})
 
 
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, Any]) -> bool:

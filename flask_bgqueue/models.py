@@ -202,6 +202,43 @@ def schedule_table(job_table_name: str, metadata: sa.MetaData | None = None) -> 
     )
 
 
+def throughput_table_name(job_table_name: str) -> str:
+    """The name of the table that keeps a job table's outcomes per minute."""
+    return f"{job_table_name}_throughput"
+
+
+def throughput_table(job_table_name: str, metadata: sa.MetaData | None = None) -> sa.Table:
+    """``<table>_throughput``: how many attempts finished and failed, per queue, minute
+    and worker (migration 0011); the throughput chart reads it instead of the jobs.
+
+    Each worker adds its own outcomes to its own rows (``hostname``, ``pid``), so workers
+    never wait for each other's row; a reaped or interrupted attempt is added to the row
+    of ``hostname`` ``""`` and ``pid`` 0. ``minute`` is naive UTC, its seconds zero; the
+    primary key starts with it, so the chart's window and the deletion of old minutes
+    are each a range of it.
+    """
+    return sa.Table(
+        throughput_table_name(job_table_name),
+        metadata if metadata is not None else sa.MetaData(),
+        sa.Column("minute", Timestamp, primary_key=True),
+        sa.Column("queue", sa.String(255), primary_key=True),
+        sa.Column("hostname", sa.String(255), primary_key=True),
+        sa.Column("pid", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("finished", sa.BigInteger, nullable=False, default=0),
+        sa.Column("failed", sa.BigInteger, nullable=False, default=0),
+    )
+
+
+def owned_table_names(job_table_name: str) -> tuple[str, ...]:
+    """The tables the migrations make beside the job table, and the job table (not the
+    version table: see :func:`flask_bgqueue.schema.version_table`)."""
+    return (
+        job_table_name,
+        schedule_table_name(job_table_name),
+        throughput_table_name(job_table_name),
+    )
+
+
 @dataclass(frozen=True)
 class Job:
     """A read-only snapshot of one row; attributes are the column names.

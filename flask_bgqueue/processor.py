@@ -34,9 +34,12 @@ from .publishing import send_jobs_to_broker, send_to_broker
 from .resources import job_memory, start_job
 from .runtime import Runtime
 from .store import Claim
+from .tally import Tally
 from .timeouts import Deadline, TimeLimits
 
 HOSTNAME = socket.gethostname()
+#: The outcomes the throughput chart counts: finished, and failed attempts.
+TALLIED_STATES = (JobState.FINISHED, *FAILED_STATES)
 
 
 @dataclass
@@ -100,6 +103,8 @@ class Processor:
         self.pid = os.getpid()
         self.hostname = HOSTNAME
         self.owed = Owed()
+        #: The outcomes saved, on their way to the throughput chart.
+        self.tally = Tally(self.store, (self.hostname, self.pid), self.logger)
         #: The claim whose job runs now (read by a forced shutdown from another thread).
         self.current: Claim | None = None
         #: The callbacks' time limits (and the consumer's watchdog process).
@@ -159,6 +164,7 @@ class Processor:
                 progressed = progressed or bool(ended)
         finally:
             heartbeat.stop()
+            self.tally.flush(force=True)
 
     def claim_pacer(self, cap: int | None = None) -> Pacer:
         """Claim more at once while jobs take under 2 ms each, up to ten times the setting
@@ -273,6 +279,11 @@ class Processor:
         ]
         if again:  # a cancel asked for after the heartbeat's last read: no next attempt
             self.store.cancel_requested_retries(again, utcnow())
+        for (claim, outcome, values), ok in zip(items, saved, strict=True):
+            if ok and outcome.state in TALLIED_STATES:
+                finished = outcome.state is JobState.FINISHED
+                self.tally.add(claim.job.queue, values.get("updated_at") or utcnow(), finished)
+        self.tally.flush()
         if clones and self.state.broker is not None:
             send_to_broker(self.state, clones)
         with self.app.app_context():

@@ -158,6 +158,7 @@ class Worker:
                     self.result.reloaded = self._consume_broker(broker)
         finally:
             self.heartbeat.stop()
+            self.processor.tally.flush(force=True)
             if self.processor.owed:  # stopped while the database was away
                 self.state.logger.error(
                     "bgqueue: stopping with %d job outcome(s) unsaved; those jobs run again"
@@ -180,7 +181,8 @@ class Worker:
                 if feed.take_reload_request():
                     return True
                 taken = feed.take(self._batch_limit())
-                if taken is None:
+                if taken is None:  # waited in vain: the counts of the jobs run so far
+                    self.processor.tally.flush(force=True)
                     continue
                 size, claims = taken
                 started = time.perf_counter()

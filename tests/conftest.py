@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_bgqueue import BackgroundQueue
+from flask_bgqueue.models import owned_table_names
 
 SERVER_URLS = {
     "postgresql": os.environ.get(
@@ -73,7 +74,7 @@ def drop_tables(db_url: str, table_name: str) -> Iterator[None]:
         return
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     with engine.begin() as conn:
-        for name in (table_name, f"{table_name}_alembic_version", f"{table_name}_schedule"):
+        for name in (*owned_table_names(table_name), f"{table_name}_alembic_version"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
         if db_url.startswith("postgresql"):
             conn.execute(sa.text(f'DROP FUNCTION IF EXISTS "{table_name}_notify"()'))

@@ -71,14 +71,14 @@ def test_a_benchmark_s_tables_are_dropped_with_all_the_library_made_for_them(
     database: str, tmp_path: Path
 ) -> None:
     from flask_bgqueue import schema
-    from flask_bgqueue.models import schedule_table_name
+    from flask_bgqueue.models import owned_table_names
 
     if database == "sqlite":
         url = f"sqlite:///{tmp_path / 'bench.db'}"
     else:
         url = require_server(database)
     table = f"bench_{uuid.uuid4().hex[:10]}"
-    made = [table, schema.version_table(table), schedule_table_name(table)]
+    made = [*owned_table_names(table), schema.version_table(table)]
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     functions = sa.text("SELECT count(*) FROM pg_proc WHERE proname = :name")
     try:

@@ -16,12 +16,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..exceptions import SchemaError, SchemaLockTimeout
-from ..models import schedule_table_name
+from ..models import owned_table_names
 from ..store.dialects import lock_key
 
 #: The newest revision in ``versions/`` (a test checks it against Alembic's view), so that a
 #: process whose table is up to date never needs to import Alembic.
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 
 
 def _scripts() -> Any:
@@ -93,7 +93,7 @@ def _refuse_leftovers(connection: sa.Connection, table_name: str) -> None:
     a table they create that is already there (left from an earlier install, or one of
     them dropped by hand): say which, and how to start afresh, before touching anything."""
     inspector = sa.inspect(connection)
-    found = [t for t in (table_name, schedule_table_name(table_name)) if inspector.has_table(t)]
+    found = [t for t in owned_table_names(table_name) if inspector.has_table(t)]
     if found:
         raise SchemaError(
             f"the job table {table_name!r} has no version table"

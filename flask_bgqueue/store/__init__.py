@@ -32,12 +32,23 @@ from .pooling import Listener
 from .queries import Queries
 from .recovery import Recovery
 from .schedules import ScheduleRow, Schedules
+from .throughput import Throughput
 
 __all__ = ["Claim", "Listener", "ScheduleRow", "StateCounts", "Store", "open_store"]
 
 
 class Store(
-    Inserts, Claims, PlainClaims, Outcomes, Control, Recovery, Queries, Counts, Activity, Schedules
+    Inserts,
+    Claims,
+    PlainClaims,
+    Outcomes,
+    Control,
+    Recovery,
+    Queries,
+    Counts,
+    Activity,
+    Schedules,
+    Throughput,
 ):
     """SQL for one application's job table, on the queue's own engine."""
 

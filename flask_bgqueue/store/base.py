@@ -3,14 +3,15 @@ the one guarded state transition."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..exceptions import ConfigurationError
-from ..models import Job, JobState, job_table
+from ..models import Job, JobState, job_table, throughput_table
 from .dialects import Dialect, dialect_for
 from .driver import Driver
 
@@ -33,6 +34,11 @@ def state_in(column: Any, states: Sequence[JobState]) -> Any:
 #: Jobs an operator's action (retry, cancel) changes per transaction.
 ACTION_BATCH = 500
 
+#: Outcomes per queue and minute: how many attempts ``(finished, failed)``.
+Tallied = Mapping[tuple[str, datetime], tuple[int, int]]
+#: Where the store itself adds outcomes (a lost worker's attempt, an interrupted one).
+NO_WORKER = ("", 0)
+
 
 class StoreBase:
     """SQL for one application's job table, on the queue's own engine."""
@@ -48,10 +54,14 @@ class StoreBase:
         self.queue = queue
         # The instance's queue and its sub-queues ("<queue>_<name>"), matched exactly:
         # the prefix is escaped so "_" and "%" are not LIKE wildcards.
-        self.in_queue = sa.or_(
-            t.c.queue == queue, t.c.queue.startswith(f"{queue}_", autoescape=True)
-        )
+        self.in_queue = self.of_queue(t.c.queue)
         self.driver = Driver(engine, t, self.dialect)
+        self.throughput_table = tt = throughput_table(table_name)
+        self._add_throughput = self.dialect.adding_insert(tt, ("finished", "failed"))
+
+    def of_queue(self, column: Any) -> Any:
+        """``column`` names the instance's queue or one of its sub-queues."""
+        return sa.or_(column == self.queue, column.startswith(f"{self.queue}_", autoescape=True))
 
     def configure_pooling(self, transaction_pooling: bool, listen_url: str | None) -> None:
         """Whether the engine goes through a pooler in transaction mode, and the direct URL
@@ -93,6 +103,25 @@ class StoreBase:
         key = conn.execute(self.table.insert().values(row)).inserted_primary_key
         assert key is not None
         return int(key[0])
+
+    def _tally(
+        self, conn: sa.Connection, counts: Tallied, worker: tuple[str, int] = NO_WORKER
+    ) -> None:
+        """Add outcomes to ``<table>_throughput``, on the rows of ``worker`` (its hostname
+        and pid), inside a transaction of the caller's."""
+        by_minute: dict[tuple[str, datetime], list[int]] = {}
+        for (queue, at), (finished, failed) in counts.items():
+            slot = by_minute.setdefault((queue, at.replace(second=0, microsecond=0)), [0, 0])
+            slot[0] += finished
+            slot[1] += failed
+        hostname, pid = worker
+        rows = [
+            {"queue": q, "minute": m, "hostname": hostname, "pid": pid, "finished": f, "failed": x}
+            for (q, m), (f, x) in by_minute.items()
+            if f or x
+        ]
+        if rows:
+            conn.execute(self._add_throughput, rows)
 
     def _guarded(self, conn: sa.Connection, claim: Claim, **values: Any) -> bool:
         """Change a claimed job, if it is still this attempt's."""

@@ -15,11 +15,12 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..models import RUNNABLE_STATES, JobState
 from .pooling import Listener, listen
@@ -98,6 +99,19 @@ class Dialect:
         """Analyze the job table if it never was; only PostgreSQL needs it."""
         return False
 
+    #: The INSERT construct with ``on_conflict_do_update`` (SQLite's, PostgreSQL's).
+    _upserting_insert: Callable[[sa.Table], Any] = staticmethod(sqlite.insert)
+
+    def adding_insert(self, table: sa.Table, added: Sequence[str]) -> Any:
+        """An INSERT of rows that, where a row with the same primary key is there, adds
+        their ``added`` columns to that row's instead (SQLite 3.24+ and PostgreSQL:
+        ``ON CONFLICT DO UPDATE``)."""
+        insert: Any = self._upserting_insert(table)
+        return insert.on_conflict_do_update(
+            index_elements=list(table.primary_key.columns),
+            set_={c: table.c[c] + insert.excluded[c] for c in added},
+        )
+
     def minute(self, column: Any) -> Any:
         """The column truncated to its minute, as :meth:`minute_of` reads it back.
 
@@ -153,6 +167,7 @@ class PostgreSQL(Dialect):
     autocommit_single_statement = True
     claims_delivered_in_one_statement = True
     inserts_from_arrays = True
+    _upserting_insert: Callable[[sa.Table], Any] = staticmethod(postgresql.insert)
 
     def try_lock_group(self, conn: sa.Connection, name: str) -> bool:
         """A transaction advisory lock; keys hash the table name too, so two apps never
@@ -233,6 +248,10 @@ class MySQL(Dialect):
         super().__init__(engine)
         self._save_many_statements: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._max_packet: int | None = None
+
+    def adding_insert(self, table: sa.Table, added: Sequence[str]) -> Any:
+        insert = mysql.insert(table)  # ON DUPLICATE KEY UPDATE
+        return insert.on_duplicate_key_update({c: table.c[c] + insert.inserted[c] for c in added})
 
     def max_statement_bytes(self) -> int | None:
         """The server's ``max_allowed_packet`` (16 MiB by default on MariaDB), read once: a

@@ -7,7 +7,7 @@ arrive as keyword arguments (see :meth:`flask_bgqueue.selection.JobFilter.as_kwa
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +16,6 @@ from ..models import (
     CANCELLABLE_STATES,
     DISCARDABLE_STATES,
     DONE_STATES,
-    FAILED_STATES,
     PENDING_STATES,
     RETRYABLE_STATES,
     RUNNABLE_STATES,
@@ -170,64 +169,6 @@ class Queries(StoreBase):
         with self.engine.connect() as conn:
             count, oldest = conn.execute(stmt).one()
         return int(count), oldest
-
-    def outcomes_per_minute(self, since: datetime) -> list[tuple[str, datetime, int]]:
-        """``(kind, minute, n)``: jobs finished, and attempts now failed, since ``since``.
-
-        A failure is counted at the start of its attempt (``last_attempt_at``); a job that
-        failed and later finished counts as finished only (there is no history table).
-        Every read is index-only (migration 0010): the jobs ended in the window, from
-        ``ix_<table>_finished_at`` (finished_at, queue), less those ended in another state
-        than FINISHED (REDUNDANT, CANCELLED ...), and the failed ones, both from
-        ``ix_<table>_due``, which holds the state with both times.
-        """
-        t = self.table
-        ended = self.dialect.minute(t.c.finished_at)
-        failed = self.dialect.minute(t.c.last_attempt_at)
-        not_finished = [s for s in JobState if s != JobState.FINISHED]
-        queries = (
-            (
-                "finished",
-                sa.select(ended, sa.func.count())
-                .where(t.c.finished_at >= since, self.in_queue)
-                .group_by(ended),
-            ),
-            (
-                "not finished",
-                sa.select(ended, sa.func.count())
-                .where(
-                    t.c.state.in_(not_finished),
-                    # wrapped, so that no planner reads the window's rows through
-                    # ix_<table>_finished_at, which lacks the state: the jobs not
-                    # FINISHED, few, are read from ix_<table>_due alone
-                    sa.func.coalesce(t.c.finished_at, since - timedelta(days=1)) >= since,
-                    self.in_queue,
-                )
-                .group_by(ended),
-            ),
-            (
-                "failed",
-                sa.select(failed, sa.func.count())
-                .where(
-                    t.c.state.in_(FAILED_STATES),
-                    # wrapped, as above: the failed jobs from ix_<table>_due alone, not
-                    # every attempt of the window through ix_<table>_last_attempt_at
-                    sa.func.coalesce(t.c.last_attempt_at, since - timedelta(days=1)) >= since,
-                    self.in_queue,
-                )
-                .group_by(failed),
-            ),
-        )
-        counts: dict[tuple[str, datetime], int] = {}
-        minute_of = self.dialect.minute_of
-        with self.engine.connect() as conn:
-            for kind, stmt in queries:
-                for minute, n in conn.execute(stmt):
-                    key = ("finished" if kind == "not finished" else kind, minute_of(minute))
-                    counts[key] = counts.get(key, 0) + (-1 if kind == "not finished" else 1) * int(
-                        n
-                    )
-        return [(kind, minute, n) for (kind, minute), n in counts.items() if n]
 
     def last_worker_activity(self) -> datetime | None:
         """The latest claim or heartbeat of any job of this queue."""

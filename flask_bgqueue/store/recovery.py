@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import DONE_STATES, RESEND_STATES, RUNNABLE_STATES, Job, JobState
+from ..models import DONE_STATES, FAILED_STATES, RESEND_STATES, RUNNABLE_STATES, Job, JobState
 from .base import Claim, StoreBase
 
 
@@ -30,6 +30,7 @@ class Recovery(StoreBase):
                 conn.execute(
                     sa.select(
                         t.c.id,
+                        t.c.queue,
                         t.c.hostname,
                         t.c.pid,
                         t.c.number_of_attempts,
@@ -38,7 +39,8 @@ class Recovery(StoreBase):
                 )
             )
             reaped = []
-            for job_id, host, pid, attempts, cancel_asked in lost:
+            failed: dict[tuple[str, datetime], tuple[int, int]] = {}
+            for job_id, queue, host, pid, attempts, cancel_asked in lost:
                 lost_how = f"worker lost: pid {pid} on {host} stopped without saving the job"
                 state, message = _lost_attempt(lost_how, attempts, max_attempts)
                 if cancel_asked is not None:  # asked to stop: it does not run again
@@ -56,6 +58,9 @@ class Recovery(StoreBase):
                 )
                 if done:
                     reaped.append(job_id)
+                    if state in FAILED_STATES:  # a failed attempt, on the throughput chart
+                        failed[queue, now] = (0, failed.get((queue, now), (0, 0))[1] + 1)
+            self._tally(conn, failed)
         return reaped
 
     def interrupt(self, claim: Claim, now: datetime, why: str, max_attempts: int | None) -> bool:
@@ -66,7 +71,7 @@ class Recovery(StoreBase):
             f"interrupted: {why}", claim.job.number_of_attempts, max_attempts
         )
         with self.engine.begin() as conn:
-            return self._guarded(
+            done = self._guarded(
                 conn,
                 claim,
                 state=state,
@@ -75,6 +80,9 @@ class Recovery(StoreBase):
                 heartbeat_at=None,
                 error_message=message,
             )
+            if done:
+                self._tally(conn, {(claim.job.queue, now): (0, 1)})
+            return done
 
     def time_out(
         self,
@@ -103,6 +111,9 @@ class Recovery(StoreBase):
                 **ended,
                 **values,
             ):
+                if state in FAILED_STATES:  # a failed attempt, on the throughput chart
+                    queue = conn.execute(sa.select(t.c.queue).where(t.c.id == job_id)).scalar()
+                    self._tally(conn, {(str(queue), now): (0, 1)})
                 return state
             cancelled = {**values, "state": JobState.CANCELLED, "finished_at": now}
             cancelled.pop("available_at", None)
