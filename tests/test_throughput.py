@@ -274,3 +274,34 @@ def test_running_consumers_count_on_rows_of_their_own_without_stopping(procs: Pr
                 assert c.returncode == 0, err
     assert workers <= {(socket.gethostname(), c.pid) for c in consumers}
     assert finished() == 20
+
+
+def test_an_interrupted_or_timed_out_attempt_counts_as_failed(make_app: AppFactory) -> None:
+    """The attempts the store ends itself (a forced shutdown's, the watchdog's time
+    limit) count in the transaction that ends them."""
+    app = _app(make_app)
+    with app.app_context():
+        store = app.extensions["bgqueue"].store
+        first, second = app.bgq.publish("work", 1), app.bgq.publish("work", 2)
+        now = utcnow()
+        claims = store.claim(
+            now=now,
+            limit=2,
+            priorities=None,
+            callbacks=["work"],
+            pid=1,
+            hostname="here",
+            waiting_expiration=timedelta(seconds=1),
+        )
+        assert sorted(c.job.id for c in claims) == [first, second]
+        assert store.interrupt(claims[0], now, "forced shutdown", None)
+        ended = store.time_out(
+            claims[1].job.id,
+            claims[1].job.number_of_attempts,
+            JobState.TEMPORARILY_FAILED,
+            {"error_message": "timed out", "available_at": now},
+            now,
+        )
+        assert ended is JobState.TEMPORARILY_FAILED
+        counts = store.outcomes_per_minute(now - timedelta(minutes=1))
+    assert counts == [("failed", now.replace(second=0, microsecond=0), 2)]

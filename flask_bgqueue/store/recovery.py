@@ -3,6 +3,7 @@ must go to the broker again, and finished jobs cleared away."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,7 +40,7 @@ class Recovery(StoreBase):
                 )
             )
             reaped = []
-            failed: dict[tuple[str, datetime], tuple[int, int]] = {}
+            failed: Counter[str] = Counter()  # attempts per queue, for the throughput chart
             for job_id, queue, host, pid, attempts, cancel_asked in lost:
                 lost_how = f"worker lost: pid {pid} on {host} stopped without saving the job"
                 state, message = _lost_attempt(lost_how, attempts, max_attempts)
@@ -58,9 +59,8 @@ class Recovery(StoreBase):
                 )
                 if done:
                     reaped.append(job_id)
-                    if state in FAILED_STATES:  # a failed attempt, on the throughput chart
-                        failed[queue, now] = (0, failed.get((queue, now), (0, 0))[1] + 1)
-            self._tally(conn, failed)
+                    failed[queue] += state in FAILED_STATES
+            self._tally(conn, {(queue, now): (0, n) for queue, n in failed.items()})
         return reaped
 
     def interrupt(self, claim: Claim, now: datetime, why: str, max_attempts: int | None) -> bool:
