@@ -191,9 +191,10 @@ def fill(url: str, table: str, n: int, history_days: int = 7) -> None:
         )
         with engine.connect() as conn:
             analyzed = [table] + ([f"{table}_throughput"] if counts else [])
+            if engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             for name in analyzed:
                 if engine.dialect.name == "postgresql":
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                     conn.execute(sa.text(f"VACUUM ANALYZE {name}"))
                 elif engine.dialect.name in ("mysql", "mariadb"):
                     conn.execute(sa.text(f"ANALYZE TABLE {name}"))
