@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -11,6 +12,15 @@ import sqlalchemy as sa
 
 from flask_bgqueue import BackgroundQueue
 from flask_bgqueue.clock import utcnow
+
+
+def stop_consumers(consumers: Sequence[Any]) -> None:
+    """SIGTERM to every consumer process, then each must exit 0 within a minute."""
+    for c in consumers:
+        c.send_signal(signal.SIGTERM)
+    for c in consumers:
+        _out, err = c.communicate(timeout=60)
+        assert c.returncode == 0, err
 
 
 def make_due(bgq: BackgroundQueue, *job_ids: int) -> None:

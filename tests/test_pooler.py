@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,6 +29,7 @@ from tests.helpers import (
     all_jobs,
     assert_groups_in_order_without_overlap,
     publish_serial_groups,
+    stop_consumers,
 )
 from tests.test_limits import Sampler, drain
 from tests.test_workers import wait_for
@@ -309,11 +309,7 @@ def test_serial_groups_stay_exclusive_with_three_consumers_through_the_pooler(
                 what="every job",
             )
     finally:
-        for c in consumers:
-            c.send_signal(signal.SIGTERM)
-        for c in consumers:
-            _out, err = c.communicate(timeout=60)
-            assert c.returncode == 0, err
+        stop_consumers(consumers)
     records = pooled.records()
     assert len(records) == len(CANONICAL) * len(groups)
     assert_groups_in_order_without_overlap(records, groups)

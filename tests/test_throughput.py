@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import socket
 from datetime import timedelta
 from typing import Any
@@ -19,6 +18,7 @@ from flask_bgqueue.clock import utcnow
 from flask_bgqueue.models import job_table, throughput_table
 from flask_bgqueue.tally import KEPT, Tally
 from tests.conftest import AppFactory, ProcEnv
+from tests.helpers import stop_consumers
 from tests.test_workers import wait_for
 
 
@@ -267,11 +267,7 @@ def test_running_consumers_count_on_rows_of_their_own_without_stopping(procs: Pr
             assert [c.poll() for c in consumers] == [None, None]  # still running
             workers = {(host, pid) for _, host, pid, _, _ in _rows(store)}
         finally:
-            for c in consumers:
-                c.send_signal(signal.SIGTERM)
-            for c in consumers:
-                _out, err = c.communicate(timeout=60)
-                assert c.returncode == 0, err
+            stop_consumers(consumers)
     assert workers <= {(socket.gethostname(), c.pid) for c in consumers}
     assert finished() == 20
 
