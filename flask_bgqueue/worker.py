@@ -181,8 +181,7 @@ class Worker:
                 if feed.take_reload_request():
                     return True
                 taken = feed.take(self._batch_limit())
-                if taken is None:  # waited in vain: the counts of the jobs run so far
-                    self.processor.tally.flush(force=True)
+                if taken is None:
                     continue
                 size, claims = taken
                 started = time.perf_counter()
@@ -453,6 +452,8 @@ class _TableFeed(_Feed):
             w.priorities, self.known, limit=min(self.pacer.size, limit), queue=w.only_queue
         )
         if not claims:
+            # before the wait, not after it: a job that woke the wait is claimed at once
+            w.processor.tally.flush()
             self.wakeup.wait(w.stop)
             return None
         w.heartbeat.hold(claims)
@@ -481,7 +482,8 @@ class _BrokerFeed(_Feed):
 
     def take(self, limit: int) -> tuple[int, list[Claim]] | None:
         deliveries = self.consumer.next_batch(limit, IDLE_SECONDS)
-        if not deliveries:
+        if not deliveries:  # idle for a while
+            self.worker.processor.tally.flush()
             return None
         try:
             claims = self.worker._claim_delivered(deliveries)
