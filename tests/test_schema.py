@@ -168,27 +168,33 @@ print("alembic" in sys.modules)
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("left", ["schedule", "both"])
+@pytest.mark.parametrize("left", ["schedule", "throughput", "all"])
 def test_tables_left_without_their_version_table_are_named_and_nothing_is_touched(
     db_url: str, table_name: str, drop_tables: None, left: str
 ) -> None:
-    """A job table dropped by hand (with its version table) while its schedule table
-    stayed, or both left without the version table: the upgrade says which tables are in
-    the way and how to start afresh, instead of failing half-way in a migration."""
+    """A job table dropped by hand (with its version table) while its schedule or
+    throughput table stayed, or all left without the version table: the upgrade says which
+    tables are in the way and how to start afresh, instead of failing half-way in a
+    migration."""
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     try:
         schema.upgrade(engine, table_name)
         with engine.begin() as conn:
             quote = engine.dialect.identifier_preparer.quote
             conn.execute(sa.text(f"DROP TABLE {quote(table_name + '_alembic_version')}"))
-            if left == "schedule":
-                conn.execute(sa.text(f"DROP TABLE {quote(table_name)}"))
+            kept = {"schedule": ["_schedule"], "throughput": ["_throughput"]}.get(
+                left, ["", "_schedule", "_throughput"]
+            )
+            for suffix in {"", "_schedule", "_throughput"} - set(kept):
+                conn.execute(sa.text(f"DROP TABLE {quote(table_name + suffix)}"))
         before = set(sa.inspect(engine).get_table_names())
         with pytest.raises(SchemaError) as refused:
             schema.upgrade(engine, table_name)
         message = str(refused.value)
-        assert f"'{table_name}_schedule'" in message and "to start afresh" in message
-        assert (f"'{table_name}', " in message) is (left == "both")
+        assert "to start afresh" in message
+        named = message.split("yet ", 1)[1].split(": left from", 1)[0]
+        for suffix in ("", "_schedule", "_throughput"):
+            assert (f"'{table_name}{suffix}'" in named) is (suffix in kept), (suffix, named)
         assert set(sa.inspect(engine).get_table_names()) == before  # nothing created
     finally:
         engine.dispose()

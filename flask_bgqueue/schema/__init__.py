@@ -100,7 +100,8 @@ def _refuse_leftovers(connection: sa.Connection, table_name: str) -> None:
             f" ({version_table(table_name)!r}), yet {', '.join(map(repr, found))} exist"
             f"{'s' if len(found) == 1 else ''}: left from an earlier install, or part of"
             " one dropped by hand. The schema cannot be created over it. Drop"
-            f" {' and '.join(found)} to start afresh (their jobs and schedules are lost),"
+            f" {' and '.join(found)} to start afresh (their jobs, schedules and chart counts"
+            " are lost),"
             " or restore the version table."
         )
 
