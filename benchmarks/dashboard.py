@@ -158,18 +158,14 @@ def fill_throughput(
             if at >= oldest:
                 counts = by_key.setdefault((at, queue, hostname, pid), {"finished": 0, "failed": 0})
                 counts[kind] += n
-    rows = iter(
-        [
-            {"minute": at, "queue": q, "hostname": h, "pid": p, **counts}
-            for (at, q, h, p), counts in by_key.items()
-        ]
-    )
+    rows = [
+        {"minute": at, "queue": q, "hostname": h, "pid": p, **counts}
+        for (at, q, h, p), counts in by_key.items()
+    ]
     tt = throughput_table(table)
-    written = 0
-    while chunk := list(itertools.islice(rows, 5000)):
-        conn.execute(tt.insert(), chunk)
-        written += len(chunk)
-    return written
+    for start in range(0, len(rows), 5000):
+        conn.execute(tt.insert(), rows[start : start + 5000])
+    return len(rows)
 
 
 def fill(url: str, table: str, n: int, history_days: int = 7) -> None:

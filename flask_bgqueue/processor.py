@@ -279,16 +279,15 @@ class Processor:
         ]
         if again:  # a cancel asked for after the heartbeat's last read: no next attempt
             self.store.cancel_requested_retries(again, utcnow())
-        for (claim, outcome, values), ok in zip(items, saved, strict=True):
-            if ok and outcome.state in TALLIED_STATES:
-                finished = outcome.state is JobState.FINISHED
-                self.tally.add(claim.job.queue, values.get("updated_at") or utcnow(), finished)
-        self.tally.flush()
         if clones and self.state.broker is not None:
             send_to_broker(self.state, clones)
         with self.app.app_context():
-            for (claim, outcome, _), ok in zip(items, saved, strict=True):
+            for (claim, outcome, values), ok in zip(items, saved, strict=True):
+                if ok and outcome.state in TALLIED_STATES:
+                    finished = outcome.state is JobState.FINISHED
+                    self.tally.add(claim.job.queue, values["updated_at"], finished)
                 self.after_save(claim, outcome, ok)
+        self.tally.flush()
 
     def settle(self) -> list[int]:
         """Write what is owed, once the database answers again: the outcomes of jobs that

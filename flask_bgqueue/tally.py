@@ -5,10 +5,10 @@ Counting is in memory, and the counts go to the database at most once a second
 (:data:`FLUSH_EVERY_SECONDS`), after saving outcomes or before waiting for work (never
 between a wake-up and the claim it is for), and when the worker stops: the chart then
 reads a few rows per minute instead of every job that ended, for the price of one small
-write a second per busy worker. The chart is a gauge, not a
-ledger: a worker killed outright takes its last second's counts with it, and counts a
-database refused are tried again with the next ones (for :data:`KEPT`), never the jobs'
-outcomes, which are saved before they are counted.
+write a second per busy worker. The chart is a gauge, not a ledger: a worker killed
+outright takes its last second's counts with it, and counts a database refused are tried
+again with the next ones (for :data:`KEPT`), never the jobs' outcomes, which are saved
+before they are counted.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``<table>_throughput`` holds, per queue, minute and worker (``hostname``, ``pid``), how
 many attempts finished and how many failed. Each worker adds its own outcomes to its own
-rows, a few times a second at most, so workers never wait for one another; the chart
+rows, once a second at most, so workers never wait for one another; the chart
 then reads a few hundred small rows instead of every job ended in its window (430,000
 index entries for a queue finishing 40 jobs a second, at 1,000,000 jobs).
 
