@@ -29,6 +29,7 @@ from .runtime import Runtime, current_runtime
 from .selection import JobFilter
 from .store import StateCounts
 from .store.activity import WORKERS_WINDOW
+from .tally import KEPT
 
 #: The longest text shown for decoded parameters.
 MAX_PARAMETERS_TEXT = 100_000
@@ -252,7 +253,13 @@ class Inspector:
         the last ``hours``, and the workers seen in the last :data:`WORKERS_WINDOW`.
 
         A state with more than ``BGQUEUE_EXACT_COUNT_LIMIT`` jobs is estimated from the
-        database's statistics on PostgreSQL and MySQL/MariaDB (:attr:`Stats.estimated`)."""
+        database's statistics on PostgreSQL and MySQL/MariaDB (:attr:`Stats.estimated`).
+
+        ``hours`` (at least one minute is shown) may be at most the 7 days the
+        per-minute counts are kept (:data:`~flask_bgqueue.tally.KEPT`): more would show
+        the minutes no longer kept as minutes without work, so it raises
+        :class:`ValueError`, as it does for 0 or less."""
+        _check_hours(hours)
         store = self._app.store
         now = now or utcnow()
         by_state = dict.fromkeys(JobState, 0)
@@ -403,3 +410,12 @@ class Inspector:
     def discard(self, job_ids: Iterable[int]) -> list[int]:
         """Delete these jobs if FINISHED, REDUNDANT or failed (never PROCESSING ones)."""
         return self._app.store.discard(job_ids)
+
+
+def _check_hours(hours: float) -> None:
+    kept = KEPT / timedelta(hours=1)
+    if not 0 < hours <= kept:  # also False for NaN
+        raise ValueError(
+            f"stats(hours={hours!r}): the per-minute outcome counts are kept for"
+            f" {kept:g} hours; ask for more than 0 and at most {kept:g} hours"
+        )

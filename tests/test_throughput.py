@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from flask_bgqueue import JobState, schema
 from flask_bgqueue.clock import utcnow
+from flask_bgqueue.inspection import Inspector
 from flask_bgqueue.models import job_table, throughput_table
 from flask_bgqueue.tally import KEPT, Tally
 from tests.conftest import AppFactory, ProcEnv
@@ -187,6 +188,23 @@ def test_a_worker_deletes_minutes_older_than_kept(make_app: AppFactory) -> None:
         tally.flush(force=True)
         rows = _rows(store)
     assert sorted(rows) == [("default", "host-a", 1, 3, 0), ("default", "host-a", 2, 1, 0)]
+
+
+def test_stats_shows_the_kept_week_and_refuses_more_than_it_keeps(make_app: AppFactory) -> None:
+    app = make_app()
+    with app.app_context():
+        store = app.extensions["bgqueue"].store
+        now = utcnow()
+        oldest = now - KEPT + timedelta(minutes=2)  # still kept: shown in a week's stats
+        store.add_throughput({("default", oldest): (5, 1)}, ("host-a", 1))
+        week = Inspector(app.bgq).stats(hours=KEPT / timedelta(hours=1), now=now)  # type: ignore[attr-defined]
+        for hours in (KEPT / timedelta(hours=1) + 1, 0, -3, float("nan")):
+            with pytest.raises(ValueError, match=r"kept for 168 hours; ask for more than 0"):
+                Inspector(app.bgq).stats(hours=hours, now=now)  # type: ignore[attr-defined]
+    assert len(week.throughput) == 7 * 24 * 60
+    assert week.throughput[0].start <= oldest.replace(second=0, microsecond=0)
+    assert sum(m.finished for m in week.throughput) == 5
+    assert sum(m.failed for m in week.throughput) == 1
 
 
 def test_the_migration_fills_in_the_last_day_from_the_jobs(
