@@ -229,26 +229,28 @@ def test_ids_published_while_a_message_is_unconfirmed_go_out_together(
     assert written <= sends + 3, f"{written} socket writes for {sends} sends of {count} ids"
 
 
-def test_an_id_waits_for_the_window_only_while_a_message_is_unconfirmed(
+def test_an_id_waits_for_the_window_only_in_a_burst_confirmed_or_not(
     rabbit: ProcEnv, amqp_queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Alone, an id goes out at once; in a burst it waits for the window, even when every
+    message sent before it is confirmed (a loop's ids then go out together)."""
     monkeypatch.setattr(pipeline, "COALESCE_SECONDS", 3.0)
     monkeypatch.setattr(pipeline, "BURST_SECONDS", 0.1)  # one by one here is a burst
-    confirms = HeldConfirms(monkeypatch)
+    monkeypatch.setattr(pipeline, "GAP_CAP_SECONDS", 10.0)
+    monkeypatch.setattr(pipeline, "GAP_SMOOTHING", 1.0)  # the last gap decides
     app = rabbit.app()
     with app.app_context():
         bgq = app.bgq  # type: ignore[attr-defined]
         broker = app.extensions["bgqueue"].broker
         first = bgq.publish("record", {"group": "window", "name": "0"})
-        assert broker.flush(10)
-        # every message confirmed: the next id goes out at once, not after the window
+        assert broker.flush(10)  # alone: sent at once and confirmed
+        time.sleep(0.3)  # a pause: not a burst
         second = bgq.publish("record", {"group": "window", "name": "1"})
         assert broker.flush(1.5)
-        # the next goes at once too, and stays unconfirmed: those after it wait
-        confirms.holding = True
+        # every message is confirmed; the ids that follow at once are a burst and wait
         more = [bgq.publish("record", {"group": "window", "name": str(n)}) for n in range(2, 40)]
-        confirms.release(broker)
         started = time.monotonic()
+        assert queued_ids(amqp_queue, 10) == [first, second]
         assert not broker.flush(1.0)
         assert broker.flush(10)
         assert time.monotonic() - started > 1.0
@@ -260,7 +262,7 @@ def test_ids_a_few_milliseconds_apart_go_out_at_once_while_a_message_is_unconfir
 ) -> None:
     """Not a burst (``BURST_SECONDS``): under a steady stream RabbitMQ's confirms lag (a
     persistent message is confirmed once written), yet each id goes out at once rather
-    than wait for the window behind the unconfirmed message."""
+    than wait for the window."""
     monkeypatch.setattr(pipeline, "COALESCE_SECONDS", 1.0)
     confirms = HeldConfirms(monkeypatch)
     batches = count_calls(monkeypatch, pipeline._Session, "_send_pending", static=False)
@@ -273,7 +275,7 @@ def test_ids_a_few_milliseconds_apart_go_out_at_once_while_a_message_is_unconfir
         confirms.holding = True  # every message from here on stays unconfirmed
         batches.clear()
         ids = []
-        assert pipeline.BURST_SECONDS < 0.005
+        assert pipeline.BURST_SECONDS < 0.005 <= pipeline.GAP_CAP_SECONDS
         for n in range(8):
             time.sleep(0.005)
             ids.append(bgq.publish("record", {"group": "steady", "name": str(n)}))

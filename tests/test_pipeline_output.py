@@ -1,5 +1,5 @@
-"""What the publisher thread leaves pika to send: the bytes of each message, in one buffer
-(no RabbitMQ needed)."""
+"""What the publisher thread leaves pika to send: the bytes of each message, in one buffer;
+and when it sends ids together (no RabbitMQ needed)."""
 
 from __future__ import annotations
 
@@ -113,3 +113,27 @@ def test_without_pikas_output_hook_or_with_a_closed_channel_basic_publish_is_use
     with pytest.raises(pika.exceptions.ChannelWrongStateError):
         session._send(((), "bgqueue.default.p100", 43))
     assert closed.out == []
+
+
+def test_the_average_gap_keeps_a_loop_a_burst_and_a_steady_stream_not() -> None:
+    """The moving average of the gaps between hand-overs (``smoothed_gap``): a loop with an
+    occasional slow commit stays a burst; ids 3 ms apart never become one, nor does a
+    pause followed by a few quick ids."""
+    burst = pipeline.BURST_SECONDS
+    loop = pipeline.GAP_CAP_SECONDS
+    for n in range(200):
+        loop = pipeline.smoothed_gap(loop, 0.006 if n % 10 == 0 else 0.0005)
+        if n >= 40:
+            assert loop < burst, (n, loop)  # the slow commit does not end the burst
+    steady = pipeline.GAP_CAP_SECONDS
+    for n in range(200):
+        steady = pipeline.smoothed_gap(steady, 0.003)
+        assert steady >= burst, (n, steady)
+    after_pause = pipeline.smoothed_gap(loop, 60.0)  # a minute without publishing
+    assert after_pause >= burst
+    for _ in range(3):
+        after_pause = pipeline.smoothed_gap(after_pause, 0.0005)
+        assert after_pause >= burst  # the first ids after a pause go out at once
+    for _ in range(40):
+        after_pause = pipeline.smoothed_gap(after_pause, 0.0005)
+    assert after_pause < burst  # then the loop is a burst again

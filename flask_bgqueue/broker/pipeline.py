@@ -51,20 +51,31 @@ log = logging.getLogger("flask_bgqueue.broker")
 
 _PROPERTIES = pika.BasicProperties(delivery_mode=2)  # persistent
 
-#: While a sent message is not confirmed yet, ids handed over within this long of the last
-#: send wait for the rest of it and go out together: one wake-up, one socket write and one
-#: or two confirms for all of them instead of for each. Only in a burst (see
-#: ``BURST_SECONDS``); otherwise, and with every message confirmed, an id goes out at once.
+#: In a burst (see ``BURST_SECONDS``), ids handed over within this long of the last send
+#: wait for the rest of it and go out together: one wake-up, one socket write and one
+#: confirm for all of them instead of for each. Any other id goes out at once.
 COALESCE_SECONDS = 0.01
 
-#: Ids handed over less than this long after the one before are a burst, which waits as
-#: above. RabbitMQ confirms a persistent message only once it is written (10-30 ms here
-#: with no consumer waiting for it), so under any steady stream a message is unconfirmed:
-#: ids a few milliseconds apart, each worth a send of its own, would each wait up to
-#: ``COALESCE_SECONDS``, and ``publish()`` would not wait for the hand-over, so a caller
-#: busy after it kept the send back (publish -> start about 12 ms at 200 jobs a second
-#: from such a caller before this rule, 3-6 ms after: ``benchmarks/README.md`` §15).
-BURST_SECONDS = 0.001
+#: Ids handed over less than this long apart on average are a burst, which waits as above.
+#: Each send costs the publisher thread a wake-up and RabbitMQ a write and a confirm, about
+#: 1 ms of processor time between them on a 2-core machine (``benchmarks/README.md``
+#: §18): sent one by one, ids published as fast as rows commit (1,000-3,000 a second)
+#: would take RabbitMQ's and the publisher's share of the processors from the publishing
+#: itself. Under 500 a second, each id goes out at once: a job published on a quiet queue,
+#: or in a steady stream a few milliseconds apart, is announced without waiting, and
+#: ``publish()`` waits for the hand-over (``HANDOVER_SECONDS``), so a caller busy after it
+#: does not hold the send back (publish -> start about 12 ms at 200 jobs a second from
+#: such a caller before this rule, 3-6 ms after: ``benchmarks/README.md`` §15).
+BURST_SECONDS = 0.002
+
+#: The average above moves by this share of each new gap (an exponential moving average),
+#: so that one slow commit in a loop does not end its burst, nor one quick pair in a
+#: steady stream start one.
+GAP_SMOOTHING = 0.125
+
+#: A gap this long or longer is a pause: the average starts again from it, so the ids after
+#: a pause go out at once until they show a burst again (about 15 of them at a loop's pace).
+GAP_CAP_SECONDS = 0.01
 
 #: How long ``publish()`` waits, when its id goes out at once, for the publisher thread
 #: to take it (so that the caller's next computation does not hold the send back): a
@@ -88,7 +99,7 @@ class PipelinedPublisher:
         self.pending: deque[Item] = deque()  # handed over, not sent yet
         self.outstanding = 0  # handed over and neither confirmed nor failed
         self.handed_at = 0.0  # time.monotonic() of the last hand-over
-        self.gap = float("inf")  # between the last two hand-overs, in seconds
+        self.gap = GAP_CAP_SECONDS  # between hand-overs, on average (see smoothed_gap)
         self.session: _Session | None = None  # the current connection
         self.pid = os.getpid()  # a forked child makes its own (AmqpBroker.announce)
 
@@ -97,7 +108,7 @@ class PipelinedPublisher:
         with self.lock:
             self.pending.extend(items)
             self.outstanding += len(items)
-            self.gap, self.handed_at = now - self.handed_at, now
+            self.gap, self.handed_at = smoothed_gap(self.gap, now - self.handed_at), now
             session = self.session
             if session is None:
                 self.session = _Session(self)
@@ -200,9 +211,9 @@ class _Session:
         return not (self._coalesces() or self.ended or self.renewing)
 
     def _coalesces(self) -> bool:
-        """Whether what is pending waits for what follows: a message is unconfirmed and
-        the ids come in a burst (``BURST_SECONDS``)."""
-        return bool(self.unconfirmed) and self.publisher.gap < BURST_SECONDS
+        """Whether what is pending waits for what follows: the ids come in a burst
+        (``BURST_SECONDS``)."""
+        return self.publisher.gap < BURST_SECONDS
 
     # -- the session's thread ---------------------------------------------------------
 
@@ -408,6 +419,13 @@ class _Session:
         self.waiting.clear()
         publisher.fail(left, message)
         publisher.done(len(left))
+
+
+def smoothed_gap(average: float, gap: float) -> float:
+    """The average time between hand-overs, after one more ``gap`` (seconds)."""
+    if gap >= GAP_CAP_SECONDS:  # a pause
+        return GAP_CAP_SECONDS
+    return average + GAP_SMOOTHING * (gap - average)
 
 
 def _join_output(connection: Any) -> None:
