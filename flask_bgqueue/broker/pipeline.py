@@ -61,12 +61,12 @@ COALESCE_SECONDS = 0.01
 #: 1 ms of processor time between them on a 2-core machine (``benchmarks/README.md``
 #: §18): sent one by one, ids published as fast as rows commit (1,000-3,000 a second)
 #: would take RabbitMQ's and the publisher's share of the processors from the publishing
-#: itself. Under 500 a second, each id goes out at once: a job published on a quiet queue,
-#: or in a steady stream a few milliseconds apart, is announced without waiting, and
-#: ``publish()`` waits for the hand-over (``HANDOVER_SECONDS``), so a caller busy after it
-#: does not hold the send back (publish -> start about 12 ms at 200 jobs a second from
-#: such a caller before this rule, 3-6 ms after: ``benchmarks/README.md`` §15).
-BURST_SECONDS = 0.002
+#: itself. Under about 670 a second, each id goes out at once: a job published on a quiet
+#: queue, or in a steady stream a few milliseconds apart, is announced without waiting,
+#: and ``publish()`` waits for the hand-over (``HANDOVER_SECONDS``), so a caller busy
+#: after it does not hold the send back (publish -> start about 12 ms at 200 jobs a second
+#: from such a caller before this rule, 3-6 ms after: ``benchmarks/README.md`` §15).
+BURST_SECONDS = 0.0015
 
 #: The average above moves by this share of each new gap (an exponential moving average),
 #: so that one slow commit in a loop does not end its burst, nor one quick pair in a
