@@ -18,7 +18,7 @@ from flask_bgqueue.clock import utcnow
 from flask_bgqueue.inspection import Inspector
 from flask_bgqueue.models import job_table, throughput_table
 from flask_bgqueue.tally import KEPT, Tally
-from tests.conftest import AppFactory, ProcEnv
+from tests.conftest import AMQP_URL, AppFactory, ProcEnv
 from tests.helpers import stop_consumers
 from tests.test_workers import wait_for
 
@@ -288,6 +288,40 @@ def test_running_consumers_count_on_rows_of_their_own_without_stopping(procs: Pr
             stop_consumers(consumers)
     assert workers <= {(socket.gethostname(), c.pid) for c in consumers}
     assert finished() == 20
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_rabbitmq_consumers_count_while_they_wait_for_messages(
+    procs: ProcEnv, amqp_queue: str
+) -> None:
+    """Consumers fed by RabbitMQ write their counts when no message came for a while, as
+    table-fed ones do before they wait."""
+    procs.config = {
+        "BGQUEUE_BROKER_URL": AMQP_URL,
+        "BGQUEUE_QUEUE": amqp_queue,
+        "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 0.3,
+    }
+    app = procs.app()
+    with app.app_context():
+        bgq = app.bgq  # type: ignore[attr-defined]
+        store = app.extensions["bgqueue"].store
+        started = utcnow() - timedelta(minutes=1)
+        consumer = procs.start("bgq", "consume")
+        try:
+            for _ in range(20):
+                bgq.publish("noop")
+
+            def finished() -> int:
+                counts = store.outcomes_per_minute(started)
+                return sum(n for kind, _, n in counts if kind == "finished")
+
+            wait_for(lambda: finished() == 20, what="20 finished on the chart")
+            assert consumer.poll() is None  # still running
+        finally:
+            stop_consumers([consumer])
+    assert {(host, pid) for _, host, pid, _, _ in _rows(store)} == {
+        (socket.gethostname(), consumer.pid)
+    }
 
 
 def test_an_interrupted_or_timed_out_attempt_counts_as_failed(make_app: AppFactory) -> None:

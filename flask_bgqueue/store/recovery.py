@@ -59,7 +59,8 @@ class Recovery(StoreBase):
                 )
                 if done:
                     reaped.append(job_id)
-                    failed[queue] += state in FAILED_STATES
+                    if state in FAILED_STATES:  # a cancelled one is not a failed attempt
+                        failed[queue] += 1
             self._tally(conn, {(queue, now): (0, n) for queue, n in failed.items()})
         return reaped
 
