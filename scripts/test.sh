@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The single test command: Python venv + test servers, then pytest.
-#   scripts/test.sh [pytest arguments...]
+#   scripts/test.sh [pytest arguments...]   (none: the whole suite, see the end)
 # Needs root on Debian 12 the first time (it apt-installs the servers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +42,13 @@ export BGQUEUE_TEST_MYSQL_URL="${BGQUEUE_TEST_MYSQL_URL:-mysql+pymysql://bgqueue
 export BGQUEUE_TEST_PGBOUNCER_URL="${BGQUEUE_TEST_PGBOUNCER_URL:-postgresql+psycopg://bgqueue:bgqueue@127.0.0.1:6432/bgqueue_test}"
 export BGQUEUE_TEST_AMQP_URL="${BGQUEUE_TEST_AMQP_URL:-amqp://bgqueue:bgqueue@127.0.0.1:5672/%2F}"
 
-exec .venv/bin/python -m pytest "$@"
+# With arguments: pytest with them, in this process. Without: the whole suite in
+# BGQUEUE_TEST_PROCESSES processes (default 3: most tests wait on servers and workers, not
+# on the processors), then the tests that stop or restart a shared server, alone.
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+status=0
+.venv/bin/python -m pytest -n "${BGQUEUE_TEST_PROCESSES:-3}" --dist loadgroup -m "not exclusive" || status=$?
+.venv/bin/python -m pytest -m exclusive || status=$?
+exit "$status"

@@ -36,7 +36,11 @@ CLUSTER_URLS = os.environ.get(
 JOBS = 5000  # the number
 QUORUM = {"x-queue-type": "quorum"}
 
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+pytestmark = [
+    pytest.mark.parametrize("db_url", ["postgresql"], indirect=True),
+    # One at a time: they stop and start the same three nodes.
+    pytest.mark.xdist_group("rabbitmq-cluster"),
+]
 
 
 def masked(url: str) -> str:

@@ -225,6 +225,7 @@ def collect_outage_sockets() -> Iterator[None]:
     gc.collect()
 
 
+@pytest.mark.exclusive
 @outage_sockets
 def test_with_rabbitmq_stopped_publish_succeeds_and_process_runs_the_job(
     collect_outage_sockets: None, rabbit: ProcEnv
@@ -257,6 +258,7 @@ def test_with_rabbitmq_stopped_publish_succeeds_and_process_runs_the_job(
     assert [r[:2] for r in rabbit.records()] == [["outage", "x"]]
 
 
+@pytest.mark.exclusive
 @outage_sockets
 def test_a_rabbitmq_restart_loses_nothing_and_runs_nothing_twice(
     collect_outage_sockets: None, rabbit: ProcEnv

@@ -97,11 +97,13 @@ def ride_out_a_restart(procs: ProcEnv, db_url: str) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("db_url", ["postgresql", "mysql"], indirect=True)
 def test_a_polling_consumer_rides_out_a_database_restart(quick: ProcEnv, db_url: str) -> None:
     ride_out_a_restart(quick, db_url)
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_rabbitmq_consumer_rides_out_a_database_restart(
     quick: ProcEnv, db_url: str, amqp_queue: str
