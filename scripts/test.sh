@@ -44,11 +44,13 @@ export BGQUEUE_TEST_AMQP_URL="${BGQUEUE_TEST_AMQP_URL:-amqp://bgqueue:bgqueue@12
 
 # With arguments: pytest with them, in this process. Without: the whole suite in
 # BGQUEUE_TEST_PROCESSES processes (default 3: most tests wait on servers and workers, not
-# on the processors), then the tests that stop or restart a shared server, alone.
+# on the processors), each test file in one of them (the tests of a file may share a
+# server's state: PgBouncer's connections, the cluster's nodes, the hosts' subnets), then
+# the tests that stop or restart a shared server (marked exclusive), alone.
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 status=0
-.venv/bin/python -m pytest -n "${BGQUEUE_TEST_PROCESSES:-3}" --dist loadgroup -m "not exclusive" || status=$?
+.venv/bin/python -m pytest -n "${BGQUEUE_TEST_PROCESSES:-3}" --dist loadfile -m "not exclusive" || status=$?
 .venv/bin/python -m pytest -m exclusive || status=$?
 exit "$status"

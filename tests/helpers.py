@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import signal
+import time
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,9 +16,24 @@ from flask_bgqueue import BackgroundQueue
 from flask_bgqueue.clock import utcnow
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler (its ``SigCgt`` mask in /proc): a
+    consumer that is still starting up would die of the signal instead of stopping."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # gone
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+
 def stop_consumers(consumers: Sequence[Any]) -> None:
-    """SIGTERM to every consumer process, then each must exit 0 within a minute."""
+    """SIGTERM to every consumer process once it is up, then each must exit 0 within a
+    minute."""
     for c in consumers:
+        deadline = time.monotonic() + 60
+        while c.poll() is None and not catches_sigterm(c.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         c.send_signal(signal.SIGTERM)
     for c in consumers:
         _out, err = c.communicate(timeout=60)

@@ -36,11 +36,7 @@ CLUSTER_URLS = os.environ.get(
 JOBS = 5000  # the number
 QUORUM = {"x-queue-type": "quorum"}
 
-pytestmark = [
-    pytest.mark.parametrize("db_url", ["postgresql"], indirect=True),
-    # One at a time: they stop and start the same three nodes.
-    pytest.mark.xdist_group("rabbitmq-cluster"),
-]
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 
 def masked(url: str) -> str:

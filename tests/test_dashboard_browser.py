@@ -191,6 +191,37 @@ def test_a_job_published_after_the_page_opened_appears_without_a_reload(
     page.close()
 
 
+def test_a_refresh_that_lands_after_the_tab_was_hidden_still_says_paused(
+    served: tuple[Flask, str], browser: Any
+) -> None:
+    _app, base = served
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    held: list[Any] = []  # the refreshes' requests, answered when the test says so
+
+    def hold(route: Any) -> None:
+        if route.request.headers.get("x-bgqueue-live"):
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/jobs*", hold)
+    page.goto(base + "/jobs")
+    deadline = 50
+    while not held and deadline:  # the first refresh is on its way, and held
+        page.wait_for_timeout(100)
+        deadline -= 1
+    assert held, "no refresh was sent"
+    hidden = "hidden => { Object.defineProperty(document, 'hidden', {value: hidden,"
+    hidden += " configurable: true}); document.dispatchEvent(new Event('visibilitychange')); }"
+    page.evaluate(hidden, True)
+    assert page.inner_text("#bgq-live") == "paused while the tab is hidden"
+    with page.expect_response(lambda r: bool(r.request.headers.get("x-bgqueue-live"))):
+        held.pop(0).continue_()  # the answer to the refresh sent before the tab was hidden
+    page.wait_for_timeout(300)  # for the page to read and apply it
+    assert page.inner_text("#bgq-live") == "paused while the tab is hidden"
+    page.close()
+
+
 def test_the_docs_pictures_can_be_remade_and_show_no_path_of_this_machine(tmp_path: Path) -> None:
     """``scripts/screenshots.py`` (it refuses a page that shows a local path)."""
     import importlib.util

@@ -29,9 +29,6 @@ from tests.test_workers import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = {"postgresql": "postgresql", "mysql": "mariadb"}
 
-# One at a time: a test here ends the connections of every consumer of this file.
-pytestmark = pytest.mark.xdist_group("db-faults")
-
 
 def restart(db: str) -> None:
     """Restart the real server (as a failover or an upgrade would)."""

@@ -34,9 +34,6 @@ FAST = {
     "BGQUEUE_WAITING_JOB_EXPIRATION_MS": 200,
 }
 
-# One at a time: each takes a free 10.199.X.0/30 subnet by looking at what is in use.
-pytestmark = pytest.mark.xdist_group("hosts")
-
 
 @pytest.fixture
 def hosts(procs: ProcEnv, tmp_path: Path) -> Iterator[Hosts]:

@@ -40,9 +40,6 @@ PGBOUNCER_URL = os.environ.get(
 )
 _reachable: list[str | None] = []
 
-# One at a time: a test here waits for PgBouncer to close all its server connections.
-pytestmark = pytest.mark.xdist_group("pgbouncer")
-
 
 def require_pgbouncer() -> str:
     """The PgBouncer URL, or skip (fail in CI) when it cannot be reached."""

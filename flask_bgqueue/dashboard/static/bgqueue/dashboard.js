@@ -56,7 +56,8 @@ document.addEventListener("submit", function (event) {
             element.innerHTML = next.innerHTML;
           }
         });
-        say("live, updated " + clock(), false);
+        // a refresh that was on its way when the tab went to the background
+        say(document.hidden ? "paused while the tab is hidden" : "live, updated " + clock(), false);
       })
       .catch(function (error) {
         say("not updated since " + clock() + ": " + error.message, true);
