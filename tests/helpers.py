@@ -27,14 +27,20 @@ def catches_sigterm(pid: int) -> bool:
     return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
 
 
+def terminate(proc: Any, timeout: float = 60) -> None:
+    """SIGTERM to ``proc`` once it catches the signal (or has ended, or ``timeout``
+    seconds passed): a worker asked to stop while it still starts up stops cleanly."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not catches_sigterm(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+
+
 def stop_consumers(consumers: Sequence[Any]) -> None:
     """SIGTERM to every consumer process once it is up, then each must exit 0 within a
     minute."""
     for c in consumers:
-        deadline = time.monotonic() + 60
-        while c.poll() is None and not catches_sigterm(c.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        c.send_signal(signal.SIGTERM)
+        terminate(c)
     for c in consumers:
         _out, err = c.communicate(timeout=60)
         assert c.returncode == 0, err

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -25,6 +24,7 @@ import sqlalchemy as sa
 from flask_bgqueue import JobState
 from flask_bgqueue.broker.amqp import TIERS_MS, control_queue, delay_queue, work_queue
 from tests.conftest import AMQP_URL, IN_CI, ProcEnv
+from tests.helpers import terminate
 from tests.test_workers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def start_consumer(env: ProcEnv, *order: int) -> subprocess.Popen[str]:
 
 
 def stop(worker: subprocess.Popen[str]) -> str:
-    worker.send_signal(signal.SIGTERM)
+    terminate(worker)
     _, err = worker.communicate(timeout=120)
     return err
 

@@ -17,7 +17,7 @@ import pytest
 
 from flask_bgqueue import JobState
 from tests.conftest import AMQP_URL, ProcEnv
-from tests.helpers import all_jobs
+from tests.helpers import all_jobs, terminate
 from tests.test_workers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def rabbit_queues(prefix: str) -> dict[str, str]:
 
 
 def stop(worker: subprocess.Popen[str]) -> tuple[str, str]:
-    worker.send_signal(signal.SIGTERM)
+    terminate(worker)
     return worker.communicate(timeout=60)
 
 

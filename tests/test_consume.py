@@ -17,6 +17,7 @@ from tests.helpers import (
     all_jobs,
     assert_groups_in_order_without_overlap,
     publish_serial_groups,
+    terminate,
 )
 from tests.test_workers import wait_for
 
@@ -161,7 +162,7 @@ def test_four_rabbitmq_consumers_keep_serial_groups_in_order_without_overlap(
             )
     finally:
         for c in consumers:
-            c.send_signal(signal.SIGTERM)
+            terminate(c)
             c.communicate(timeout=60)
     records = procs.records()
     assert len({r[4] for r in records}) > 1

@@ -10,7 +10,6 @@ fault with a one-line error and exit status 1.
 from __future__ import annotations
 
 import logging
-import signal
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ import sqlalchemy as sa
 
 from flask_bgqueue import JobState
 from tests.conftest import AMQP_URL, SERVER_URLS, ProcEnv
-from tests.helpers import all_jobs
+from tests.helpers import all_jobs, terminate
 from tests.test_workers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +57,7 @@ def publish(procs: ProcEnv, app: Any, names: list[str], pause: float = 0.02) -> 
 
 
 def stop(worker: subprocess.Popen[str]) -> tuple[str, str]:
-    worker.send_signal(signal.SIGTERM)
+    terminate(worker)
     return worker.communicate(timeout=60)
 
 

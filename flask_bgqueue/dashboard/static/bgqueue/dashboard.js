@@ -57,7 +57,10 @@ document.addEventListener("submit", function (event) {
           }
         });
         // a refresh that was on its way when the tab went to the background
-        say(document.hidden ? "paused while the tab is hidden" : "live, updated " + clock(), false);
+        say(
+          document.hidden ? "paused while the tab is hidden" : "live, updated " + clock(),
+          false
+        );
       })
       .catch(function (error) {
         say("not updated since " + clock() + ": " + error.message, true);
