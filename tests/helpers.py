@@ -36,6 +36,13 @@ def terminate(proc: Any, timeout: float = 60) -> None:
     proc.send_signal(signal.SIGTERM)
 
 
+def stop(proc: Any, timeout: float = 60) -> tuple[str, str]:
+    """SIGTERM ``proc`` once it is up (:func:`terminate`); its output once it exits."""
+    terminate(proc)
+    out, err = proc.communicate(timeout=timeout)
+    return out, err
+
+
 def stop_consumers(consumers: Sequence[Any]) -> None:
     """SIGTERM to every consumer process once it is up, then each must exit 0 within a
     minute."""

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from flask_bgqueue import JobState
 from flask_bgqueue.broker.amqp import TIERS_MS, control_queue, delay_queue, work_queue
 from tests.conftest import AMQP_URL, IN_CI, ProcEnv
-from tests.helpers import terminate
+from tests.helpers import stop
 from tests.test_workers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,12 +95,6 @@ def start_consumer(env: ProcEnv, *order: int) -> subprocess.Popen[str]:
         return env.start("bgq", "consume")  # type: ignore[no-any-return]
     finally:
         env.config = config
-
-
-def stop(worker: subprocess.Popen[str]) -> str:
-    terminate(worker)
-    _, err = worker.communicate(timeout=120)
-    return err
 
 
 def runs(env: ProcEnv) -> list[tuple[int, int, int, float]]:
@@ -175,7 +169,7 @@ def test_consumers_move_to_another_node_and_every_job_runs_once(cluster: ProcEnv
         finally:
             node("start-node", 1)
     finally:
-        first_err, second_err = stop(first), stop(second)
+        first_err, second_err = stop(first, timeout=120)[1], stop(second, timeout=120)[1]
 
     assert left > 0  # the node stopped while jobs drained
     check_each_ran_once(cluster, engine, table)
@@ -235,7 +229,7 @@ def test_a_publisher_moves_to_another_node_and_no_job_is_lost(
         with app.app_context():
             app.bgq.process()  # type: ignore[attr-defined]  # runs BROKER_FAILED jobs inline
     finally:
-        consumer_err = stop(consumer)
+        consumer_err = stop(consumer, timeout=120)[1]
     assert states(engine, table) == {JobState.FINISHED: JOBS}
     check_each_ran_once(cluster, engine, table)
     # ids published once bgq1 was down reached the consumer: through another node

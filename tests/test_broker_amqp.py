@@ -17,7 +17,7 @@ import pytest
 
 from flask_bgqueue import JobState
 from tests.conftest import AMQP_URL, ProcEnv
-from tests.helpers import all_jobs, terminate
+from tests.helpers import all_jobs, stop
 from tests.test_workers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,11 +46,6 @@ def rabbit_queues(prefix: str) -> dict[str, str]:
         timeout=60,
     ).stdout
     return {q["name"]: q["type"] for q in json.loads(out) if q["name"].startswith(prefix)}
-
-
-def stop(worker: subprocess.Popen[str]) -> tuple[str, str]:
-    terminate(worker)
-    return worker.communicate(timeout=60)
 
 
 @pytest.mark.parametrize("kind", ["classic", "quorum"])

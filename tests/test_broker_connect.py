@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import AMQP_URL, ProcEnv
-from tests.helpers import terminate
+from tests.helpers import stop
 from tests.test_workers import wait_for
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -158,8 +158,7 @@ def test_a_connection_lost_later_is_retried_with_backoff_each_retry_naming_the_b
             app.bgq.publish("record", {"group": "g", "name": "after"})  # type: ignore[attr-defined]
         wait_for(lambda: len(rabbit.records()) == 2, timeout=30, what="the job after the cut")
     finally:
-        terminate(worker)
-        _out, err = worker.communicate(timeout=60)
+        _out, err = stop(worker)
     assert worker.returncode == 0, err
     where = f"the broker at {MASKED}127.0.0.1:{proxy.port}/%2F"
     assert err.count(f"bgqueue: lost {where}: ") == 1, err

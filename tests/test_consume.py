@@ -17,7 +17,7 @@ from tests.helpers import (
     all_jobs,
     assert_groups_in_order_without_overlap,
     publish_serial_groups,
-    terminate,
+    stop,
 )
 from tests.test_workers import wait_for
 
@@ -162,8 +162,7 @@ def test_four_rabbitmq_consumers_keep_serial_groups_in_order_without_overlap(
             )
     finally:
         for c in consumers:
-            terminate(c)
-            c.communicate(timeout=60)
+            stop(c)
     records = procs.records()
     assert len({r[4] for r in records}) > 1
     assert_groups_in_order_without_overlap(records, groups)

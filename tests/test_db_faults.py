@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from flask_bgqueue import JobState
 from tests.conftest import AMQP_URL, SERVER_URLS, ProcEnv
-from tests.helpers import all_jobs, terminate
+from tests.helpers import all_jobs, stop
 from tests.test_workers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,11 +54,6 @@ def publish(procs: ProcEnv, app: Any, names: list[str], pause: float = 0.02) -> 
         store.forget_connections()  # the test's own pool may hold connections of before
         for name in names:
             app.bgq.publish("record", {"group": "g", "name": name, "pause": pause})
-
-
-def stop(worker: subprocess.Popen[str]) -> tuple[str, str]:
-    terminate(worker)
-    return worker.communicate(timeout=60)
 
 
 @pytest.fixture

@@ -263,16 +263,16 @@ def test_the_migration_fills_in_the_last_day_from_the_jobs(
     ]
 
 
-def test_running_consumers_count_on_rows_of_their_own_without_stopping(procs: ProcEnv) -> None:
-    """Two real consumers: their counts reach the table while they wait for more work
-    (not only when they stop), each on its own rows."""
-    procs.config = {"BGQUEUE_POLL_INTERVAL_MS": 200, "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 0.3}
+def _count_with_running_consumers(procs: ProcEnv, number: int) -> tuple[list[Any], set[Any]]:
+    """Start ``number`` real consumers, publish 20 jobs, and wait until the chart shows
+    them finished while the consumers still run; the consumers (stopped) and the workers
+    whose rows held the counts while they ran."""
     app = procs.app()
     with app.app_context():
         bgq = app.bgq  # type: ignore[attr-defined]
         store = app.extensions["bgqueue"].store
         started = utcnow() - timedelta(minutes=1)
-        consumers = [procs.start("bgq", "consume") for _ in range(2)]
+        consumers = [procs.start("bgq", "consume") for _ in range(number)]
         try:
             for _ in range(20):
                 bgq.publish("noop")
@@ -282,12 +282,20 @@ def test_running_consumers_count_on_rows_of_their_own_without_stopping(procs: Pr
                 return sum(n for kind, _, n in counts if kind == "finished")
 
             wait_for(lambda: finished() == 20, what="20 finished on the chart")
-            assert [c.poll() for c in consumers] == [None, None]  # still running
+            assert [c.poll() for c in consumers] == [None] * number  # still running
             workers = {(host, pid) for _, host, pid, _, _ in _rows(store)}
         finally:
             stop_consumers(consumers)
+        assert finished() == 20
+    return consumers, workers
+
+
+def test_running_consumers_count_on_rows_of_their_own_without_stopping(procs: ProcEnv) -> None:
+    """Two real consumers: their counts reach the table while they wait for more work
+    (not only when they stop), each on its own rows."""
+    procs.config = {"BGQUEUE_POLL_INTERVAL_MS": 200, "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 0.3}
+    consumers, workers = _count_with_running_consumers(procs, 2)
     assert workers <= {(socket.gethostname(), c.pid) for c in consumers}
-    assert finished() == 20
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -301,27 +309,8 @@ def test_rabbitmq_consumers_count_while_they_wait_for_messages(
         "BGQUEUE_QUEUE": amqp_queue,
         "BGQUEUE_HEARTBEAT_INTERVAL_SECONDS": 0.3,
     }
-    app = procs.app()
-    with app.app_context():
-        bgq = app.bgq  # type: ignore[attr-defined]
-        store = app.extensions["bgqueue"].store
-        started = utcnow() - timedelta(minutes=1)
-        consumer = procs.start("bgq", "consume")
-        try:
-            for _ in range(20):
-                bgq.publish("noop")
-
-            def finished() -> int:
-                counts = store.outcomes_per_minute(started)
-                return sum(n for kind, _, n in counts if kind == "finished")
-
-            wait_for(lambda: finished() == 20, what="20 finished on the chart")
-            assert consumer.poll() is None  # still running
-        finally:
-            stop_consumers([consumer])
-    assert {(host, pid) for _, host, pid, _, _ in _rows(store)} == {
-        (socket.gethostname(), consumer.pid)
-    }
+    [consumer], workers = _count_with_running_consumers(procs, 1)
+    assert workers == {(socket.gethostname(), consumer.pid)}
 
 
 def test_an_interrupted_or_timed_out_attempt_counts_as_failed(make_app: AppFactory) -> None:
