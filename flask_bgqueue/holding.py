@@ -4,6 +4,7 @@ the outcomes waiting to be saved together, and what it owes a database that went
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -90,7 +91,10 @@ class OutcomeWriter:
     An outcome waits at most :attr:`FLUSH_AFTER_SECONDS` (a timer flushes it while a
     later, slower job runs), so a job's successors in its serial group, the dashboard and
     a crash see it finished almost at once; a crash in that window runs the job again, as
-    a crash during the job would.
+    a crash during the job would. Before each job the worker calls :meth:`settled`: no job
+    starts while an outcome waits longer than that or its save is under way, so a save the
+    database refuses stops the batch before the next job however slowly the refusal comes
+    (at most the one job that started before the outcome was due ran beside it).
     """
 
     FLUSH_AFTER_SECONDS = 0.02
@@ -99,6 +103,7 @@ class OutcomeWriter:
         self.save, self.logger = save, logger  # save: Processor.save_outcomes
         self._pending: list[Pending] = []
         self._timer: threading.Timer | None = None
+        self._due = 0.0  # when the oldest pending outcome must be saved (monotonic)
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
 
@@ -106,9 +111,22 @@ class OutcomeWriter:
         with self._lock:
             self._pending.append((claim, outcome, values))
             if self._timer is None:
-                self._timer = threading.Timer(self.FLUSH_AFTER_SECONDS, self._flush_in_thread)
+                self._due = time.monotonic() + self.FLUSH_AFTER_SECONDS
+                self._timer = threading.Timer(self.FLUSH_AFTER_SECONDS, self._flush_logged)
                 self._timer.daemon = True
                 self._timer.start()
+
+    def settled(self) -> None:
+        """Save the outcomes that are due now, in this thread, if the timer has not begun
+        to (its thread may not have been scheduled yet), or wait for its save under way;
+        either way it ends saved, or owed (``Processor.owed``)."""
+        with self._lock:
+            due = self._timer is not None and time.monotonic() >= self._due
+        if due:
+            self._flush_logged()
+        elif self._flushing.locked():
+            with self._flushing:
+                pass
 
     def flush(self) -> None:
         with self._flushing:
@@ -121,7 +139,7 @@ class OutcomeWriter:
                 return
             self.save(items)
 
-    def _flush_in_thread(self) -> None:
+    def _flush_logged(self) -> None:
         try:
             self.flush()
         except Exception as exc:  # owed (see Processor.save_outcomes): no job starts now

@@ -339,6 +339,8 @@ class Processor:
             for claim in claims:
                 # After an outcome that could not be saved, no job starts: the database is
                 # away or refuses this worker, and every job run now would run again.
+                if writer is not None:
+                    writer.settled()
                 if self.owed or (should_stop is not None and should_stop()):
                     break
                 started += 1

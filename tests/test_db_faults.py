@@ -141,16 +141,19 @@ def test_a_listening_consumer_survives_its_connections_being_killed(
     assert "Traceback" not in err
 
 
+#: Outcomes (FINISHED) refused, each refusal taking 0.2 s to come: several jobs' time, as
+#: a database under load may take, so a worker that went on while waiting for it would
+#: start more jobs that must run again.
 REFUSE = {
     "postgresql": [
-        "CREATE FUNCTION {t}_refuse() RETURNS trigger AS $$ BEGIN"
+        "CREATE FUNCTION {t}_refuse() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.2);"
         " RAISE EXCEPTION 'outcomes refused for this test'; END $$ LANGUAGE plpgsql",
         "CREATE TRIGGER {t}_refuse BEFORE UPDATE ON {t} FOR EACH ROW"
         " WHEN (NEW.state = 3) EXECUTE FUNCTION {t}_refuse()",
     ],
     "mysql": [
         "CREATE TRIGGER {t}_refuse BEFORE UPDATE ON {t} FOR EACH ROW BEGIN"
-        " IF NEW.state = 3 THEN SIGNAL SQLSTATE '45000'"
+        " IF NEW.state = 3 THEN DO SLEEP(0.2); SIGNAL SQLSTATE '45000'"
         " SET MESSAGE_TEXT = 'outcomes refused for this test'; END IF; END",
     ],
 }
@@ -183,8 +186,9 @@ def test_a_consumer_whose_outcomes_are_refused_takes_no_more_jobs_and_saves_them
         wait_for(lambda: len(quick.records()) >= 1, what="a first job")
         time.sleep(2)  # the worker retries the save meanwhile, and starts nothing new
         ran_while_refused = len(quick.records())
-        # The first outcome fails to save within 20 ms, while the next job runs: at most
-        # that one more job starts. Nothing else runs, so nothing runs twice later.
+        # The first outcome's save begins within 20 ms, while the next job runs, and no job
+        # starts before it ends: at most that one more job ran. Nothing else runs, so
+        # nothing runs twice later.
         assert ran_while_refused <= 2, quick.records()
         execute(db_url, ALLOW[kind(db_url)], table_name)
         wait_for(lambda: set(runs(quick)) == set(names), timeout=60, what="every job")
