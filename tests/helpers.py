@@ -102,5 +102,5 @@ def assert_groups_in_order_without_overlap(
     for group in groups:
         runs = sorted(by_group[group], key=lambda r: r[1])
         assert [r[0] for r in runs] == list("abdegcf"), group
-        for (_, _, end), (_, next_start, _) in itertools.pairwise(runs):
-            assert end <= next_start, f"two jobs of {group} overlapped"
+        for (_, _, ended), (_, began, _) in itertools.pairwise(runs):
+            assert ended <= began, f"two jobs of {group} overlapped"
