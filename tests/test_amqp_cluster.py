@@ -127,6 +127,18 @@ def broker_failed_errors(engine: sa.Engine, table: str) -> list[Any]:
         ).all()
 
 
+def unsettled(engine: sa.Engine, table: str) -> list[Any]:
+    """(id, state, error) of the first rows neither FINISHED nor BROKER_FAILED."""
+    ended = (JobState.FINISHED.value, JobState.BROKER_FAILED.value)
+    with engine.connect() as conn:
+        return conn.execute(  # type: ignore[return-value]
+            sa.text(
+                f"SELECT id, state, error_message FROM {table}"
+                f" WHERE state NOT IN {ended} ORDER BY id LIMIT 20"
+            )
+        ).all()
+
+
 def check_each_ran_once(env: ProcEnv, engine: sa.Engine, table: str) -> None:
     """Every job ran; a job that ran twice has both attempts recorded (at-least-once)."""
     recorded = attempts(engine, table)
@@ -220,16 +232,29 @@ def test_a_publisher_moves_to_another_node_and_no_job_is_lost(
         assert publisher.returncode == 0, err
         assert publishing and published_at_stop < JOBS  # the node stopped while publishing
         # Ids not confirmed when bgq1 went are BROKER_FAILED; the rest went through bgq2.
-        wait_for(
-            lambda: set(states(engine, table)) <= {JobState.FINISHED, JobState.BROKER_FAILED},
-            300,
-            "every job FINISHED or BROKER_FAILED",
-        )
+        try:
+            wait_for(
+                lambda: set(states(engine, table)) <= {JobState.FINISHED, JobState.BROKER_FAILED},
+                120,
+                "every job FINISHED or BROKER_FAILED",
+            )
+        except AssertionError as exc:
+            left = unsettled(engine, table)
+            consumer.terminate()
+            try:
+                said = consumer.communicate(timeout=30)[1]
+            except subprocess.TimeoutExpired:
+                consumer.kill()
+                said = "(did not stop within 30 s of SIGTERM) " + consumer.communicate()[1]
+            raise AssertionError(
+                f"{exc}; left: {left}; the publisher said: {err}; the consumer said: {said}"
+            ) from None
         failed = broker_failed_errors(engine, table)  # said when an assertion fails
         with app.app_context():
             app.bgq.process()  # type: ignore[attr-defined]  # runs BROKER_FAILED jobs inline
     finally:
-        consumer_err = stop(consumer, timeout=120)[1]
+        # (stopped already when the wait above failed)
+        consumer_err = stop(consumer, timeout=120)[1] if consumer.returncode is None else ""
     assert states(engine, table) == {JobState.FINISHED: JOBS}
     check_each_ran_once(cluster, engine, table)
     # ids published once bgq1 was down reached the consumer: through another node
