@@ -167,6 +167,7 @@ class _Session:
         self.closing = False  # closed by us: no warning
         self.channel: Any = None  # set once confirms are on
         self.ended = False
+        self.failed = 0  # job ids its end handed to on_failed
         self.renewing = False  # refused once: send no more here, then hand over
         self.wake_scheduled = False
         self.last_sent = 0.0  # time.monotonic() of the last send
@@ -256,16 +257,18 @@ class _Session:
         connection.ioloop.stop()
 
     def _on_closed(self, connection: Any, reason: BaseException) -> None:
+        # The channel's close may have ended the session first (a broker that shuts down
+        # closes both): the count is what the session's end failed, either way.
+        self._end(f"the connection to RabbitMQ closed before confirming: {reason!r}")
         if not self.closing and not self.renewing:
             log.warning(
                 "bgqueue: the publisher thread lost RabbitMQ %s: %r; %d job(s) not confirmed"
-                " become BROKER_FAILED, the next ones go to the first node that answers (%s)",
+                " became BROKER_FAILED, the next ones go to the first node that answers (%s)",
                 mask(self.node),
                 reason,
-                len(self.unconfirmed),
+                self.failed,
                 describe(self.publisher.urls),
             )
-        self._end(f"the connection to RabbitMQ closed before confirming: {reason!r}")
         # stop once pika has closed the socket, after this callback
         connection.ioloop.add_callback_threadsafe(connection.ioloop.stop)
 
@@ -417,6 +420,7 @@ class _Session:
         left += [job_id for items in self.waiting.values() for _, _, job_id in items]
         self.unconfirmed.clear()
         self.waiting.clear()
+        self.failed = len(left)
         publisher.fail(left, message)
         publisher.done(len(left))
 
