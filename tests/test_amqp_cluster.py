@@ -104,39 +104,39 @@ def runs(env: ProcEnv) -> list[tuple[int, int, int, float]]:
     return [(int(i), int(a), int(p), float(t)) for i, a, p, t in (line.split() for line in lines)]
 
 
-def states(engine: sa.Engine, table: str) -> dict[JobState, int]:
+def rows(engine: sa.Engine, sql: str) -> list[Any]:
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT state, COUNT(*) FROM {table} GROUP BY state"))
-        return {JobState(s): n for s, n in rows}
+        return list(conn.execute(sa.text(sql)).all())
+
+
+def states(engine: sa.Engine, table: str) -> dict[JobState, int]:
+    return {
+        JobState(s): n
+        for s, n in rows(engine, f"SELECT state, COUNT(*) FROM {table} GROUP BY state")
+    }
 
 
 def attempts(engine: sa.Engine, table: str) -> dict[int, int]:
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT id, number_of_attempts FROM {table}"))
-        return dict(rows.all())  # type: ignore[arg-type]
+    return {i: n for i, n in rows(engine, f"SELECT id, number_of_attempts FROM {table}")}
 
 
 def broker_failed_errors(engine: sa.Engine, table: str) -> list[Any]:
     """(first id, last id, count, error) of the BROKER_FAILED rows, by error."""
-    with engine.connect() as conn:
-        return conn.execute(  # type: ignore[return-value]
-            sa.text(
-                f"SELECT MIN(id), MAX(id), COUNT(*), error_message FROM {table}"
-                f" WHERE state = {JobState.BROKER_FAILED.value} GROUP BY error_message"
-            )
-        ).all()
+    return rows(
+        engine,
+        f"SELECT MIN(id), MAX(id), COUNT(*), error_message FROM {table}"
+        f" WHERE state = {JobState.BROKER_FAILED.value} GROUP BY error_message",
+    )
 
 
 def unsettled(engine: sa.Engine, table: str) -> list[Any]:
     """(id, state, error) of the first rows neither FINISHED nor BROKER_FAILED."""
     ended = (JobState.FINISHED.value, JobState.BROKER_FAILED.value)
-    with engine.connect() as conn:
-        return conn.execute(  # type: ignore[return-value]
-            sa.text(
-                f"SELECT id, state, error_message FROM {table}"
-                f" WHERE state NOT IN {ended} ORDER BY id LIMIT 20"
-            )
-        ).all()
+    return rows(
+        engine,
+        f"SELECT id, state, error_message FROM {table}"
+        f" WHERE state NOT IN {ended} ORDER BY id LIMIT 20",
+    )
 
 
 def check_each_ran_once(env: ProcEnv, engine: sa.Engine, table: str) -> None:
