@@ -240,9 +240,8 @@ def test_a_publisher_moves_to_another_node_and_no_job_is_lost(
             )
         except AssertionError as exc:
             left = unsettled(engine, table)
-            consumer.terminate()
             try:
-                said = consumer.communicate(timeout=30)[1]
+                said = stop(consumer, timeout=30)[1]
             except subprocess.TimeoutExpired:
                 consumer.kill()
                 said = "(did not stop within 30 s of SIGTERM) " + consumer.communicate()[1]
