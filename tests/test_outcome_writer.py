@@ -3,23 +3,29 @@ save: the real database cases are in ``test_db_faults.py``."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
 
 import pytest
 
+from flask_bgqueue import holding
 from flask_bgqueue.holding import OutcomeWriter, Pending
 
-LOG = logging.getLogger("tests.outcome_writer")
+
+class Log:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, msg: str, *args: Any) -> None:
+        self.errors.append(msg % args)
 
 
 class NeverFires:
     """A timer whose thread is never scheduled, as on a machine busy elsewhere."""
 
     def __init__(self, interval: float, function: Any) -> None:
-        pass
+        self.daemon = False
 
     def start(self) -> None:
         pass
@@ -35,10 +41,10 @@ def pending(n: int) -> Pending:
 def test_an_outcome_due_is_saved_before_the_next_job_though_the_timer_never_ran(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(threading, "Timer", NeverFires)  # as holding.py calls it
+    monkeypatch.setattr(holding.threading, "Timer", NeverFires)
     saved: list[tuple[list[Pending], str]] = []
     writer = OutcomeWriter(
-        lambda items: saved.append((items, threading.current_thread().name)), LOG
+        lambda items: saved.append((items, threading.current_thread().name)), Log()
     )
     writer.add(*pending(1))
     writer.settled()  # not due yet: it waits to be saved with the next ones
@@ -59,7 +65,7 @@ def test_no_job_starts_while_the_timers_save_is_under_way() -> None:
         release.wait(5)
         done.append("saved")
 
-    writer = OutcomeWriter(slow_save, LOG)
+    writer = OutcomeWriter(slow_save, Log())
     writer.add(*pending(1))
     assert entered.wait(5), "the timer's save did not begin"
     settled = threading.Thread(target=writer.settled)
@@ -72,21 +78,19 @@ def test_no_job_starts_while_the_timers_save_is_under_way() -> None:
 
 
 def test_a_refused_save_before_a_job_is_logged_and_left_to_what_is_owed(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(threading, "Timer", NeverFires)  # as holding.py calls it
+    monkeypatch.setattr(holding.threading, "Timer", NeverFires)
 
     def refuse(items: list[Pending]) -> None:
         raise RuntimeError("database refused")
 
-    writer = OutcomeWriter(refuse, LOG)
+    log = Log()
+    writer = OutcomeWriter(refuse, log)
     writer.add(*pending(1))
     time.sleep(OutcomeWriter.FLUSH_AFTER_SECONDS * 1.5)
     writer.settled()  # does not raise: Processor.save_outcomes made them owed
-    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (
-            logging.ERROR,
-            "bgqueue: could not save job outcomes (RuntimeError: database refused); no job"
-            " starts until they are saved",
-        )
+    assert log.errors == [
+        "bgqueue: could not save job outcomes (RuntimeError: database refused); no job starts"
+        " until they are saved"
     ]
