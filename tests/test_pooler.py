@@ -302,7 +302,8 @@ def test_serial_groups_stay_exclusive_with_three_consumers_through_the_pooler(
     try:
         with app.app_context():
             bgq = app.bgq  # type: ignore[attr-defined]
-            publish_serial_groups(bgq, groups, pause=0.02)
+            with bgq.bulk():  # all at once, as in test_consume.py
+                publish_serial_groups(bgq, groups, pause=0.02)
             wait_for(
                 lambda: all(j.state == JobState.FINISHED for j in all_jobs(bgq)),
                 timeout=120,
