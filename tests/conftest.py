@@ -8,6 +8,7 @@ be reached the test is skipped locally and fails under ``CI=true``.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -52,6 +53,19 @@ def require_server(name: str) -> str:
             pytest.fail(error + " (CI=true: a missing service is a failure)")
         pytest.skip(error + " (run scripts/services.sh start)")
     return url
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that changes a logger must put it back: the app's logger (``tests``) is the
+    parent of the tests' own loggers, and a level left on it silences them in every later
+    test of the same process (``caplog`` then sees nothing, and a check that a message is
+    absent passes for the wrong reason)."""
+    loggers = [logging.root, *(logging.getLogger(n) for n in ("tests", "flask_bgqueue"))]
+    before = [(lg.name, lg.level, lg.disabled, lg.propagate) for lg in loggers]
+    yield
+    after = [(lg.name, lg.level, lg.disabled, lg.propagate) for lg in loggers]
+    assert after == before, "the test left a logger changed: (name, level, disabled, propagate)"
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])

@@ -98,17 +98,21 @@ def test_job_records_carry_the_job_fields_for_a_json_formatter(
 def test_the_queue_logger_has_a_level_apart_from_the_apps(
     app: Flask, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app.logger.setLevel(logging.CRITICAL + 1)  # the app's own messages off
-    with caplog.at_level(logging.WARNING, logger="flask_bgqueue"):
-        run(app, "retries", 1)
-    assert [r.name for r in caplog.records] == ["flask_bgqueue"]
-    logging.getLogger("flask_bgqueue").setLevel(logging.ERROR)
+    # the app's own messages off; its logger ("tests") is every test logger's parent, so
+    # its level is put back, or loggers such as "tests.heartbeat" stay silent afterwards
+    app_level = app.logger.level
+    app.logger.setLevel(logging.CRITICAL + 1)
     try:
+        with caplog.at_level(logging.WARNING, logger="flask_bgqueue"):
+            run(app, "retries", 1)
+        assert [r.name for r in caplog.records] == ["flask_bgqueue"]
+        logging.getLogger("flask_bgqueue").setLevel(logging.ERROR)
         caplog.clear()
         run(app, "retries", 2)  # a WARNING: below the queue's level now
         assert caplog.records == []
     finally:
         logging.getLogger("flask_bgqueue").setLevel(logging.NOTSET)
+        app.logger.setLevel(app_level)
 
 
 def test_without_any_logging_set_up_warnings_still_reach_standard_error(tmp_path: Path) -> None:
