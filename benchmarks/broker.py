@@ -254,7 +254,7 @@ def table_states(table: str) -> tuple[dict[int, int], datetime | None, datetime 
     engine = sa.create_engine(PG_URL, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            states = dict(
+            states: dict[int, int] = dict(
                 conn.exec_driver_sql(f'SELECT state, COUNT(*) FROM "{table}" GROUP BY state').all()
             )
             first, last = conn.exec_driver_sql(
@@ -925,7 +925,9 @@ def bench_steady(run: Run, n: int, gaps_ms: list[float]) -> dict[str, Any]:
     return result
 
 
-def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int = 10) -> dict:
+def bench_latency(
+    run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int = 10
+) -> dict[str, Any]:
     kind = "rabbitmq" if broker else "listen_notify"
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -944,6 +946,7 @@ def bench_latency(run: Run, n: int, broker: bool, gap: float = 0.02, warmup: int
         t_call = time.time()
         job_id = brokerapp.bgq.publish("stamp", {"seq": seq})
         t_return = time.time()
+        assert job_id is not None  # published outside bulk(): the row is written
         if seq >= 0:
             job_ids.append(job_id)
         sock.settimeout(timeout)
@@ -1058,7 +1061,7 @@ def bench_memory(run: Run, n: int, samples: int = 10) -> dict[str, Any]:
                     raise RuntimeError(f"the memory consumer exited {consumer.returncode}")
                 if time.monotonic() > deadline:
                     raise RuntimeError("the memory consumer did not finish within an hour")
-                done = conn.exec_driver_sql(count_sql).scalar()
+                done = conn.exec_driver_sql(count_sql).scalar_one()
                 if first_rss is None and done:
                     first_rss = {"finished": done, "rss_kb": rss_kb(consumer.pid)}
                 if done >= every * (len(series) + 1):

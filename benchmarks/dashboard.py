@@ -299,7 +299,7 @@ def time_calls(app: Flask, repeat: int) -> dict[str, Any]:
         with app.app_context():
             Inspector()._throughput(utcnow(), 3)
 
-    result = {}
+    result: dict[str, Any] = {}
     for name, call in (
         ("stats_json", stats_json),
         ("overview_counts", counts),

@@ -119,7 +119,7 @@ def check_and_times(url: str, table: str, n: int) -> dict[str, Any]:
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            states = dict(
+            states: dict[int, int] = dict(
                 conn.exec_driver_sql(f"SELECT state, COUNT(*) FROM {table} GROUP BY state").all()
             )
             first, last = conn.exec_driver_sql(
@@ -270,7 +270,7 @@ def run_plain(url: str, table: str, n: int, procs: int, tmp: str) -> dict[str, A
 
 def bench_database(
     db: str, url: str, n: int, procs_list: list[int], table_sql: str
-) -> tuple[dict, dict]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     result: dict[str, Any] = {"bgq_process": {}, "plain_sql": {}}
     env: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bgq-bench-drain-") as tmp:

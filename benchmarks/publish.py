@@ -31,7 +31,7 @@ import os
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,6 +46,7 @@ from common import (
     parse_args,
     sql_datetime,
 )
+from sqlalchemy.engine.default import DefaultDialect
 
 from flask_bgqueue import schema
 
@@ -113,7 +114,7 @@ class Plain:
 
     def __init__(self, engine: sa.Engine, table: str) -> None:
         self.engine = engine
-        self.dialect = engine.dialect
+        self.dialect = cast(DefaultDialect, engine.dialect)  # every dialect derives from it
         self.raw = engine.raw_connection()
         if self.dialect.name in ("mysql", "mariadb"):
             # What the library's store does for its own transactions (once here, per session).
@@ -157,19 +158,26 @@ class Plain:
         """``autocommit`` (PostgreSQL): no COMMIT, each INSERT commits by itself."""
         raw, sql = self.raw, self.single_sql
         ids = []
+        driver = raw.driver_connection
+        assert driver is not None
         if autocommit:
-            raw.driver_connection.autocommit = True
+            driver.autocommit = True
         t0 = time.perf_counter()
         cur = raw.cursor()
         for i in range(start, start + n):
             cur.execute(sql, self.row(i))
-            ids.append(cur.fetchone()[0] if self.single_returning else cur.lastrowid)
+            if self.single_returning:
+                returned = cur.fetchone()
+                assert returned is not None
+                ids.append(returned[0])
+            else:
+                ids.append(cur.lastrowid)
             if not autocommit:
                 raw.commit()
         cur.close()
         elapsed = time.perf_counter() - t0
         if autocommit:
-            raw.driver_connection.autocommit = False
+            driver.autocommit = False
         assert len(ids) == n and all(ids)
         return elapsed
 
@@ -211,7 +219,7 @@ class Plain:
 
 def count(engine: sa.Engine, table: str) -> int:
     with engine.connect() as conn:
-        return conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar()
+        return cast(int, conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar_one())
 
 
 def bench_database(db: str, url: str, n: int) -> tuple[dict[str, Any], dict[str, Any]]:

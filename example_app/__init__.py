@@ -12,7 +12,7 @@ from flask import Flask, abort, jsonify, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from flask_bgqueue import BackgroundQueue, TemporaryError
+from flask_bgqueue import BackgroundQueue, PermanentError, TemporaryError
 
 
 class Base(DeclarativeBase):
@@ -32,10 +32,19 @@ class Order(db.Model):  # type: ignore[name-defined,misc]
     shipped_at: Mapped[datetime | None]
 
 
+def load_order(order_id: int) -> Order:
+    """The order a job is about; an order deleted since then fails the job for good (a retry
+    would not bring it back)."""
+    order = db.session.get(Order, order_id)
+    if order is None:
+        raise PermanentError(f"order {order_id} does not exist (any more)")
+    return order
+
+
 @bgq.callback("send_confirmation", priority=10)
 def send_confirmation(order_id: int) -> None:
     """Pretend to e-mail the customer."""
-    order = db.session.get(Order, order_id)
+    order = load_order(order_id)
     order.confirmed_at = datetime.now(timezone.utc)
     order.status = "confirmed"
     db.session.commit()
@@ -44,7 +53,7 @@ def send_confirmation(order_id: int) -> None:
 @bgq.callback("ship_order", priority=20)
 def ship_order(order_id: int) -> None:
     """Runs after the confirmation: both jobs share the order's serial group."""
-    order = db.session.get(Order, order_id)
+    order = load_order(order_id)
     if order.confirmed_at is None:
         raise TemporaryError("not confirmed yet")
     order.shipped_at = datetime.now(timezone.utc)

@@ -13,18 +13,19 @@ import subprocess
 import sys
 import time
 import urllib.request
+from typing import Any, cast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "FLASK_APP": "example_app:create_app", "PYTHONPATH": ROOT}
 
 
-def call(method: str, url: str, body: dict | None = None) -> dict:
+def call(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
         url, data=data, method=method, headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(req, timeout=10) as response:
-        return json.loads(response.read())
+        return cast(dict[str, Any], json.loads(response.read()))
 
 
 def flask(*args: str) -> str:

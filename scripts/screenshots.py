@@ -71,7 +71,7 @@ def demo_app(folder: Path) -> Flask:
     (folder / "shop" / "jobs.py").write_text(SHOP_JOBS)
     sys.path.insert(0, str(folder))
     try:
-        import shop.jobs as jobs  # type: ignore[import-not-found]
+        import shop.jobs as jobs
     finally:
         sys.path.remove(str(folder))
         for name in ("shop", "shop.jobs"):  # a second run imports its own

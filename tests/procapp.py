@@ -133,7 +133,7 @@ def tick() -> None:
 
 
 @bgq.callback("progress")
-def progress(name: str) -> dict[str, str]:
+def progress(name: str) -> dict[str, str | bool]:
     """Say it is half done, then wait while ``<PROCAPP_DIR>/<name>.hold`` exists (60 s at most)."""
     bgq.set_progress(0.5, f"{name} half done")
     hold = os.path.join(os.environ["PROCAPP_DIR"], f"{name}.hold")

@@ -70,6 +70,7 @@ def test_rolling_back_the_app_session_keeps_a_published_job(
     db.session.add(Order(note="new"))
     db.session.flush()
     job_id = bgq.publish("ship", {"order_id": 1})
+    assert job_id is not None
     db.session.rollback()
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Order)) == 0
     assert bgq.get_job(job_id) is not None

@@ -120,14 +120,15 @@ def test_delayed_jobs_arrive_in_time_through_a_bounded_set_of_queues(
     delays = [0.3 + 0.11 * n for n in range(25)]  # 25 distinct delays from 0.3 to 3 s
     try:
         with app.app_context():
-            ready = app.bgq.publish("noop")  # type: ignore[attr-defined]
-            wait_for(lambda: app.bgq.get_job(ready).state is JobState.FINISHED, what="the consumer")  # type: ignore[attr-defined]
+            bgq = app.bgq  # type: ignore[attr-defined]
+            ready = bgq.publish("noop")
+            wait_for(lambda: bgq.get_job(ready).state is JobState.FINISHED, what="the consumer")
             published = {}
             for n, delay in enumerate(delays):
                 published[str(n)] = time.time() + delay
-                app.bgq.publish(
+                bgq.publish(
                     "record",
-                    {"group": "d", "name": str(n)},  # type: ignore[attr-defined]
+                    {"group": "d", "name": str(n)},
                     available_at=timedelta(seconds=delay),
                 )
             wait_for(lambda: len(rabbit.records()) == len(delays), timeout=30, what="every job")
@@ -200,10 +201,11 @@ def test_reload_consumers_makes_exactly_that_many_exit(rabbit: ProcEnv, amqp_que
         running = [w for w in workers if w.poll() is None]
         assert len(running) == 1
         with app.app_context():
-            job_id = app.bgq.publish("noop")  # type: ignore[attr-defined]
+            bgq = app.bgq  # type: ignore[attr-defined]
+            job_id = bgq.publish("noop")
             wait_for(
-                lambda: app.bgq.get_job(job_id).state is JobState.FINISHED, what="the third at work"
-            )  # type: ignore[attr-defined]
+                lambda: bgq.get_job(job_id).state is JobState.FINISHED, what="the third at work"
+            )
     finally:
         outputs = [stop(w) if w.poll() is None else w.communicate() for w in workers]
     assert sum("reload requested" in out for out, _ in outputs) == 2

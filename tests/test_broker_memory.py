@@ -149,17 +149,20 @@ def test_a_failed_job_is_sent_again_for_its_retry_time(bapp: Flask) -> None:
 def test_a_die_exception_ends_the_consumer_after_its_job_is_saved(bapp: Flask) -> None:
     from flask_bgqueue import DieException
 
-    bgq = bapp.bgq  # type: ignore[attr-defined]
+    bgq: BackgroundQueue = bapp.bgq  # type: ignore[attr-defined]
 
     @bgq.callback("die")
     def die() -> None:
         raise DieException("stop")
 
     die_id = bgq.publish("die")
+    assert die_id is not None
     bgq.publish("work", [1])
     result = bgq.consume()
     assert result.died and result.jobs == 1 and bapp.ran == []  # type: ignore[attr-defined]
-    assert bgq.get_job(die_id).state is JobState.PERMANENTLY_FAILED
+    job = bgq.get_job(die_id)
+    assert job is not None
+    assert job.state is JobState.PERMANENTLY_FAILED
 
 
 def test_reload_consumers_without_a_broker_says_what_to_do(make_app: AppFactory) -> None:

@@ -28,9 +28,11 @@ def test_claiming_a_job_makes_pending_jobs_with_a_higher_threshold_redundant(
     with app.app_context():
 
         def publish(name: str, threshold: int | None) -> int:
-            return bgq.publish(
+            job_id: int | None = bgq.publish(
                 "recompute", name, serial_group="inv-1", coalesce_threshold=threshold
             )
+            assert job_id is not None
+            return job_id
 
         head = publish("head", 5)
         same = publish("same", 5)

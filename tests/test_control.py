@@ -7,7 +7,7 @@ import time
 import pytest
 from flask import Flask
 
-from flask_bgqueue import JobState
+from flask_bgqueue import BackgroundQueue, JobState
 from tests.conftest import AMQP_URL, AppFactory, ProcEnv
 from tests.helpers import set_columns
 from tests.test_workers import wait_for
@@ -27,8 +27,9 @@ def app(make_app: AppFactory) -> Flask:
     app = make_app()
     ran: list[int] = []
     app.ran = ran  # type: ignore[attr-defined]
+    bgq: BackgroundQueue = app.bgq  # type: ignore[attr-defined]
 
-    @app.bgq.callback("work")  # type: ignore[attr-defined]
+    @bgq.callback("work")
     def work(n: int) -> None:
         ran.append(n)
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from flask_bgqueue import JobState
+from flask_bgqueue import BackgroundQueue, JobState
 from tests.conftest import AMQP_URL, SERVER_URLS, ProcEnv
 from tests.helpers import all_jobs, stop
 from tests.test_workers import wait_for
@@ -80,7 +80,8 @@ def ride_out_a_restart(procs: ProcEnv, db_url: str) -> None:
         time.sleep(0.5)  # a duplicate would show up now
         assert runs(procs) == Counter({name: 1 for name in [*first, *later]})
         with app.app_context():
-            jobs = all_jobs(app.bgq)
+            bgq: BackgroundQueue = app.bgq  # type: ignore[attr-defined]
+            jobs = all_jobs(bgq)
         assert {j.state for j in jobs} == {JobState.FINISHED}
         assert {j.number_of_attempts for j in jobs} == {1}  # none was lost or re-run
     finally:
@@ -127,7 +128,7 @@ def test_a_listening_consumer_survives_its_connections_being_killed(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                     " WHERE application_name = 'bgq-fault-test'"
                 )
-            ).scalar()
+            ).scalar_one()
         admin.dispose()
         assert killed >= 1
         time.sleep(1)  # the consumer notices on its next wait, and reconnects
@@ -176,9 +177,10 @@ def test_a_consumer_whose_outcomes_are_refused_takes_no_more_jobs_and_saves_them
     quick: ProcEnv, db_url: str, table_name: str
 ) -> None:
     app = quick.app()
+    bgq: BackgroundQueue = app.bgq  # type: ignore[attr-defined]
     names = [f"j{i}" for i in range(30)]
     with app.app_context():
-        app.bgq.update_schema()  # the table exists before the trigger goes on it
+        bgq.update_schema()  # the table exists before the trigger goes on it
     execute(db_url, REFUSE[kind(db_url)], table_name)
     worker = quick.start("bgq", "consume")
     try:
@@ -195,8 +197,8 @@ def test_a_consumer_whose_outcomes_are_refused_takes_no_more_jobs_and_saves_them
         time.sleep(0.5)
         assert runs(quick) == Counter(dict.fromkeys(names, 1))
         with app.app_context():
-            app.bgq._state().store.forget_connections()
-            assert {j.state for j in all_jobs(app.bgq)} == {JobState.FINISHED}
+            bgq._state().store.forget_connections()
+            assert {j.state for j in all_jobs(bgq)} == {JobState.FINISHED}
     finally:
         _out, err = stop(worker)
     assert worker.returncode == 0, err
@@ -208,8 +210,9 @@ def test_process_with_its_outcomes_refused_stops_with_one_line_and_status_1(
     quick: ProcEnv, db_url: str, table_name: str
 ) -> None:
     app = quick.app()
+    bgq: BackgroundQueue = app.bgq  # type: ignore[attr-defined]
     with app.app_context():
-        app.bgq.update_schema()
+        bgq.update_schema()
     execute(db_url, REFUSE[kind(db_url)], table_name)
     publish(quick, app, [f"j{i}" for i in range(20)], pause=0.05)
     result = quick.run("bgq", "process")
@@ -219,7 +222,7 @@ def test_process_with_its_outcomes_refused_stops_with_one_line_and_status_1(
     assert len(errors) == 1, result.stderr
     assert len(quick.records()) <= 2  # no job started after the first refused outcome
     with app.app_context():
-        states = Counter(j.state for j in all_jobs(app.bgq))
+        states = Counter(j.state for j in all_jobs(bgq))
     # Those not started went back; at most the ones that ran wait for the lost-worker sweep.
     assert states[JobState.READY] >= 18 and states[JobState.PROCESSING] <= 2
 

@@ -17,17 +17,26 @@ def test_a_worker_whose_job_was_taken_back_does_not_beat_for_the_next_attempt(
 ) -> None:
     bgq.callback("noop")(lambda: None)
     job_id = bgq.publish("noop")
+    assert job_id is not None
     store = bgq._state().store
     set_columns(bgq, job_id, state=JobState.PROCESSING, number_of_attempts=1)
-    lost = Claim(store.get(job_id), JobState.READY)  # host-a's attempt 1, then cut off
+    attempt_1 = store.get(job_id)
+    assert attempt_1 is not None
+    lost = Claim(attempt_1, JobState.READY)  # host-a's attempt 1, then cut off
     # Taken back as lost and claimed again elsewhere: attempt 2, beating on its own.
     beat = utcnow().replace(microsecond=0) - timedelta(minutes=5)
     set_columns(bgq, job_id, number_of_attempts=2, heartbeat_at=beat, hostname="host-b")
-    current = Claim(store.get(job_id), JobState.TEMPORARILY_FAILED)
+    attempt_2 = store.get(job_id)
+    assert attempt_2 is not None
+    current = Claim(attempt_2, JobState.TEMPORARILY_FAILED)
 
     store.heartbeat([lost], utcnow())  # host-a is back and beats for its old claim
-    assert store.get(job_id).heartbeat_at == beat  # host-b's attempt may still be reaped
+    job = store.get(job_id)
+    assert job is not None
+    assert job.heartbeat_at == beat  # host-b's attempt may still be reaped
 
     now = utcnow().replace(microsecond=0)
     store.heartbeat([lost, current], now)
-    assert store.get(job_id).heartbeat_at == now
+    job = store.get(job_id)
+    assert job is not None
+    assert job.heartbeat_at == now

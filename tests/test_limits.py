@@ -129,15 +129,22 @@ def test_a_job_over_the_rate_waits_and_says_why(make_app: AppFactory) -> None:
     bgq.callback("slowly", rate="2/m")(lambda: None)
     app = make_app(bgq)
     with app.app_context():
-        ids = [bgq.publish("slowly") for _ in range(3)]
+        ids: list[int] = []
+        for _ in range(3):
+            job_id = bgq.publish("slowly")
+            assert job_id is not None
+            ids.append(job_id)
         bgq.process()
-        states = [bgq.get_job(i).state for i in ids]
+        jobs = [bgq.get_job(i) for i in ids]
+        states = [j.state if j is not None else None for j in jobs]
         assert states == [JobState.FINISHED, JobState.FINISHED, JobState.WAITING]
         shown = app.test_cli_runner().invoke(args=["bgq", "show", str(ids[2])])
     assert "rate limited: 2 per 60 s started" in shown.output
     assert "Held back by its callback's limit" in shown.output
     with app.app_context():
-        assert bgq.get_job(ids[2]).number_of_attempts == 0  # waiting, not failed
+        job = bgq.get_job(ids[2])
+        assert job is not None
+        assert job.number_of_attempts == 0  # waiting, not failed
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from flask_bgqueue import holding
 from flask_bgqueue.holding import OutcomeWriter, Pending
 
 
@@ -41,7 +40,7 @@ def pending(n: int) -> Pending:
 def test_an_outcome_due_is_saved_before_the_next_job_though_the_timer_never_ran(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(holding.threading, "Timer", NeverFires)
+    monkeypatch.setattr("flask_bgqueue.holding.threading.Timer", NeverFires)
     saved: list[tuple[list[Pending], str]] = []
     writer = OutcomeWriter(
         lambda items: saved.append((items, threading.current_thread().name)), Log()
@@ -80,7 +79,7 @@ def test_no_job_starts_while_the_timers_save_is_under_way() -> None:
 def test_a_refused_save_before_a_job_is_logged_and_left_to_what_is_owed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(holding.threading, "Timer", NeverFires)
+    monkeypatch.setattr("flask_bgqueue.holding.threading.Timer", NeverFires)
 
     def refuse(items: list[Pending]) -> None:
         raise RuntimeError("database refused")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from flask import Flask
 
 from flask_bgqueue import BackgroundQueue, ConfigurationError, JobState
 from flask_bgqueue.periodic import enqueue_due, overview
+from flask_bgqueue.store import Store
 from tests.conftest import AppFactory
 
 T = datetime(2030, 1, 1, 12, 0)
@@ -32,8 +34,8 @@ def periodic_app(make_app: AppFactory, catch_up: str = "one", **config: Any) -> 
     return app
 
 
-def scheduled_jobs(app: Flask) -> list[Any]:
-    store = app.extensions["bgqueue"].store
+def scheduled_jobs(app: Flask) -> Sequence[sa.Row[Any]]:
+    store: Store = app.extensions["bgqueue"].store
     t = store.table
     with store.engine.connect() as conn:
         return conn.execute(

@@ -170,7 +170,8 @@ def test_a_bind_through_the_pooler_never_prepares_even_on_connections_it_already
             with db.engines["bgqueue"].connect() as conn:  # the app used the bind first
                 conn.execute(sa.text("SELECT 1"))
             ids = _publish_on_two_server_connections(bgq)
-            assert all(bgq.get_job(i).state is JobState.READY for i in ids)
+            jobs = [bgq.get_job(i) for i in ids]
+            assert all(j is not None and j.state is JobState.READY for j in jobs)
         finally:
             for engine in db.engines.values():
                 engine.dispose()
@@ -231,7 +232,11 @@ def test_consume_listens_on_the_direct_url_while_its_queries_go_through_the_pool
             wait_for(lambda: bgq.get_job(first).state is JobState.FINISHED, 60, "the first")
             for _ in range(2):
                 job = bgq.publish("noop")  # only a notification can wake the consumer now
-                wait_for(lambda j=job: bgq.get_job(j).state is JobState.FINISHED, 60, "a wake-up")
+
+                def finished(j: int = job) -> bool:
+                    return bgq.get_job(j).state is JobState.FINISHED
+
+                wait_for(finished, 60, "a wake-up")
             _out, err = worker.communicate(timeout=60)
         finally:
             if worker.returncode is None:  # it failed: show what it said

@@ -7,12 +7,13 @@ import os
 import pickle
 import socket
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flask import Flask
 
 from flask_bgqueue import (
+    BackgroundQueue,
     DieException,
     JobState,
     PermanentError,
@@ -135,7 +136,7 @@ def test_skip_exception_finishes_keeping_the_message(qapp: Flask) -> None:
 def test_die_exception_is_handled_as_its_cause_and_stops_the_sweep(
     qapp: Flask, cause: Any, state: JobState
 ) -> None:
-    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq: BackgroundQueue = qapp.bgq  # type: ignore[attr-defined]
     ran = []
 
     @bgq.callback("die")
@@ -148,33 +149,42 @@ def test_die_exception_is_handled_as_its_cause_and_stops_the_sweep(
     bgq.callback("after")(lambda: ran.append("after"))
     die_id = bgq.publish("die")
     after_id = bgq.publish("after")
+    assert die_id is not None and after_id is not None
     result = bgq.process()
     assert result.died and ran == ["die"]
-    assert bgq.get_job(die_id).state is state
+    died = bgq.get_job(die_id)
+    assert died is not None
+    assert died.state is state
     after = bgq.get_job(after_id)
+    assert after is not None
     assert after.state is JobState.READY and after.number_of_attempts == 0  # given back untouched
     bgq.process()
-    assert bgq.get_job(after_id).state is JobState.FINISHED
+    after = bgq.get_job(after_id)
+    assert after is not None
+    assert after.state is JobState.FINISHED
 
 
 def test_other_exceptions_retry_with_backoff_1_2_4_8_16_16_minutes(qapp: Flask) -> None:
-    bgq = qapp.bgq  # type: ignore[attr-defined]
+    bgq: BackgroundQueue = qapp.bgq  # type: ignore[attr-defined]
 
     @bgq.callback("flaky")
     def flaky() -> None:
         raise ConnectionError("API down")
 
     job_id = bgq.publish("flaky")
+    assert job_id is not None
     delays = []
     for _ in range(6):
         make_due(bgq, job_id)
         bgq.process()
         job = bgq.get_job(job_id)
+        assert job is not None
         assert job.state is JobState.TEMPORARILY_FAILED
         assert job.error_message == "ConnectionError: API down"
+        assert job.last_attempt_at is not None
         delays.append(round((job.available_at - job.last_attempt_at).total_seconds() / 60))
     assert delays == [1, 2, 4, 8, 16, 16]
-    assert job.number_of_attempts == 6
+    assert job is not None and job.number_of_attempts == 6
 
 
 def test_temporary_error_is_retried_too(qapp: Flask) -> None:
@@ -251,7 +261,7 @@ def test_processing_metadata_function_stores_its_dict(qapp: Flask) -> None:
 
 
 def test_before_and_after_process_signals_receive_job_and_parameters(qapp: Flask) -> None:
-    events = []
+    events: list[tuple[object, ...]] = []
     before = lambda sender, job, parameters: events.append(("before", sender, job.id, parameters))  # noqa: E731
     after = lambda sender, job, parameters: events.append(("after", sender, job.id, parameters))  # noqa: E731
     with signals.before_process.connected_to(before), signals.after_process.connected_to(after):
@@ -471,9 +481,12 @@ def test_a_sweep_analyzes_a_job_table_that_never_was(qapp: Flask) -> None:
 
     def reltuples() -> float:
         with store.engine.connect() as conn:
-            return conn.exec_driver_sql(
-                f"SELECT reltuples FROM pg_class WHERE oid = '{store.table.name}'::regclass"
-            ).scalar()
+            return cast(
+                float,
+                conn.exec_driver_sql(
+                    f"SELECT reltuples FROM pg_class WHERE oid = '{store.table.name}'::regclass"
+                ).scalar(),
+            )
 
     if store.engine.dialect.name != "postgresql":
         assert bgq.process().processed == 30
@@ -493,11 +506,11 @@ def test_a_delivered_claim_reads_the_same_job_through_the_driver_and_through_sql
     import sqlalchemy as sa
 
     from flask_bgqueue.models import RUNNABLE_STATES
-    from flask_bgqueue.store import Claim
+    from flask_bgqueue.store import Claim, Store
 
     bgq = qapp.bgq  # type: ignore[attr-defined]
     bgq.callback("f")(lambda n=None: None)
-    store = bgq._state().store
+    store: Store = bgq._state().store
     plain = [bgq.publish("f", {"n": n}) for n in range(2)]
     grouped = bgq.publish("f", serial_group="g")
     for job_id in plain:
@@ -545,7 +558,12 @@ def test_an_outcome_is_saved_at_once_even_while_a_later_job_of_its_batch_runs(qa
     bgq.callback("slow")(lambda: release.wait(30))
     fast = bgq.publish("fast")
     slow = bgq.publish("slow")
-    sweep = threading.Thread(target=lambda: qapp.app_context().push() or bgq.process())
+
+    def sweep_in_app_context() -> None:
+        qapp.app_context().push()
+        bgq.process()
+
+    sweep = threading.Thread(target=sweep_in_app_context)
     sweep.start()
     try:
         wait_for(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -30,7 +31,7 @@ def count_rows(bgq: BackgroundQueue) -> int:
 @pytest.fixture
 def queue_app(make_app: AppFactory, store_path: StorePath) -> Flask:
     app = store_path.apply(make_app(BGQUEUE_PRIORITIES=[10, 20, 30], BGQUEUE_QUEUE="shop"))
-    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq: BackgroundQueue = app.bgq  # type: ignore[attr-defined]
 
     @bgq.callback("send_email")
     def send_email(to: str) -> None: ...
@@ -109,8 +110,11 @@ def test_an_instance_sees_only_its_queue_matched_exactly(make_app: AppFactory) -
     ],
 )
 def test_invalid_publish_raises_before_anything_is_written(
-    queue_app: Flask, call, error, fragment
-) -> None:  # type: ignore[no-untyped-def]
+    queue_app: Flask,
+    call: Callable[[BackgroundQueue], object],
+    error: type[Exception],
+    fragment: str,
+) -> None:
     bgq = queue_app.bgq  # type: ignore[attr-defined]
     with queue_app.app_context():
         with pytest.raises(error, match=fragment):
@@ -284,7 +288,7 @@ def test_a_failed_insert_raises_sqlalchemys_error_and_returns_the_connection(
             with pytest.raises(sa.exc.DBAPIError) as info:
                 publish()
             assert store.table.name in str(info.value) or "exist" in str(info.value)
-            assert pool.checkedout() == 0  # type: ignore[attr-defined]
+            assert pool.checkedout() == 0
 
 
 def _publish_bulk(bgq: BackgroundQueue, n: int) -> None:
@@ -302,7 +306,7 @@ def test_publishing_leaves_no_transaction_open_on_pooled_connections(
         first = bgq.publish("f")
         _publish_bulk(bgq, 3)
         store = bgq._state().store
-        assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert store.engine.pool.checkedout() == 0
         # Another connection sees every row: each was committed, not left in a transaction.
         other = sa.create_engine(store.engine.url)
         try:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from flask import Flask
 
-from flask_bgqueue import JobState, PublishError
+from flask_bgqueue import Job, JobState, PublishError
 from flask_bgqueue.clock import utcnow
 from tests.conftest import AppFactory
 from tests.helpers import make_due
@@ -27,7 +27,7 @@ def recurring_app(make_app: AppFactory) -> Flask:
     return app
 
 
-def jobs(app: Flask) -> list[object]:
+def jobs(app: Flask) -> list[Job]:
     store = app.extensions["bgqueue"].store
     return [store.get(i) for i in range(1, 10) if store.get(i) is not None]
 

@@ -52,14 +52,21 @@ def test_the_peak_after_a_reset_is_this_jobs_not_the_processs() -> None:
     assert small.peak < small.rss + 64 * MIB  # the 256 MiB of before are forgotten
 
 
-def test_a_job_that_grows_gets_its_peak_from_one_system_call(monkeypatch) -> None:
+def test_a_job_that_grows_gets_its_peak_from_one_system_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from flask_bgqueue import resources
 
     mark = resources.start_job()
     block = bytearray(128 * MIB)
     reads: list[int] = []
     status = resources._status_figures
-    monkeypatch.setattr(resources, "_status_figures", lambda: reads.append(1) or status())
+
+    def counted() -> tuple[int, int] | None:
+        reads.append(1)
+        return status()
+
+    monkeypatch.setattr(resources, "_status_figures", counted)
     measured = resources.job_memory(mark)
     monkeypatch.undo()
     kernel = resources.memory_usage()  # VmHWM, read right after

@@ -4,8 +4,9 @@ results; and the SQLAlchemy internals it relies on."""
 from __future__ import annotations
 
 import importlib
-from datetime import timedelta
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypedDict, cast
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +18,24 @@ from flask_bgqueue.models import RUNNABLE_STATES
 from flask_bgqueue.store import Claim, Store
 from flask_bgqueue.store.driver import SQLALCHEMY_ATTRIBUTES
 from tests.conftest import AppFactory, StorePath
+
+
+class Claimer(TypedDict):
+    """The keyword arguments ``Store.claim`` and ``Store.claim_delivered`` share."""
+
+    now: datetime
+    callbacks: list[str]
+    pid: int
+    hostname: str
+
+
+class DeliveredClaimer(TypedDict):
+    """``Store.claim_delivered``'s keyword arguments besides ``now`` and ``job_ids``."""
+
+    callbacks: list[str]
+    pid: int
+    hostname: str
+    states: Sequence[JobState]
 
 
 def _lifecycle(app: Flask, tag: str) -> list[tuple[Any, ...]]:
@@ -31,7 +50,7 @@ def _lifecycle(app: Flask, tag: str) -> list[tuple[Any, ...]]:
     ids += bgq.end_bulk()
     assert len(ids) == 4
     now = utcnow()
-    claim = {"now": now, "callbacks": ["f"], "pid": 7, "hostname": "h"}
+    claim: Claimer = {"now": now, "callbacks": ["f"], "pid": 7, "hostname": "h"}
     claims: list[Claim] = (
         store.claim_delivered(job_ids=ids[:2], states=RUNNABLE_STATES, **claim) or []
     )
@@ -60,7 +79,7 @@ def _lifecycle(app: Flask, tag: str) -> list[tuple[Any, ...]]:
         (
             j.state,
             j.number_of_attempts,
-            j.parameters_json.replace(tag, "TAG"),
+            cast(str, j.parameters_json).replace(tag, "TAG"),  # published with a dict
             (j.identifier or "").replace(tag, "TAG"),
             (j.serial_group or "").replace(tag, "TAG"),
             j.pid,
@@ -225,7 +244,7 @@ def test_an_insert_leaves_out_the_columns_no_row_sets(
     bgq = app.bgq  # type: ignore[attr-defined]
     bgq.callback("f")(lambda *a, **kw: None)
     driver = app.extensions["bgqueue"].store.driver
-    optional = ("serial_group", "identifier", "trace_context", "recurring")
+    optional: tuple[str, ...] = ("serial_group", "identifier", "trace_context", "recurring")
     optional += ("coalesce_threshold", "concurrency_key", "parameters")
     with app.app_context():
         bgq.publish("f", {"n": 0})
@@ -333,7 +352,12 @@ def test_the_delivered_claim_compares_one_id_as_a_scalar_and_keeps_its_checks(
                 t.update().where(t.c.id == failed).values(state=JobState.TEMPORARILY_FAILED)
             )
             conn.execute(t.update().where(t.c.id == other_state).values(state=JobState.FINISHED))
-        claim = {"callbacks": ["f"], "pid": 1, "hostname": "h", "states": RUNNABLE_STATES}
+        claim: DeliveredClaimer = {
+            "callbacks": ["f"],
+            "pid": 1,
+            "hostname": "h",
+            "states": RUNNABLE_STATES,
+        }
         passed_over = [unique, other_state, later, other_callback]
         alone = {i: store.claim_delivered(now=utcnow(), job_ids=[i], **claim) for i in passed_over}
         one = store.claim_delivered(now=utcnow(), job_ids=[ready], **claim)

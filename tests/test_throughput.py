@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from flask_bgqueue import JobState, schema
+from flask_bgqueue import BackgroundQueue, JobState, schema
 from flask_bgqueue.clock import utcnow
 from flask_bgqueue.inspection import Inspector
 from flask_bgqueue.models import job_table, throughput_table
@@ -25,7 +25,7 @@ from tests.test_workers import wait_for
 
 def _app(make_app: AppFactory) -> Any:
     app = make_app()
-    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq: BackgroundQueue = app.bgq  # type: ignore[attr-defined]
 
     @bgq.callback
     def work(n: int) -> None:

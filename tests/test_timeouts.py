@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from flask import Flask
 
-from flask_bgqueue import ConfigurationError, JobState
+from flask_bgqueue import BackgroundQueue, ConfigurationError, JobState
 from flask_bgqueue.clock import utcnow
 from flask_bgqueue.timeouts import EXIT_TIMED_OUT
 from tests.conftest import AMQP_URL, AppFactory, ProcEnv
@@ -21,7 +21,7 @@ from tests.conftest import AMQP_URL, AppFactory, ProcEnv
 def test_a_callback_past_its_timeout_fails_temporarily_with_backoff(make_app: AppFactory) -> None:
     # pytest-timeout holds SIGALRM here, so the callback is interrupted as in a job thread
     app = make_app(BGQUEUE_MAX_ATTEMPTS=2, BGQUEUE_TIMEOUT_GRACE_SECONDS=20)
-    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq: BackgroundQueue = app.bgq  # type: ignore[attr-defined]
     ended: list[str] = []
 
     @bgq.callback("slow", timeout=0.3)
@@ -36,8 +36,10 @@ def test_a_callback_past_its_timeout_fails_temporarily_with_backoff(make_app: Ap
 
     with app.app_context():
         job_id = bgq.publish("slow")
+        assert job_id is not None
         bgq.process()
         job = bgq.get_job(job_id)
+        assert job is not None
         assert ended == ["interrupted", "returned"]
         assert job.state is JobState.TEMPORARILY_FAILED
         assert job.error_message == "JobTimeout: timed out after 0.3 s"
@@ -52,7 +54,7 @@ def test_the_default_timeout_applies_and_counts_against_max_attempts(
         BGQUEUE_DEFAULT_TIMEOUT_SECONDS=0.2,
         BGQUEUE_TIMEOUT_GRACE_SECONDS=20,
     )
-    bgq = app.bgq  # type: ignore[attr-defined]
+    bgq: BackgroundQueue = app.bgq  # type: ignore[attr-defined]
 
     @bgq.callback("busy")
     def busy() -> None:
@@ -62,8 +64,10 @@ def test_the_default_timeout_applies_and_counts_against_max_attempts(
 
     with app.app_context():
         job_id = bgq.publish("busy")
+        assert job_id is not None
         bgq.process()
         job = bgq.get_job(job_id)
+        assert job is not None
         assert job.state is JobState.PERMANENTLY_FAILED
         assert job.error_message == "gave up after 1 attempts: JobTimeout: timed out after 0.2 s"
 
@@ -228,7 +232,7 @@ def test_the_watchdog_process_runs_only_while_a_consumer_has_callbacks_with_time
     seen: dict[str, list[int]] = {}
     for name, timeout in (("without", None), ("with", 30.0)):
         app = make_app()
-        bgq = app.bgq  # type: ignore[attr-defined]
+        bgq: BackgroundQueue = app.bgq  # type: ignore[attr-defined]
 
         @bgq.callback("look", timeout=timeout)
         def look(name: str) -> None:
