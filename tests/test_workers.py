@@ -42,6 +42,9 @@ def test_a_job_of_a_killed_worker_is_recovered_as_worker_lost_and_finishes(
     fast_recovery: ProcEnv,
 ) -> None:
     procs = fast_recovery
+    # 5 s, not 2: the early `process` below must reach its sweep inside the window, and a
+    # process start alone can take 2 s on a loaded machine
+    procs.config["BGQUEUE_WORKER_LOST_AFTER_SECONDS"] = LOST_AFTER = 5
     app = procs.app()
     bgq = app.bgq  # type: ignore[attr-defined]
     (procs.dir / "crash.hold").touch()
@@ -60,7 +63,7 @@ def test_a_job_of_a_killed_worker_is_recovered_as_worker_lost_and_finishes(
         assert early.returncode == 0, early.stderr
         assert bgq.get_job(job_id).state is JobState.PROCESSING
 
-        time.sleep(2.2)
+        time.sleep(LOST_AFTER + 0.2)
         later = procs.run("bgq", "process")
         assert later.returncode == 0, later.stderr
         assert "recovered 1 job(s) of lost workers" in later.stdout
