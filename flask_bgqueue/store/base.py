@@ -3,10 +3,12 @@ the one guarded state transition."""
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -38,6 +40,16 @@ ACTION_BATCH = 500
 Tallied = Mapping[tuple[str, datetime], tuple[int, int]]
 #: Where the store itself adds outcomes (a lost worker's attempt, an interrupted one).
 NO_WORKER = ("", 0)
+
+#: How many times :meth:`StoreBase.retrying` runs a transaction the database ended as a
+#: deadlock's victim.
+CONFLICT_ATTEMPTS = 4
+#: SQLSTATEs of a transaction ended to break a deadlock or a serialization conflict.
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+#: MySQL/MariaDB's error number for "Deadlock found when trying to get lock".
+_MYSQL_DEADLOCK = 1213
+
+T = TypeVar("T")
 
 
 class StoreBase:
@@ -83,6 +95,35 @@ class StoreBase:
         """Whether ``exc`` came from the database or its driver (a lost connection, a
         refused statement), as opposed to a bug or a callback's error."""
         return isinstance(exc, (sa.exc.DBAPIError, self.engine.dialect.loaded_dbapi.Error))
+
+    def is_conflict(self, exc: BaseException) -> bool:
+        """Whether the database ended ``exc``'s transaction to break a deadlock (or a
+        serialization conflict): rolled back whole, it may simply run again."""
+        if not self.is_database_error(exc):
+            return False
+        orig = getattr(exc, "orig", exc)
+        if getattr(orig, "sqlstate", None) in _CONFLICT_SQLSTATES:  # psycopg
+            return True
+        if getattr(orig, "pgcode", None) in _CONFLICT_SQLSTATES:  # psycopg2
+            return True
+        args: tuple[Any, ...] = getattr(orig, "args", ())
+        mysql = self.engine.dialect.name in ("mysql", "mariadb")
+        return mysql and bool(args) and args[0] == _MYSQL_DEADLOCK
+
+    def retrying(self, transaction: Callable[[], T]) -> T:
+        """Run ``transaction`` (a whole one, on a connection of its own), again when the
+        database ends it as a deadlock's victim: InnoDB does under concurrent claims and
+        outcomes, and nothing of it was written. Up to :data:`CONFLICT_ATTEMPTS` times,
+        after a short random pause; any other error, or the last conflict, goes up."""
+        attempt = 1
+        while True:
+            try:
+                return transaction()
+            except Exception as exc:  # through SQLAlchemy, or from the driver's fast path
+                if attempt >= CONFLICT_ATTEMPTS or not self.is_conflict(exc):
+                    raise
+            time.sleep(random.uniform(0.005, 0.03) * attempt)
+            attempt += 1
 
     def ping(self) -> None:
         """Raise the database's error unless it answers (after :meth:`forget_connections`)."""

@@ -79,8 +79,12 @@ class Outcomes(StoreBase):
         are added to ``clones`` (a broker must hear of them).
         """
         if any(c.job.recurring and state is JobState.FINISHED for c, state, _ in outcomes):
-            return self._save_recurring(outcomes, recurring_after, clones)
+            return self.retrying(lambda: self._save_recurring(outcomes, recurring_after, clones))
         params = [self._outcome_params(c, state, values) for c, state, values in outcomes]
+        return self.retrying(lambda: self._save_params(params))
+
+    def _save_params(self, params: list[dict[str, Any]]) -> list[bool]:
+        """:meth:`save_outcomes`'s transaction, for outcomes already turned into parameters."""
         with self.engine.connect() as conn:
             if len(params) > 1:
                 with conn.begin() as transaction:
@@ -165,9 +169,13 @@ class Outcomes(StoreBase):
 
     def release(self, claims: Sequence[Claim], now: datetime) -> None:
         """Give back claimed jobs that were not started (the worker is stopping)."""
-        with self.engine.begin() as conn:
-            for claim in claims:
-                self._guarded(conn, claim, **self._unclaimed(claim.previous_state, now))
+
+        def give_back() -> None:
+            with self.engine.begin() as conn:
+                for claim in claims:
+                    self._guarded(conn, claim, **self._unclaimed(claim.previous_state, now))
+
+        self.retrying(give_back)
 
     def release_unknown_claims(
         self, pid: int, hostname: str, claimed_at: Sequence[datetime], now: datetime
