@@ -104,3 +104,18 @@ def assert_groups_in_order_without_overlap(
         assert [r[0] for r in runs] == list("abdegcf"), group
         for (_, _, ended), (_, began, _) in itertools.pairwise(runs):
             assert ended <= began, f"two jobs of {group} overlapped"
+
+
+def kind(db_url: str) -> str:
+    """``postgresql`` or ``mysql``: the key of a test's per-server SQL."""
+    return "postgresql" if db_url.startswith("postgresql") else "mysql"
+
+
+def execute(db_url: str, statements: list[str], table: str, **names: object) -> None:
+    """Run ``statements`` in one transaction, ``{t}`` being the test's table (and any
+    other ``{name}`` from ``names``)."""
+    engine = sa.create_engine(db_url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        for sql in statements:
+            conn.exec_driver_sql(sql.format(t=table, **names))
+    engine.dispose()

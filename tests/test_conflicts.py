@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from flask_bgqueue import BackgroundQueue, JobState
 from flask_bgqueue.store.base import CONFLICT_ATTEMPTS
 from tests.conftest import AppFactory
-from tests.helpers import all_jobs
+from tests.helpers import all_jobs, execute, kind
 
 CONFLICT = {
     "postgresql": [
@@ -48,18 +48,6 @@ CLEAN_UP = {
 }
 
 
-def kind(db_url: str) -> str:
-    return "postgresql" if db_url.startswith("postgresql") else "mysql"
-
-
-def execute(db_url: str, statements: list[str], table: str, n: int = 0) -> None:
-    engine = sa.create_engine(db_url, poolclass=sa.NullPool)
-    with engine.begin() as conn:
-        for sql in statements:
-            conn.exec_driver_sql(sql.replace("{t}", table).replace("{n}", str(n)))
-    engine.dispose()
-
-
 def victims(db_url: str, table: str) -> int:
     """How many rows the trigger was asked about: each save it ended, then each row saved."""
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
@@ -76,7 +64,7 @@ def victims(db_url: str, table: str) -> int:
 @pytest.fixture
 def conflicts(db_url: str, table_name: str) -> Iterator[Callable[[int], None]]:
     """``conflicts(n)``: the next ``n`` outcome saves end as a deadlock's victims."""
-    yield lambda n: execute(db_url, CONFLICT[kind(db_url)], table_name, n)
+    yield lambda n: execute(db_url, CONFLICT[kind(db_url)], table_name, n=n)
     execute(db_url, CLEAN_UP[kind(db_url)], table_name)
 
 

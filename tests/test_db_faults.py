@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from flask_bgqueue import BackgroundQueue, JobState
 from tests.conftest import AMQP_URL, SERVER_URLS, ProcEnv
-from tests.helpers import all_jobs, stop
+from tests.helpers import all_jobs, execute, kind, stop
 from tests.test_workers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,10 +37,6 @@ def restart(db: str) -> None:
         capture_output=True,
         timeout=300,
     )
-
-
-def kind(db_url: str) -> str:
-    return "postgresql" if db_url.startswith("postgresql") else "mysql"
 
 
 def runs(procs: ProcEnv) -> Counter[str]:
@@ -162,14 +158,6 @@ ALLOW = {
     "postgresql": ["DROP TRIGGER {t}_refuse ON {t}", "DROP FUNCTION {t}_refuse()"],
     "mysql": ["DROP TRIGGER {t}_refuse"],
 }
-
-
-def execute(db_url: str, statements: list[str], table: str) -> None:
-    engine = sa.create_engine(db_url, poolclass=sa.NullPool)
-    with engine.begin() as conn:
-        for sql in statements:
-            conn.exec_driver_sql(sql.format(t=table))
-    engine.dispose()
 
 
 @pytest.mark.parametrize("db_url", ["postgresql", "mysql"], indirect=True)

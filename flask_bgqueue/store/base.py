@@ -44,10 +44,6 @@ NO_WORKER = ("", 0)
 #: How many times :meth:`StoreBase.retrying` runs a transaction the database ended as a
 #: deadlock's victim.
 CONFLICT_ATTEMPTS = 4
-#: SQLSTATEs of a transaction ended to break a deadlock or a serialization conflict.
-_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
-#: MySQL/MariaDB's error number for "Deadlock found when trying to get lock".
-_MYSQL_DEADLOCK = 1213
 
 T = TypeVar("T")
 
@@ -99,16 +95,8 @@ class StoreBase:
     def is_conflict(self, exc: BaseException) -> bool:
         """Whether the database ended ``exc``'s transaction to break a deadlock (or a
         serialization conflict): rolled back whole, it may simply run again."""
-        if not self.is_database_error(exc):
-            return False
-        orig = getattr(exc, "orig", exc)
-        if getattr(orig, "sqlstate", None) in _CONFLICT_SQLSTATES:  # psycopg
-            return True
-        if getattr(orig, "pgcode", None) in _CONFLICT_SQLSTATES:  # psycopg2
-            return True
-        args: tuple[Any, ...] = getattr(orig, "args", ())
-        mysql = self.engine.dialect.name in ("mysql", "mariadb")
-        return mysql and bool(args) and args[0] == _MYSQL_DEADLOCK
+        error = getattr(exc, "orig", exc)  # the driver's, under SQLAlchemy's wrapper
+        return self.is_database_error(exc) and self.dialect.is_conflict(error)
 
     def retrying(self, transaction: Callable[[], T]) -> T:
         """Run ``transaction`` (a whole one, on a connection of its own), again when the

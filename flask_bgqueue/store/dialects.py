@@ -61,6 +61,11 @@ class Dialect:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
+    def is_conflict(self, error: BaseException) -> bool:
+        """Whether the driver's ``error`` says the database ended the transaction to break
+        a deadlock (rolled back whole: it may run again). None without such errors."""
+        return False
+
     def begin_claim(self, conn: sa.Connection) -> None:
         """Prepare the connection for a claim's transaction (before its first statement)."""
 
@@ -155,6 +160,10 @@ class PostgreSQL(Dialect):
     inserts_from_arrays = True
     _upserting_insert: Callable[[sa.Table], Any] = staticmethod(postgresql.insert)
 
+    def is_conflict(self, error: BaseException) -> bool:
+        # psycopg: deadlock_detected, or serialization_failure
+        return getattr(error, "sqlstate", None) in ("40P01", "40001")
+
     def try_lock_group(self, conn: sa.Connection, name: str) -> bool:
         """A transaction advisory lock; keys hash the table name too, so two apps never
         collide."""
@@ -226,6 +235,11 @@ class MySQL(Dialect):
     estimates_rows = True
     # InnoDB caps an index range's estimate at half the table's rows.
     estimates_at_most_half = True
+
+    def is_conflict(self, error: BaseException) -> bool:
+        # ER_LOCK_DEADLOCK: "Deadlock found when trying to get lock"
+        args: tuple[Any, ...] = getattr(error, "args", ())
+        return bool(args) and args[0] == 1213
 
     def __init__(self, engine: sa.Engine) -> None:
         super().__init__(engine)
